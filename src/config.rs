@@ -1,0 +1,119 @@
+//! Where a store lives and how to talk to it: the subset of redis-rb's client options the core
+//! needs. The Ruby side normalises every accepted form (a `::Redis`, a URL, an options Hash)
+//! through redis-rb's own option parser and hands the result here.
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp { host: String, port: u16 },
+    Unix { path: String },
+}
+
+impl Address {
+    /// `host:port` or the socket path, as redis-rb's `Client#location` prints it.
+    pub fn location(&self) -> String {
+        match self {
+            Address::Tcp { host, port } => format!("{host}:{port}"),
+            Address::Unix { path } => path.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub address: Address,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// redis-rb's `:id`: sent as CLIENT SETNAME and used as the store's id.
+    pub client_name: Option<String>,
+    pub ssl: bool,
+    /// `None` waits forever, as redis-rb does for a timeout of 0.
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    /// How many times a command is retried on a fresh connection after a connection error
+    /// (redis-rb's `reconnect_attempts`, 1 by default).
+    pub reconnect_attempts: u32,
+    /// Idle connections kept per store; more are opened when more threads call at once.
+    pub pool_size: usize,
+}
+
+impl StoreConfig {
+    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
+        Self::new(Address::Tcp {
+            host: host.into(),
+            port,
+        })
+    }
+
+    pub fn unix(path: impl Into<String>) -> Self {
+        Self::new(Address::Unix { path: path.into() })
+    }
+
+    fn new(address: Address) -> Self {
+        let five_seconds = Some(Duration::from_secs(5));
+        Self {
+            address,
+            db: 0,
+            username: None,
+            password: None,
+            client_name: None,
+            ssl: false,
+            connect_timeout: five_seconds,
+            read_timeout: five_seconds,
+            write_timeout: five_seconds,
+            reconnect_attempts: 1,
+            pool_size: 16,
+        }
+    }
+
+    /// redis-rb's `Client#id`: the configured `:id`, else a URL without credentials.
+    pub fn id(&self) -> String {
+        if let Some(name) = &self.client_name {
+            return name.clone();
+        }
+        let scheme = match (&self.address, self.ssl) {
+            (Address::Unix { .. }, _) => "unix",
+            (_, true) => "rediss",
+            (_, false) => "redis",
+        };
+        format!("{scheme}://{}/{}", self.address.location(), self.db)
+    }
+
+    /// Two configs reach the same data when they name the same server and database.
+    pub fn same_data_as(&self, other: &StoreConfig) -> bool {
+        self.address == other.address && self.db == other.db
+    }
+}
+
+/// Never prints the password: configs end up in logs and exception messages.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("id", &self.id())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[FILTERED]"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_matches_redis_rb_and_debug_hides_the_password() {
+        let mut config = StoreConfig::tcp("127.0.0.1", 6380);
+        config.db = 2;
+        config.password = Some("s3cret".into());
+        assert_eq!(config.id(), "redis://127.0.0.1:6380/2");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(StoreConfig::unix("/tmp/r.sock").id(), "unix:///tmp/r.sock/0");
+    }
+}

@@ -1,0 +1,248 @@
+//! One socket to one Redis server, speaking RESP2: commands are packed here, replies are
+//! parsed by the `redis` crate's parser. The core owns the socket itself (rather than the
+//! crate's `Connection`) because an interrupt has to shut the socket down from another thread,
+//! and a blocking command has to change the read timeout for one call.
+
+use crate::cancel::CancelToken;
+use crate::command::Command;
+use crate::config::{Address, StoreConfig};
+use crate::error::{Error, Result, ServerErrorReply};
+use redis::Value;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct Connection {
+    stream: Stream,
+    parser: redis::Parser,
+    write_buf: Vec<u8>,
+    read_timeout: Option<Duration>,
+    /// Which pool epoch opened it: a `select` or `disconnect` starts a new epoch and older
+    /// connections are closed instead of being reused.
+    pub(crate) epoch: u64,
+}
+
+/// A reply read off the wire. An error reply is a value here, not an `Err`: inside a pipeline
+/// or a transaction it belongs in the results, as redis-rb returns it.
+pub type Reply = Value;
+
+impl Connection {
+    /// Connects and runs the handshake redis-rb runs: AUTH, SELECT, CLIENT SETNAME.
+    pub fn open(config: &StoreConfig, cancel: &CancelToken, epoch: u64) -> Result<Connection> {
+        if config.ssl {
+            return Err(Error::InvalidConfig(
+                "TLS (rediss://, ssl: true) is not supported by gitlab_multistore yet".into(),
+            ));
+        }
+        let location = config.address.location();
+        let stream = match &config.address {
+            Address::Tcp { host, port } => {
+                let stream = connect_tcp(host, *port, config.connect_timeout)
+                    .map_err(|e| Error::cannot_connect(&location, &e))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| Error::cannot_connect(&location, &e))?;
+                Stream::Tcp(stream)
+            }
+            Address::Unix { path } => Stream::Unix(
+                UnixStream::connect(path).map_err(|e| Error::cannot_connect(&location, &e))?,
+            ),
+        };
+        stream
+            .set_read_timeout(config.read_timeout)
+            .and_then(|_| stream.set_write_timeout(config.write_timeout))
+            .map_err(|e| Error::cannot_connect(&location, &e))?;
+
+        let mut conn = Connection {
+            stream,
+            parser: redis::Parser::new(),
+            write_buf: Vec::with_capacity(256),
+            read_timeout: config.read_timeout,
+            epoch,
+        };
+        conn.handshake(config, cancel).map_err(|e| match e {
+            Error::Timeout => Error::CannotConnect {
+                location: location.clone(),
+                cause: "Redis::TimeoutError".into(),
+            },
+            other => other,
+        })?;
+        Ok(conn)
+    }
+
+    fn handshake(&mut self, config: &StoreConfig, cancel: &CancelToken) -> Result<()> {
+        let mut setup = Vec::new();
+        if let Some(password) = &config.password {
+            let mut auth = Command::from_args(["auth"]);
+            if let Some(username) = &config.username {
+                auth.push(username.as_bytes());
+            }
+            auth.push(password.as_bytes());
+            setup.push(auth);
+        }
+        if config.db != 0 {
+            setup.push(Command::from_args(["select".to_string(), config.db.to_string()]));
+        }
+        if let Some(name) = &config.client_name {
+            setup.push(Command::from_args(["client", "setname", name.as_str()]));
+        }
+        if setup.is_empty() {
+            return Ok(());
+        }
+        for reply in self.pipeline(&setup, cancel)? {
+            if let Value::ServerError(err) = reply {
+                return Err(Error::Server(server_error_reply(&err)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn request(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
+        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        self.write_buf.clear();
+        cmd.pack_into(&mut self.write_buf);
+        self.flush_write_buf(cancel)?;
+        self.read_reply(cancel)
+    }
+
+    /// Sends every command before reading any reply: one round trip for the batch.
+    pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
+        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        self.write_buf.clear();
+        for cmd in cmds {
+            cmd.pack_into(&mut self.write_buf);
+        }
+        self.flush_write_buf(cancel)?;
+        let mut replies = Vec::with_capacity(cmds.len());
+        for _ in cmds {
+            replies.push(self.read_reply(cancel)?);
+        }
+        Ok(replies)
+    }
+
+    /// Runs `f` with a different read timeout (a blocking command's), then restores the
+    /// configured one. `None` waits forever.
+    pub fn with_read_timeout<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        if timeout == self.read_timeout {
+            return f(self);
+        }
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::from_io(&e))?;
+        let result = f(self);
+        if result.is_ok() {
+            let configured = self.read_timeout;
+            self.stream
+                .set_read_timeout(configured)
+                .map_err(|e| Error::from_io(&e))?;
+        }
+        result
+    }
+
+    fn flush_write_buf(&mut self, cancel: &CancelToken) -> Result<()> {
+        match self.stream.write_all(&self.write_buf) {
+            Ok(()) => Ok(()),
+            Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
+            Err(e) => Err(Error::from_io(&e)),
+        }
+    }
+
+    fn read_reply(&mut self, cancel: &CancelToken) -> Result<Reply> {
+        match self.parser.parse_value(&mut self.stream) {
+            Ok(value) => Ok(value),
+            Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
+            Err(e) if e.is_timeout() => Err(Error::Timeout),
+            // redis-rb reports a closed connection (EOF) as ECONNRESET as well.
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => Err(Error::ConnectionLost {
+                cause: "ECONNRESET".into(),
+            }),
+            Err(e) => Err(Error::Protocol(e.to_string())),
+        }
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let mut last_err = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let attempt = match timeout {
+            Some(t) => TcpStream::connect_timeout(&addr, t),
+            None => TcpStream::connect(addr),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
+    }))
+}
+
+/// The error line as the server sent it (`WRONGTYPE Operation against ...`), which is the
+/// message of redis-rb's `Redis::CommandError`.
+pub fn server_error_reply(err: &redis::ServerError) -> ServerErrorReply {
+    let message = match err.details() {
+        Some(detail) => format!("{} {}", err.code(), detail),
+        None => err.code().to_string(),
+    };
+    ServerErrorReply { message }
+}

@@ -1,0 +1,110 @@
+//! Errors of the core, shaped after the exceptions redis-rb 4.8 raises so the binding can map
+//! each one to the same class and message a redis-rb user already rescues.
+
+use std::fmt;
+use std::io;
+
+/// An error reply from the server (`-WRONGTYPE Operation against ...`), kept as the full line
+/// so it reads exactly as redis-rb's `Redis::CommandError#message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerErrorReply {
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection could not be established. `cause` names the failure the way redis-rb
+    /// does (`Errno::ECONNREFUSED`, `Redis::TimeoutError`, `SocketError`).
+    #[error("Error connecting to Redis on {location} ({cause})")]
+    CannotConnect { location: String, cause: String },
+
+    /// An established connection broke (`Connection lost (ECONNRESET)`).
+    #[error("Connection lost ({cause})")]
+    ConnectionLost { cause: String },
+
+    #[error("Connection timed out")]
+    Timeout,
+
+    /// The caller's Ruby thread was interrupted (Thread#kill, Timeout, a signal) while waiting;
+    /// the connection it was using has been shut down and discarded.
+    #[error("Connection lost (interrupted)")]
+    Interrupted,
+
+    /// The server said something that is not RESP.
+    #[error("Protocol error: {0}")]
+    Protocol(String),
+
+    /// An error reply to a command the caller sent.
+    #[error("{}", .0.message)]
+    Server(ServerErrorReply),
+
+    /// A store configuration the core cannot use.
+    #[error("{0}")]
+    InvalidConfig(String),
+}
+
+impl Error {
+    /// Errors after which redis-rb disconnects and, if allowed, reconnects and retries.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Error::CannotConnect { .. } | Error::ConnectionLost { .. } | Error::Timeout
+        )
+    }
+
+    /// Maps an I/O failure on an established connection the way redis-rb's `Client#io` does.
+    pub(crate) fn from_io(err: &io::Error) -> Error {
+        match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
+            io::ErrorKind::UnexpectedEof => Error::ConnectionLost {
+                cause: "EOFError".into(),
+            },
+            _ => Error::ConnectionLost {
+                cause: errno_name(err).trim_start_matches("Errno::").to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn cannot_connect(location: &str, err: &io::Error) -> Error {
+        let cause = match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "Redis::TimeoutError".into(),
+            _ => errno_name(err),
+        };
+        Error::CannotConnect {
+            location: location.to_string(),
+            cause,
+        }
+    }
+}
+
+/// Ruby's name for the errno behind an I/O error (`Errno::ECONNREFUSED`), which is what
+/// redis-rb puts in its messages.
+pub(crate) fn errno_name(err: &io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::EPIPE) => "EPIPE",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::ENOTCONN) => "ENOTCONN",
+        Some(code) => return format!("Errno::E{code}"),
+        None if err.kind() == io::ErrorKind::UnexpectedEof => return "EOFError".into(),
+        None => return "SocketError".into(),
+    };
+    format!("Errno::{name}")
+}
+
+impl fmt::Display for ServerErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

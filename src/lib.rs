@@ -1,0 +1,25 @@
+//! Core of gitlab_multistore: Redis connections and the routing of commands between the two
+//! stores of a partition being migrated. Pure Rust, no Ruby: the binding in
+//! `ext/gitlab_multistore` converts values and maps errors, nothing else.
+
+pub mod cancel;
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod fork;
+pub mod multi_store;
+pub mod session;
+pub mod store;
+
+pub use cancel::CancelToken;
+pub use command::Command;
+pub use config::{Address, StoreConfig};
+pub use connection::{server_error_reply, Reply};
+pub use error::{Error, Result, ServerErrorReply};
+pub use multi_store::MultiStore;
+pub use session::Session;
+pub use store::{ReadTimeout, Store};
+
+/// Reply values, re-exported so the binding converts exactly what the core returns.
+pub use redis::Value;

@@ -1,0 +1,216 @@
+//! One Redis server as the core sees it: its configuration and a pool of connections, so Ruby
+//! threads sharing one MultiStore never queue behind a single socket. Connections are opened
+//! lazily, reopened once after a connection error (redis-rb's `reconnect_attempts`), and never
+//! carried across a fork.
+
+use crate::cancel::CancelToken;
+use crate::command::Command;
+use crate::config::StoreConfig;
+use crate::connection::{Connection, Reply};
+use crate::error::Result;
+use crate::fork;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long to wait for a reply: the configured read timeout, or a blocking command's own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadTimeout {
+    Configured,
+    /// `None` waits forever (a blocking command with timeout 0).
+    Override(Option<Duration>),
+}
+
+struct Pool {
+    fork_generation: u64,
+    idle: Mutex<Vec<Connection>>,
+}
+
+pub struct Store {
+    config: StoreConfig,
+    /// The database new connections select; `select` changes it for the whole pool.
+    db: AtomicI64,
+    epoch: AtomicU64,
+    pool: ArcSwap<Pool>,
+    /// True once a connection has been opened and until `disconnect`; redis-rb's `connected?`.
+    connected: AtomicBool,
+}
+
+impl Store {
+    pub fn new(config: StoreConfig) -> Store {
+        fork::install_handler();
+        Store {
+            db: AtomicI64::new(config.db),
+            config,
+            epoch: AtomicU64::new(0),
+            pool: ArcSwap::from_pointee(Pool {
+                fork_generation: fork::generation(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn db(&self) -> i64 {
+        self.db.load(Ordering::Acquire)
+    }
+
+    pub fn id(&self) -> String {
+        let mut config = self.config.clone();
+        config.db = self.db();
+        config.id()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && self.current_pool().fork_generation == fork::generation()
+    }
+
+    /// Sends one command, reconnecting and retrying after a connection error as redis-rb does.
+    pub fn call(&self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
+        self.with_retry(cancel, |conn| match timeout {
+            ReadTimeout::Configured => conn.request(cmd, cancel),
+            ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
+        })
+    }
+
+    /// Sends a batch in one round trip. Retried only when nothing was read yet, as redis-rb
+    /// does, since a partly read pipeline may have been partly applied.
+    pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_retry(cancel, |conn| conn.pipeline(cmds, cancel))
+    }
+
+    /// Takes a connection out of the pool for a caller that needs the same connection across
+    /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`.
+    pub fn checkout(&self, cancel: &CancelToken) -> Result<Connection> {
+        if let Some(conn) = self.take_idle() {
+            return Ok(conn);
+        }
+        self.open(cancel)
+    }
+
+    pub fn checkin(&self, conn: Connection) {
+        let pool = self.current_pool();
+        if conn.epoch != self.epoch.load(Ordering::Acquire)
+            || pool.fork_generation != fork::generation()
+        {
+            return;
+        }
+        let mut idle = pool.idle.lock();
+        if idle.len() < self.config.pool_size {
+            idle.push(conn);
+        }
+    }
+
+    /// Changes the database of every connection: later calls open connections on `db`.
+    pub fn select(&self, db: i64) {
+        self.db.store(db, Ordering::Release);
+        self.disconnect();
+    }
+
+    /// Closes the idle connections; connections in use are closed when they come back.
+    pub fn disconnect(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.current_pool().idle.lock().clear();
+        self.connected.store(false, Ordering::Release);
+    }
+
+    fn with_retry<T>(
+        &self,
+        cancel: &CancelToken,
+        mut attempt_once: impl FnMut(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempts = 0;
+        loop {
+            let result = self
+                .checkout(cancel)
+                .and_then(|mut conn| attempt_once(&mut conn).map(|value| (value, conn)));
+            match result {
+                Ok((value, conn)) => {
+                    self.checkin(conn);
+                    return Ok(value);
+                }
+                Err(err) => {
+                    let retry = err.is_connection_error()
+                        && attempts < self.config.reconnect_attempts
+                        && !cancel.is_cancelled();
+                    if !retry {
+                        return Err(err);
+                    }
+                    attempts += 1;
+                    // After a dropped connection the idle ones are most likely dead as well
+                    // (server restarted): start over with fresh connections.
+                    self.disconnect();
+                    tracing::debug!(store = %self.id(), error = %err, "reconnecting after connection error");
+                }
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        let pool = self.current_pool();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut idle = pool.idle.lock();
+        while let Some(conn) = idle.pop() {
+            if conn.epoch == epoch {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn open(&self, cancel: &CancelToken) -> Result<Connection> {
+        let mut config = self.config.clone();
+        config.db = self.db();
+        let conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
+        self.connected.store(true, Ordering::Release);
+        Ok(conn)
+    }
+
+    /// The pool of this process. In a forked child the inherited pool is left behind untouched:
+    /// its sockets are the parent's, and its lock may have been held by a thread that does not
+    /// exist in the child. Leaking it (a few idle sockets per fork) is the price of never
+    /// touching them.
+    fn current_pool(&self) -> arc_swap::Guard<Arc<Pool>> {
+        let pool = self.pool.load();
+        let generation = fork::generation();
+        if pool.fork_generation == generation {
+            return pool;
+        }
+        let fresh = Arc::new(Pool {
+            fork_generation: generation,
+            idle: Mutex::new(Vec::new()),
+        });
+        let inherited = self.pool.compare_and_swap(&*pool, fresh);
+        if Arc::ptr_eq(&*inherited, &*pool) {
+            std::mem::forget(Arc::clone(&*inherited));
+        }
+        self.connected.store(false, Ordering::Release);
+        self.pool.load()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("id", &self.id()).finish()
+    }
+}
+
+/// A blocking command's socket timeout, computed as redis-rb's `call_with_timeout` does: the
+/// read timeout plus the command's own, or no timeout at all when the command waits forever.
+pub fn blocking_read_timeout(config: &StoreConfig, command_timeout: Duration) -> ReadTimeout {
+    if command_timeout.is_zero() {
+        ReadTimeout::Override(None)
+    } else {
+        let base = config.read_timeout.unwrap_or_default();
+        ReadTimeout::Override(Some(base + command_timeout))
+    }
+}

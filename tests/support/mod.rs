@@ -1,0 +1,88 @@
+//! Real redis-server processes for the core's tests: each on a free loopback port, in a
+//! throw-away directory, killed when dropped.
+
+#![allow(dead_code)]
+
+use gitlab_multistore::{CancelToken, Command, StoreConfig, Value};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command as Process, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    pub socket: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis-server");
+        let port = free_port();
+        let socket = dir.path().join("redis.sock");
+        let child = Process::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--unixsocket", socket.to_str().expect("utf-8 temp path")])
+            .args(["--save", "", "--appendonly", "no", "--enable-debug-command", "yes"])
+            .args(["--dir", dir.path().to_str().expect("utf-8 temp path")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (Debian package redis-server)");
+        let server = RedisServer { port, socket, child, _dir: dir };
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn config(&self) -> StoreConfig {
+        StoreConfig::tcp("127.0.0.1", self.port)
+    }
+
+    /// Runs a command on a separate plain connection, to inspect what the server holds.
+    pub fn query(&self, args: &[&str]) -> Value {
+        let store = gitlab_multistore::Store::new(self.config());
+        store
+            .call(&Command::from_args(args), gitlab_multistore::ReadTimeout::Configured, &CancelToken::new())
+            .expect("query the test server")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.socket.exists() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
