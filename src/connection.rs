@@ -160,6 +160,20 @@ impl Connection {
         self.read_reply(cancel)
     }
 
+    /// Sends a command without waiting for its reply.
+    pub fn send(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
+        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        self.write_buf.clear();
+        cmd.pack_into(&mut self.write_buf);
+        self.flush_write_buf(cancel)
+    }
+
+    /// Reads the next reply off the connection.
+    pub fn receive(&mut self, cancel: &CancelToken) -> Result<Reply> {
+        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        self.read_reply(cancel)
+    }
+
     /// Sends every command before reading any reply: one round trip for the batch.
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
         let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;

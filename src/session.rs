@@ -1,59 +1,106 @@
 //! A connection pinned to one caller across several calls. WATCH must be followed by MULTI and
-//! EXEC on the same connection, so a caller that watches (or opens MULTI without a block)
-//! keeps one connection out of the pool until it is done.
+//! EXEC on the same connection, and a subscription reads many replies to one command, so such
+//! a caller keeps one connection out of the pool until it is done.
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::connection::{Connection, Reply};
 use crate::error::Result;
-use crate::store::{ReadTimeout, Store};
+use crate::fork;
+use crate::store::{blocking_read_timeout, ReadTimeout, Store};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Session {
     store: Arc<Store>,
     conn: Option<Connection>,
+    fork_generation: u64,
 }
 
 impl Session {
     pub fn new(store: Arc<Store>) -> Session {
-        Session { store, conn: None }
+        Session {
+            store,
+            conn: None,
+            fork_generation: fork::generation(),
+        }
+    }
+
+    pub fn blocking_read_timeout(&self, timeout: Duration) -> ReadTimeout {
+        blocking_read_timeout(self.store.config(), timeout)
     }
 
     pub fn call(&mut self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.store.checkout(cancel)?,
-        };
-        // A connection that failed is dropped: whatever it was watching or queueing is gone on
-        // the server too, so reusing it would only hide that.
-        let reply = match timeout {
+        self.with_connection(cancel, |conn| match timeout {
             ReadTimeout::Configured => conn.request(cmd, cancel),
             ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
-        }?;
-        self.conn = Some(conn);
-        Ok(reply)
+        })
     }
 
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
+        self.with_connection(cancel, |conn| conn.pipeline(cmds, cancel))
+    }
+
+    /// Sends without reading: the reply arrives among the messages `read` returns.
+    pub fn write(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
+        self.with_connection(cancel, |conn| conn.send(cmd, cancel))
+    }
+
+    /// Reads the next reply; `None` waits forever.
+    pub fn read(&mut self, timeout: Option<Duration>, cancel: &CancelToken) -> Result<Reply> {
+        self.with_connection(cancel, |conn| conn.with_read_timeout(timeout, |c| c.receive(cancel)))
+    }
+
+    /// Returns the connection to the pool: the caller has left every connection-bound state
+    /// (EXEC, DISCARD or UNWATCH ran, the subscription ended).
+    pub fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.fork_generation == fork::generation() {
+                self.store.checkin(conn);
+            } else {
+                std::mem::forget(conn);
+            }
+        }
+    }
+
+    /// Closes the connection: it may be left in a state (MONITOR, a subscription) no other
+    /// caller should inherit.
+    pub fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.fork_generation != fork::generation() {
+                std::mem::forget(conn);
+            }
+        }
+    }
+
+    fn with_connection<T>(
+        &mut self,
+        cancel: &CancelToken,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        if self.fork_generation != fork::generation() {
+            // The pinned socket is the parent's: leave it alone and start afresh.
+            if let Some(inherited) = self.conn.take() {
+                std::mem::forget(inherited);
+            }
+            self.fork_generation = fork::generation();
+        }
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => self.store.checkout(cancel)?,
         };
-        let replies = conn.pipeline(cmds, cancel)?;
+        // A connection that failed is dropped: what it was watching or queueing is gone on the
+        // server too, so reusing it would only hide that.
+        let result = f(&mut conn)?;
         self.conn = Some(conn);
-        Ok(replies)
-    }
-
-    /// Returns the connection to the pool.
-    pub fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.store.checkin(conn);
-        }
+        Ok(result)
     }
 }
 
 impl Drop for Session {
+    /// A session dropped without `release` may still be inside MULTI or a subscription, so its
+    /// connection is closed rather than returned to the pool.
     fn drop(&mut self) {
-        self.release();
+        self.discard();
     }
 }

@@ -1,1 +1,21 @@
+//! Ruby binding of the gitlab_multistore core. Thin on purpose: it converts Ruby values to
+//! commands and replies back, maps errors to redis-rb's classes, and releases the GVL around
+//! every round trip. Routing and connections live in the core crate.
 
+mod convert;
+mod error;
+mod native_session;
+mod native_store;
+mod nogvl;
+mod store_config;
+
+use magnus::{Error, Ruby};
+
+#[magnus::init(name = "gitlab_multistore")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    error::init(ruby)?;
+    let module = ruby.define_module("GitlabMultistore")?;
+    native_store::init(ruby, module)?;
+    native_session::init(ruby, module)?;
+    Ok(())
+}

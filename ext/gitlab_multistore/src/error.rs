@@ -1,0 +1,75 @@
+//! Core errors as the exceptions redis-rb raises: same classes, same messages, so rescue
+//! clauses written for redis-rb keep working.
+
+use gitlab_multistore::Error as CoreError;
+use magnus::value::{InnerValue, Opaque};
+use magnus::{prelude::*, Error, ExceptionClass, RClass, Ruby};
+use std::any::Any;
+use std::sync::OnceLock;
+
+struct RedisErrorClasses {
+    command: Opaque<ExceptionClass>,
+    cannot_connect: Opaque<ExceptionClass>,
+    connection: Opaque<ExceptionClass>,
+    timeout: Opaque<ExceptionClass>,
+}
+
+static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
+
+/// Looks redis-rb's classes up once, at load time (lib/ requires redis-rb first).
+pub fn init(ruby: &Ruby) -> Result<(), Error> {
+    let redis: RClass = ruby.class_object().const_get("Redis")?;
+    let fetch = |name: &str| -> Result<Opaque<ExceptionClass>, Error> {
+        Ok(Opaque::from(redis.const_get::<_, ExceptionClass>(name)?))
+    };
+    let classes = RedisErrorClasses {
+        command: fetch("CommandError")?,
+        cannot_connect: fetch("CannotConnectError")?,
+        connection: fetch("ConnectionError")?,
+        timeout: fetch("TimeoutError")?,
+    };
+    let _ = CLASSES.set(classes);
+    Ok(())
+}
+
+fn classes(ruby: &Ruby) -> Result<&'static RedisErrorClasses, Error> {
+    CLASSES.get().ok_or_else(|| {
+        Error::new(
+            ruby.exception_runtime_error(),
+            "gitlab_multistore: native extension used before it was initialised",
+        )
+    })
+}
+
+pub fn command_error_class(ruby: &Ruby) -> Result<ExceptionClass, Error> {
+    Ok(classes(ruby)?.command.get_inner_with(ruby))
+}
+
+pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
+    let classes = match classes(ruby) {
+        Ok(classes) => classes,
+        Err(not_ready) => return not_ready,
+    };
+    let class = match &err {
+        CoreError::Server(_) => classes.command,
+        CoreError::CannotConnect { .. } => classes.cannot_connect,
+        CoreError::Timeout => classes.timeout,
+        CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
+            classes.connection
+        }
+        CoreError::InvalidConfig(_) => return Error::new(ruby.exception_arg_error(), err.to_string()),
+    };
+    Error::new(class.get_inner_with(ruby), err.to_string())
+}
+
+pub fn panic_error(ruby: &Ruby, panic: &(dyn Any + Send)) -> Error {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    Error::new(
+        ruby.exception_runtime_error(),
+        format!("gitlab_multistore: internal error in native code: {detail}"),
+    )
+}

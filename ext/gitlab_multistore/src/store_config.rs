@@ -1,0 +1,54 @@
+//! A store's options Hash (already normalised by redis-rb's own option parser on the Ruby side)
+//! as the core's `StoreConfig`.
+
+use gitlab_multistore::StoreConfig;
+use magnus::{prelude::*, Error, RHash, Ruby, TryConvert};
+use std::time::Duration;
+
+pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
+    let get = |key: &str| options.get(ruby.to_symbol(key));
+    let fetch = |key: &str| -> Result<Option<magnus::Value>, Error> {
+        Ok(get(key).filter(|v| !v.is_nil()))
+    };
+    let string = |key: &str| -> Result<Option<String>, Error> {
+        fetch(key)?.map(String::try_convert).transpose()
+    };
+
+    let mut config = match string("path")? {
+        Some(path) => StoreConfig::unix(path),
+        None => {
+            let host = string("host")?.unwrap_or_else(|| "127.0.0.1".into());
+            let port = fetch("port")?.map(u16::try_convert).transpose()?.unwrap_or(6379);
+            StoreConfig::tcp(host, port)
+        }
+    };
+    config.db = fetch("db")?.map(i64::try_convert).transpose()?.unwrap_or(0);
+    config.username = string("username")?;
+    config.password = string("password")?;
+    config.client_name = string("id")?;
+    config.ssl = fetch("ssl")?.is_some_and(|v| v.to_bool());
+    config.connect_timeout = timeout(fetch("connect_timeout")?, config.connect_timeout)?;
+    config.read_timeout = timeout(fetch("read_timeout")?, config.read_timeout)?;
+    config.write_timeout = timeout(fetch("write_timeout")?, config.write_timeout)?;
+    if let Some(attempts) = fetch("reconnect_attempts")? {
+        config.reconnect_attempts = u32::try_convert(attempts)?;
+    }
+    if let Some(size) = fetch("pool_size")? {
+        config.pool_size = usize::try_convert(size)?;
+    }
+    if config.pool_size == 0 {
+        return Err(Error::new(ruby.exception_arg_error(), "pool_size must be positive"));
+    }
+    Ok(config)
+}
+
+/// redis-rb treats a timeout of 0 as "wait forever".
+fn timeout(value: Option<magnus::Value>, default: Option<Duration>) -> Result<Option<Duration>, Error> {
+    let Some(value) = value else { return Ok(default) };
+    let seconds = f64::try_convert(value)?;
+    if seconds <= 0.0 || !seconds.is_finite() {
+        Ok(None)
+    } else {
+        Ok(Some(Duration::from_secs_f64(seconds)))
+    }
+}

@@ -1,0 +1,183 @@
+# frozen_string_literal: true
+
+module Gitlab
+  module Redis
+    class MultiStore < ::Redis
+      # Stands where redis-rb's `Redis::Client` stands behind a `Redis`: redis-rb's command
+      # modules call `call`, `call_with_timeout`, `call_pipeline`, `call_loop`, `db`, … on it.
+      # One instance serves every thread; the native core keeps a pool of connections, and what
+      # must stay on one connection (WATCH … EXEC, MULTI without a block, a subscription) is
+      # pinned to the calling thread (fiber, as `Thread#[]` is) through a native session.
+      class Client
+        QUEUED = "QUEUED"
+        REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
+
+        # What one thread has pinned: a session, a deprecated block-less pipeline recording
+        # calls, or the subscribed client of a running subscription.
+        ThreadState = Struct.new(:session, :recorder, :subscribed_client)
+
+        def initialize(native)
+          @native = native
+          @state_key = :"__gitlab_multistore_#{object_id}"
+        end
+
+        def call(command, &block)
+          state = Thread.current[@state_key]
+          reply =
+            if state&.session
+              state.session._call(command)
+            else
+              @native._call(command)
+            end
+          block && reply != QUEUED ? block.call(reply) : reply
+        end
+
+        # Blocking commands: the socket waits for the read timeout plus the command's own
+        # timeout, or forever when the command's is 0 -- as redis-rb's `call_with_timeout`.
+        def call_with_timeout(command, timeout, &block)
+          session = thread_state&.session
+          reply =
+            if session
+              session._call_blocking(command, timeout.to_f)
+            else
+              @native._call_blocking(command, timeout.to_f)
+            end
+          block && reply != QUEUED ? block.call(reply) : reply
+        end
+
+        def call_without_timeout(command, &block)
+          call_with_timeout(command, 0, &block)
+        end
+
+        def call_pipeline(pipeline)
+          return [] if pipeline.futures.empty?
+
+          begin
+            result = pipeline.finish(call_pipelined(pipeline))
+            self.db = pipeline.db if pipeline.db
+            result
+          rescue ::Redis::ConnectionError
+            # A pipeline ending in SHUTDOWN loses its connection by design.
+            return nil if pipeline.shutdown?
+
+            raise
+          end
+        ensure
+          # EXEC ends a WATCH, so the connection a watch pinned is free again.
+          unpin if pipeline.is_a?(::Redis::Pipeline::Multi)
+        end
+
+        # Raw replies; raises the first error reply, as redis-rb does before resolving futures.
+        def call_pipelined(pipeline)
+          commands = pipeline.commands
+          session = thread_state&.session
+          replies = session ? session._pipeline(commands) : @native._pipeline(commands)
+          error = replies.find { |reply| reply.is_a?(::Redis::CommandError) }
+          raise error if error
+
+          replies
+        end
+
+        # Sends a command and yields every reply that follows on the same connection (MONITOR,
+        # SUBSCRIBE), with the connection pinned to this thread until the loop ends.
+        def call_loop(command, timeout = 0)
+          session = pin
+          clean = true
+          begin
+            session._write(command)
+            loop do
+              reply = session._read(timeout.to_f)
+              raise reply if reply.is_a?(::Redis::CommandError)
+
+              yield reply
+            end
+          rescue Exception # rubocop:disable Lint/RescueException -- re-raised; only marks the connection dirty
+            clean = false
+            raise
+          ensure
+            # Only a subscription left after its final unsubscribe leaves the connection in a
+            # state fit for reuse; anything else (MONITOR, an exception) closes it.
+            clean && REUSABLE_AFTER_LOOP.include?(command.first.to_s.downcase) ? unpin : discard_pin
+          end
+        end
+
+        # Writes without reading: used by `Redis::SubscribedClient#unsubscribe` from inside a
+        # subscription, whose loop reads the confirmation.
+        def process(commands)
+          session = thread_state&.session || raise(::Redis::ConnectionError, "not subscribed")
+          commands.each { |command| session._write(command) }
+        end
+
+        def pin
+          state = thread_state!
+          state.session ||= @native._session
+        end
+
+        def pinned?
+          !thread_state&.session.nil?
+        end
+
+        def unpin
+          state = thread_state
+          return unless state&.session
+
+          session = state.session
+          state.session = nil
+          session._release
+        end
+
+        def discard_pin
+          state = thread_state
+          return unless state&.session
+
+          session = state.session
+          state.session = nil
+          session._discard
+        end
+
+        def thread_state
+          Thread.current[@state_key]
+        end
+
+        def thread_state!
+          Thread.current[@state_key] ||= ThreadState.new
+        end
+
+        def db
+          @native._default_db
+        end
+
+        def db=(db)
+          @native._select(db.to_i)
+        end
+
+        def timeout
+          @native._read_timeout
+        end
+
+        def id
+          @native._default_id
+        end
+
+        def connected?
+          @native._connected?
+        end
+
+        def disconnect
+          @native._disconnect
+        end
+        alias close disconnect
+
+        # Reconnection is always on in the core (one retry, as redis-rb's default); commands
+        # that expect the connection to drop (QUIT, SHUTDOWN) rescue the resulting error.
+        def with_reconnect(_value = true)
+          yield
+        end
+
+        def without_reconnect(&block)
+          with_reconnect(false, &block)
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,15 @@
+# frozen_string_literal: true
+
+module Gitlab
+  module Redis
+    class MultiStore < ::Redis
+      # Reported (through the configured reporter), not raised, unless stated otherwise.
+      Error = Class.new(StandardError)
+      ReadFromPrimaryError = Class.new(Error)
+      MethodMissingError = Class.new(Error)
+      PipelinedDiffError = Class.new(Error)
+      # Raised: `with_readonly_pipeline` blocks do not nest.
+      NestedReadonlyPipelineError = Class.new(Error)
+    end
+  end
+end

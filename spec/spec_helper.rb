@@ -1,0 +1,27 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "gitlab_multistore"
+require_relative "support/redis_servers"
+
+Redis.silence_deprecations = true
+
+RSpec.configure do |config|
+  config.disable_monkey_patching!
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+  config.order = :random
+  Kernel.srand config.seed
+
+  # A focused spec committed by mistake would silently skip the rest on CI.
+  config.before(:suite) do
+    focused = RSpec.world.filtered_examples.values.flatten.select { |e| e.metadata[:focus] }
+    raise "focused specs committed: #{focused.map(&:location).join(', ')}" if ENV["CI"] && focused.any?
+  end
+
+  config.include RedisServers::Helpers
+  config.after(:suite) { RedisServers.stop_all }
+
+  if ENV["GC_STRESS"]
+    config.around { |example| GC.stress = true; example.run; GC.stress = false }
+  end
+end
