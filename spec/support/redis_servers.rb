@@ -22,8 +22,8 @@ class RedisServer
     start
   end
 
-  def start
-    @port = free_port
+  def start(port: RedisServers.free_port)
+    @port = port
     @pid = Process.spawn(
       self.class.binary, "--port", @port.to_s, "--bind", "127.0.0.1",
       "--unixsocket", @socket_path, "--save", "", "--appendonly", "no",
@@ -46,6 +46,12 @@ class RedisServer
     @pid = nil
   end
 
+  # Same port, empty data: what a crashed and restarted Redis looks like to its clients.
+  def restart
+    stop
+    start(port: @port)
+  end
+
   def cleanup
     stop
     FileUtils.remove_entry(@dir) if File.directory?(@dir)
@@ -61,13 +67,6 @@ class RedisServer
   end
 
   private
-
-  def free_port
-    server = TCPServer.new("127.0.0.1", 0)
-    server.addr[1]
-  ensure
-    server&.close
-  end
 
   def wait_until_ready
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
@@ -89,6 +88,13 @@ module RedisServers
   @servers = {}
 
   class << self
+    def free_port
+      server = TCPServer.new("127.0.0.1", 0)
+      server.addr[1]
+    ensure
+      server&.close
+    end
+
     # Servers shared by the suite, one per name; each example flushes what it uses.
     def shared(name)
       @servers[name] ||= RedisServer.new

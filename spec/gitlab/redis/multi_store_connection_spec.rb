@@ -1,0 +1,129 @@
+# frozen_string_literal: true
+
+require "timeout"
+
+RSpec.describe Gitlab::Redis::MultiStore, "connections" do
+  def multi_store(secondary, primary: primary_server.url, **options)
+    described_class.new(primary, secondary, "connections", **options)
+  end
+
+  describe "how a store is given" do
+    it "reads a ::Redis client's options: db, password and id" do
+      server = dedicated_redis_server("--requirepass", "s3cret")
+      store = multi_store(server.client(db: 3, password: "s3cret", id: "cache-worker"))
+
+      store.set("k", "v")
+
+      inspector = server.client(db: 3, password: "s3cret")
+      expect(inspector.get("k")).to eq("v")
+      expect(server.client(password: "s3cret").get("k")).to be_nil
+      expect(store.call(%i[client getname])).to eq("cache-worker")
+      expect(store.id).to eq("cache-worker")
+    end
+
+    it "accepts a URL with credentials and db" do
+      server = dedicated_redis_server("--requirepass", "s3cret")
+      store = multi_store("redis://:s3cret@127.0.0.1:#{server.port}/4")
+
+      store.set("k", "from-url")
+
+      expect(server.client(db: 4, password: "s3cret").get("k")).to eq("from-url")
+      expect(store.connection).to include(host: "127.0.0.1", port: server.port, db: 4)
+    end
+
+    it "accepts a Hash of redis-rb options, including a unix socket path" do
+      store = multi_store({ path: secondary_server.socket_path, db: 2 })
+
+      store.set("k", "over-unix")
+
+      expect(secondary_server.client(db: 2).get("k")).to eq("over-unix")
+      expect(store.connection[:location]).to eq(secondary_server.socket_path)
+    end
+
+    it "raises redis-rb's CommandError for a wrong password, like redis-rb" do
+      server = dedicated_redis_server("--requirepass", "right")
+      store = multi_store({ port: server.port, password: "wrong" })
+
+      expect { store.ping }.to raise_error(Redis::CommandError, /WRONGPASS/)
+    end
+
+    it "never shows a password in inspect, to_s or id" do
+      store = multi_store("redis://:hunter2@127.0.0.1:#{secondary_server.port}/0",
+                          primary: "redis://user:hunter2@127.0.0.1:#{primary_server.port}/1")
+
+      [store.inspect, store.to_s, store.id].each do |text|
+        expect(text).not_to include("hunter2")
+      end
+      expect(store.inspect).to include("127.0.0.1:#{primary_server.port}/1", "127.0.0.1:#{secondary_server.port}/0")
+    end
+  end
+
+  describe "connecting" do
+    it "connects lazily: building a MultiStore for a server that is down does not raise" do
+      closed_port = RedisServers.free_port
+      store = multi_store({ port: closed_port })
+
+      expect(store.connected?).to be(false)
+      expect { store.get("k") }.to raise_error(
+        Redis::CannotConnectError, "Error connecting to Redis on 127.0.0.1:#{closed_port} (Errno::ECONNREFUSED)"
+      )
+    end
+
+    it "reports connected? once a command went through, and not after close" do
+      store = multi_store(secondary_server.url)
+      expect(store.connected?).to be(false)
+
+      store.ping
+      expect(store.connected?).to be(true)
+
+      store.close
+      expect(store.connected?).to be(false)
+      expect(store.ping).to eq("PONG")
+    end
+
+    it "reconnects once after the server dropped the connection, as redis-rb does" do
+      store = multi_store(secondary_server.url)
+      store.call(%i[client setname victim])
+      secondary_server.client.call(%i[client kill skipme yes type normal])
+
+      expect(store.set("after-kill", "1")).to eq("OK")
+      expect(secondary_server.client.get("after-kill")).to eq("1")
+    end
+
+    it "keeps working after the server restarts" do
+      server = dedicated_redis_server
+      store = multi_store({ port: server.port })
+      store.set("k", "before")
+
+      server.restart
+
+      expect(store.get("k")).to be_nil
+      expect(store.set("k", "after")).to eq("OK")
+    end
+
+    it "honours the read timeout with redis-rb's exception" do
+      store = multi_store({ port: secondary_server.port, timeout: 0.2, reconnect_attempts: 0 })
+      plain = secondary_server.client(timeout: 0.2, reconnect_attempts: 0)
+
+      expect { plain.call(%i[debug sleep 0.6]) }.to raise_error(Redis::TimeoutError, "Connection timed out")
+      expect { store.call(%i[debug sleep 0.6]) }.to raise_error(Redis::TimeoutError, "Connection timed out")
+      secondary_server.client.ping # waits until the server is done sleeping
+      expect(store.ping).to eq("PONG")
+    end
+
+    it "lets a blocking command wait for its own timeout beyond the read timeout" do
+      store = multi_store({ port: secondary_server.port, timeout: 0.1 })
+
+      expect(store.blpop("empty-list", timeout: 0.4)).to be_nil
+    end
+
+    it "select changes the database for later calls" do
+      store = multi_store(secondary_server.url)
+      store.select(6)
+      store.set("k", "in-6")
+
+      expect(secondary_server.client(db: 6).get("k")).to eq("in-6")
+      expect(store.connection[:db]).to eq(6)
+    end
+  end
+end
