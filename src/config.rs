@@ -114,6 +114,9 @@ mod tests {
         config.password = Some("s3cret".into());
         assert_eq!(config.id(), "redis://127.0.0.1:6380/2");
         assert!(!format!("{config:?}").contains("s3cret"));
-        assert_eq!(StoreConfig::unix("/tmp/r.sock").id(), "unix:///tmp/r.sock/0");
+        assert_eq!(
+            StoreConfig::unix("/tmp/r.sock").id(),
+            "unix:///tmp/r.sock/0"
+        );
     }
 }

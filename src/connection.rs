@@ -135,7 +135,10 @@ impl Connection {
             setup.push(auth);
         }
         if config.db != 0 {
-            setup.push(Command::from_args(["select".to_string(), config.db.to_string()]));
+            setup.push(Command::from_args([
+                "select".to_string(),
+                config.db.to_string(),
+            ]));
         }
         if let Some(name) = &config.client_name {
             setup.push(Command::from_args(["client", "setname", name.as_str()]));
@@ -153,7 +156,9 @@ impl Connection {
 
     /// Sends one command and reads its reply.
     pub fn request(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        let _watch = cancel
+            .watch(self.stream.as_raw_fd())
+            .ok_or(Error::Interrupted)?;
         self.write_buf.clear();
         cmd.pack_into(&mut self.write_buf);
         self.flush_write_buf(cancel)?;
@@ -162,7 +167,9 @@ impl Connection {
 
     /// Sends a command without waiting for its reply.
     pub fn send(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
-        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        let _watch = cancel
+            .watch(self.stream.as_raw_fd())
+            .ok_or(Error::Interrupted)?;
         self.write_buf.clear();
         cmd.pack_into(&mut self.write_buf);
         self.flush_write_buf(cancel)
@@ -170,13 +177,17 @@ impl Connection {
 
     /// Reads the next reply off the connection.
     pub fn receive(&mut self, cancel: &CancelToken) -> Result<Reply> {
-        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        let _watch = cancel
+            .watch(self.stream.as_raw_fd())
+            .ok_or(Error::Interrupted)?;
         self.read_reply(cancel)
     }
 
     /// Sends every command before reading any reply: one round trip for the batch.
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
-        let _watch = cancel.watch(self.stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+        let _watch = cancel
+            .watch(self.stream.as_raw_fd())
+            .ok_or(Error::Interrupted)?;
         self.write_buf.clear();
         for cmd in cmds {
             cmd.pack_into(&mut self.write_buf);
@@ -246,9 +257,8 @@ fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<T
             Err(e) => last_err = Some(e),
         }
     }
-    Err(last_err.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
-    }))
+    Err(last_err
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")))
 }
 
 /// The error line as the server sent it (`WRONGTYPE Operation against ...`), which is the

@@ -19,7 +19,10 @@ pub fn install_handler() {
         // SAFETY: the handler only touches an atomic, which is async-signal-safe.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(bump_generation_in_child)) };
         if rc != 0 {
-            tracing::warn!(rc, "pthread_atfork failed; forked children may reuse sockets");
+            tracing::warn!(
+                rc,
+                "pthread_atfork failed; forked children may reuse sockets"
+            );
         }
     });
 }

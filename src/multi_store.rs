@@ -19,7 +19,11 @@ pub struct MultiStore {
 }
 
 impl MultiStore {
-    pub fn new(instance_name: impl Into<String>, primary: StoreConfig, secondary: StoreConfig) -> Self {
+    pub fn new(
+        instance_name: impl Into<String>,
+        primary: StoreConfig,
+        secondary: StoreConfig,
+    ) -> Self {
         MultiStore {
             instance_name: instance_name.into(),
             primary: Arc::new(Store::new(primary)),
@@ -44,18 +48,25 @@ impl MultiStore {
     }
 
     pub fn call(&self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        self.default_store().call(cmd, ReadTimeout::Configured, cancel)
+        self.default_store()
+            .call(cmd, ReadTimeout::Configured, cancel)
     }
 
     /// A blocking command (BLPOP, XREAD BLOCK …) whose own timeout extends the socket's.
-    pub fn call_blocking(&self, cmd: &Command, timeout: Duration, cancel: &CancelToken) -> Result<Reply> {
+    pub fn call_blocking(
+        &self,
+        cmd: &Command,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<Reply> {
         let store = self.default_store();
         store.call(cmd, blocking_read_timeout(store.config(), timeout), cancel)
     }
 
     /// A call that waits as long as the server takes (MONITOR-like loops read with this).
     pub fn call_without_timeout(&self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        self.default_store().call(cmd, ReadTimeout::Override(None), cancel)
+        self.default_store()
+            .call(cmd, ReadTimeout::Override(None), cancel)
     }
 
     pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {

@@ -30,7 +30,12 @@ impl Session {
         blocking_read_timeout(self.store.config(), timeout)
     }
 
-    pub fn call(&mut self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
+    pub fn call(
+        &mut self,
+        cmd: &Command,
+        timeout: ReadTimeout,
+        cancel: &CancelToken,
+    ) -> Result<Reply> {
         self.with_connection(cancel, |conn| match timeout {
             ReadTimeout::Configured => conn.request(cmd, cancel),
             ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
@@ -48,7 +53,9 @@ impl Session {
 
     /// Reads the next reply; `None` waits forever.
     pub fn read(&mut self, timeout: Option<Duration>, cancel: &CancelToken) -> Result<Reply> {
-        self.with_connection(cancel, |conn| conn.with_read_timeout(timeout, |c| c.receive(cancel)))
+        self.with_connection(cancel, |conn| {
+            conn.with_read_timeout(timeout, |c| c.receive(cancel))
+        })
     }
 
     /// Returns the connection to the pool: the caller has left every connection-bound state

@@ -68,7 +68,8 @@ impl Store {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && self.current_pool().fork_generation == fork::generation()
+        self.connected.load(Ordering::Acquire)
+            && self.current_pool().fork_generation == fork::generation()
     }
 
     /// Sends one command, reconnecting and retrying after a connection error as redis-rb does.

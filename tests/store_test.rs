@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use support::{bulk, RedisServer};
 
 fn call(store: &Store, args: &[&str]) -> Result<Value, Error> {
-    store.call(&Command::from_args(args), ReadTimeout::Configured, &CancelToken::new())
+    store.call(
+        &Command::from_args(args),
+        ReadTimeout::Configured,
+        &CancelToken::new(),
+    )
 }
 
 #[test]
@@ -54,7 +58,10 @@ fn selects_the_configured_db_authenticates_and_names_the_connection() {
     config.client_name = Some("multistore-test".into());
     let store = Store::new(config);
     call(&store, &["SET", "in-db-3", "yes"]).unwrap();
-    assert_eq!(call(&store, &["CLIENT", "GETNAME"]).unwrap(), bulk("multistore-test"));
+    assert_eq!(
+        call(&store, &["CLIENT", "GETNAME"]).unwrap(),
+        bulk("multistore-test")
+    );
 
     let mut plain = server.config();
     plain.password = Some("s3cret".into());
@@ -80,7 +87,10 @@ fn a_wrong_password_is_a_command_error() {
 fn talks_over_a_unix_socket() {
     let server = RedisServer::start();
     let store = Store::new(StoreConfig::unix(server.socket.to_str().unwrap()));
-    assert_eq!(call(&store, &["PING"]).unwrap(), Value::SimpleString("PONG".into()));
+    assert_eq!(
+        call(&store, &["PING"]).unwrap(),
+        Value::SimpleString("PONG".into())
+    );
 }
 
 #[test]
@@ -101,7 +111,10 @@ fn reconnects_once_after_the_server_dropped_the_connection() {
     let store = Store::new(server.config());
     call(&store, &["CLIENT", "SETNAME", "victim"]).unwrap();
     server.query(&["CLIENT", "KILL", "SKIPME", "yes", "TYPE", "normal"]);
-    assert_eq!(call(&store, &["PING"]).unwrap(), Value::SimpleString("PONG".into()));
+    assert_eq!(
+        call(&store, &["PING"]).unwrap(),
+        Value::SimpleString("PONG".into())
+    );
 }
 
 #[test]
@@ -113,7 +126,11 @@ fn read_timeout_is_honoured_and_reported_like_redis_rb() {
     let store = Store::new(config);
     let started = Instant::now();
     let err = store
-        .call(&Command::from_args(["DEBUG", "SLEEP", "1"]), ReadTimeout::Configured, &CancelToken::new())
+        .call(
+            &Command::from_args(["DEBUG", "SLEEP", "1"]),
+            ReadTimeout::Configured,
+            &CancelToken::new(),
+        )
         .unwrap_err();
     assert_eq!(err.to_string(), "Connection timed out");
     assert!(started.elapsed() < Duration::from_millis(900));
@@ -125,9 +142,14 @@ fn blocking_command_waits_past_the_read_timeout_with_its_own() {
     let mut config = server.config();
     config.read_timeout = Some(Duration::from_millis(100));
     let store = Store::new(config.clone());
-    let timeout = gitlab_multistore::store::blocking_read_timeout(&config, Duration::from_millis(300));
+    let timeout =
+        gitlab_multistore::store::blocking_read_timeout(&config, Duration::from_millis(300));
     let reply = store
-        .call(&Command::from_args(["BLPOP", "empty", "0.3"]), timeout, &CancelToken::new())
+        .call(
+            &Command::from_args(["BLPOP", "empty", "0.3"]),
+            timeout,
+            &CancelToken::new(),
+        )
         .unwrap();
     assert_eq!(reply, Value::Nil);
 }
@@ -140,7 +162,11 @@ fn cancel_wakes_a_blocked_call_from_another_thread() {
     let waiter = {
         let (store, cancel) = (Arc::clone(&store), Arc::clone(&cancel));
         thread::spawn(move || {
-            store.call(&Command::from_args(["BLPOP", "never", "0"]), ReadTimeout::Override(None), &cancel)
+            store.call(
+                &Command::from_args(["BLPOP", "never", "0"]),
+                ReadTimeout::Override(None),
+                &cancel,
+            )
         })
     };
     thread::sleep(Duration::from_millis(200));
@@ -150,7 +176,10 @@ fn cancel_wakes_a_blocked_call_from_another_thread() {
     assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     // The pool is still usable afterwards.
-    assert_eq!(call(&store, &["PING"]).unwrap(), Value::SimpleString("PONG".into()));
+    assert_eq!(
+        call(&store, &["PING"]).unwrap(),
+        Value::SimpleString("PONG".into())
+    );
 }
 
 #[test]

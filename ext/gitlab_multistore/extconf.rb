@@ -7,6 +7,7 @@
 
 require "mkmf"
 require "rbconfig"
+require "tmpdir"
 
 TARGET = "gitlab_multistore/gitlab_multistore"
 

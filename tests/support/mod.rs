@@ -29,14 +29,26 @@ impl RedisServer {
         let child = Process::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--unixsocket", socket.to_str().expect("utf-8 temp path")])
-            .args(["--save", "", "--appendonly", "no", "--enable-debug-command", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
             .args(["--dir", dir.path().to_str().expect("utf-8 temp path")])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (Debian package redis-server)");
-        let server = RedisServer { port, socket, child, _dir: dir };
+        let server = RedisServer {
+            port,
+            socket,
+            child,
+            _dir: dir,
+        };
         server.wait_until_ready();
         server
     }
@@ -49,7 +61,11 @@ impl RedisServer {
     pub fn query(&self, args: &[&str]) -> Value {
         let store = gitlab_multistore::Store::new(self.config());
         store
-            .call(&Command::from_args(args), gitlab_multistore::ReadTimeout::Configured, &CancelToken::new())
+            .call(
+                &Command::from_args(args),
+                gitlab_multistore::ReadTimeout::Configured,
+                &CancelToken::new(),
+            )
             .expect("query the test server")
     }
 

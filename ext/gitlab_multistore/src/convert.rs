@@ -10,7 +10,9 @@
 use crate::error::command_error_class;
 use gitlab_multistore::{server_error_reply, Command, Value};
 use magnus::encoding::Index as EncodingIndex;
-use magnus::{prelude::*, Error, Fixnum, IntoValue, RArray, RString, Ruby, Symbol, Value as RValue};
+use magnus::{
+    prelude::*, Error, Fixnum, IntoValue, RArray, RString, Ruby, Symbol, Value as RValue,
+};
 
 pub fn command_from_ruby(args: RArray) -> Result<Command, Error> {
     let mut cmd = Command::with_capacity(args.len(), 16 * args.len());
@@ -69,7 +71,9 @@ fn convert(ruby: &Ruby, value: Value, bulk_encoding: EncodingIndex) -> Result<RV
         Value::Array(items) | Value::Set(items) => array(ruby, items, bulk_encoding)?,
         Value::ServerError(err) => {
             let message = ruby.str_from_slice(server_error_reply(&err).message.as_bytes());
-            command_error_class(ruby)?.new_instance((message,))?.as_value()
+            command_error_class(ruby)?
+                .new_instance((message,))?
+                .as_value()
         }
         // The core speaks RESP2, where the shapes below never occur; they are mapped to their
         // RESP2 equivalents so a future protocol change cannot crash a caller.
@@ -98,7 +102,10 @@ fn array(ruby: &Ruby, items: Vec<Value>, bulk_encoding: EncodingIndex) -> Result
 /// `Client#call` does.
 pub fn reply_or_raise(ruby: &Ruby, value: Value) -> Result<RValue, Error> {
     if let Value::ServerError(err) = &value {
-        return Err(Error::new(command_error_class(ruby)?, server_error_reply(err).message));
+        return Err(Error::new(
+            command_error_class(ruby)?,
+            server_error_reply(err).message,
+        ));
     }
     reply_to_ruby(ruby, value)
 }

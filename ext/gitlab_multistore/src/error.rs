@@ -57,7 +57,9 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
             classes.connection
         }
-        CoreError::InvalidConfig(_) => return Error::new(ruby.exception_arg_error(), err.to_string()),
+        CoreError::InvalidConfig(_) => {
+            return Error::new(ruby.exception_arg_error(), err.to_string())
+        }
     };
     Error::new(class.get_inner_with(ruby), err.to_string())
 }

@@ -1,7 +1,9 @@
 //! `GitlabMultistore::NativeSession`: a connection pinned to one Ruby thread for WATCH … EXEC,
 //! MULTI without a block, and subscriptions.
 
-use crate::convert::{command_from_ruby, commands_from_ruby, replies_to_ruby, reply_or_raise, reply_to_ruby};
+use crate::convert::{
+    command_from_ruby, commands_from_ruby, replies_to_ruby, reply_or_raise, reply_to_ruby,
+};
 use crate::error::to_ruby_error;
 use crate::nogvl::without_gvl;
 use gitlab_multistore::{CancelToken, ReadTimeout, Session};
@@ -26,12 +28,20 @@ impl NativeSession {
         let cmd = command_from_ruby(args)?;
         let cancel = CancelToken::new();
         let reply = without_gvl(ruby, &cancel, || {
-            rb_self.inner.lock().call(&cmd, ReadTimeout::Configured, &cancel)
+            rb_self
+                .inner
+                .lock()
+                .call(&cmd, ReadTimeout::Configured, &cancel)
         })?;
         reply_or_raise(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
-    fn call_blocking(ruby: &Ruby, rb_self: &Self, args: RArray, timeout: f64) -> Result<Value, Error> {
+    fn call_blocking(
+        ruby: &Ruby,
+        rb_self: &Self,
+        args: RArray,
+        timeout: f64,
+    ) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
         let cancel = CancelToken::new();
@@ -46,7 +56,9 @@ impl NativeSession {
     fn pipeline(ruby: &Ruby, rb_self: &Self, commands: RArray) -> Result<RArray, Error> {
         let cmds = commands_from_ruby(commands)?;
         let cancel = CancelToken::new();
-        let replies = without_gvl(ruby, &cancel, || rb_self.inner.lock().pipeline(&cmds, &cancel))?;
+        let replies = without_gvl(ruby, &cancel, || {
+            rb_self.inner.lock().pipeline(&cmds, &cancel)
+        })?;
         replies_to_ruby(ruby, replies.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
@@ -62,7 +74,9 @@ impl NativeSession {
     fn read(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Value, Error> {
         let timeout = (timeout > 0.0).then(|| Duration::from_secs_f64(timeout));
         let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || rb_self.inner.lock().read(timeout, &cancel))?;
+        let reply = without_gvl(ruby, &cancel, || {
+            rb_self.inner.lock().read(timeout, &cancel)
+        })?;
         reply_to_ruby(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
     }
 

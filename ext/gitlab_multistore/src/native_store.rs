@@ -16,7 +16,12 @@ pub struct NativeStore {
 }
 
 impl NativeStore {
-    fn new(ruby: &Ruby, instance_name: String, primary: RHash, secondary: RHash) -> Result<Self, Error> {
+    fn new(
+        ruby: &Ruby,
+        instance_name: String,
+        primary: RHash,
+        secondary: RHash,
+    ) -> Result<Self, Error> {
         let primary = store_config(ruby, primary)?;
         let secondary = store_config(ruby, secondary)?;
         Ok(NativeStore {
@@ -31,11 +36,18 @@ impl NativeStore {
         reply_or_raise(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
-    fn call_blocking(ruby: &Ruby, rb_self: &Self, args: RArray, timeout: f64) -> Result<Value, Error> {
+    fn call_blocking(
+        ruby: &Ruby,
+        rb_self: &Self,
+        args: RArray,
+        timeout: f64,
+    ) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
         let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || rb_self.inner.call_blocking(&cmd, timeout, &cancel))?;
+        let reply = without_gvl(ruby, &cancel, || {
+            rb_self.inner.call_blocking(&cmd, timeout, &cancel)
+        })?;
         reply_or_raise(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
@@ -85,7 +97,11 @@ impl NativeStore {
 }
 
 fn store_read_timeout(store: &Store) -> f64 {
-    store.config().read_timeout.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    store
+        .config()
+        .read_timeout
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {

@@ -18,7 +18,10 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
         Some(path) => StoreConfig::unix(path),
         None => {
             let host = string("host")?.unwrap_or_else(|| "127.0.0.1".into());
-            let port = fetch("port")?.map(u16::try_convert).transpose()?.unwrap_or(6379);
+            let port = fetch("port")?
+                .map(u16::try_convert)
+                .transpose()?
+                .unwrap_or(6379);
             StoreConfig::tcp(host, port)
         }
     };
@@ -37,14 +40,22 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
         config.pool_size = usize::try_convert(size)?;
     }
     if config.pool_size == 0 {
-        return Err(Error::new(ruby.exception_arg_error(), "pool_size must be positive"));
+        return Err(Error::new(
+            ruby.exception_arg_error(),
+            "pool_size must be positive",
+        ));
     }
     Ok(config)
 }
 
 /// redis-rb treats a timeout of 0 as "wait forever".
-fn timeout(value: Option<magnus::Value>, default: Option<Duration>) -> Result<Option<Duration>, Error> {
-    let Some(value) = value else { return Ok(default) };
+fn timeout(
+    value: Option<magnus::Value>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, Error> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
     let seconds = f64::try_convert(value)?;
     if seconds <= 0.0 || !seconds.is_finite() {
         Ok(None)
