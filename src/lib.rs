@@ -4,6 +4,7 @@
 
 pub mod cancel;
 pub mod command;
+pub mod command_table;
 pub mod config;
 pub mod connection;
 pub mod error;

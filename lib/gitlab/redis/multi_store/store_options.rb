@@ -25,6 +25,8 @@ module Gitlab
             raise ArgumentError, "Sentinel stores are not supported by gitlab_multistore yet"
           end
 
+          raise ArgumentError, "TLS stores (rediss://, ssl: true) are not supported by gitlab_multistore yet" if options[:ssl]
+
           normalized = options.slice(*PASSED_TO_CORE)
           normalized[:pool_size] = Integer(pool_size) if pool_size
           normalized

@@ -1,0 +1,229 @@
+//! Every Redis command the core knows, with the flags Redis itself declares for it, so routing
+//! never needs a round trip and never relies on a hand-kept list. The table is generated from a
+//! live `COMMAND` (script/generate_command_table.rb) and checked against one in the tests.
+
+use crate::command::Command;
+use std::cmp::Ordering;
+
+#[path = "command_table/redis_7_0.rs"]
+mod generated;
+
+pub use generated::REDIS_VERSION;
+
+/// Redis's command flags (`COMMAND INFO`), one bit each.
+pub mod flag {
+    pub const WRITE: u32 = 1 << 0;
+    pub const READONLY: u32 = 1 << 1;
+    pub const DENYOOM: u32 = 1 << 2;
+    pub const ADMIN: u32 = 1 << 3;
+    pub const PUBSUB: u32 = 1 << 4;
+    pub const NOSCRIPT: u32 = 1 << 5;
+    pub const BLOCKING: u32 = 1 << 6;
+    pub const LOADING: u32 = 1 << 7;
+    pub const STALE: u32 = 1 << 8;
+    pub const SKIP_MONITOR: u32 = 1 << 9;
+    pub const SKIP_SLOWLOG: u32 = 1 << 10;
+    pub const FAST: u32 = 1 << 11;
+    pub const NO_AUTH: u32 = 1 << 12;
+    pub const MAY_REPLICATE: u32 = 1 << 13;
+    pub const NO_MANDATORY_KEYS: u32 = 1 << 14;
+    pub const NO_ASYNC_LOADING: u32 = 1 << 15;
+    pub const NO_MULTI: u32 = 1 << 16;
+    pub const MOVABLEKEYS: u32 = 1 << 17;
+    pub const ALLOW_BUSY: u32 = 1 << 18;
+    pub const ASKING: u32 = 1 << 19;
+
+    /// The bit of a flag as `COMMAND` names it.
+    pub fn from_name(name: &str) -> Option<u32> {
+        Some(match name {
+            "write" => WRITE,
+            "readonly" => READONLY,
+            "denyoom" => DENYOOM,
+            "admin" => ADMIN,
+            "pubsub" => PUBSUB,
+            "noscript" => NOSCRIPT,
+            "blocking" => BLOCKING,
+            "loading" => LOADING,
+            "stale" => STALE,
+            "skip_monitor" => SKIP_MONITOR,
+            "skip_slowlog" => SKIP_SLOWLOG,
+            "fast" => FAST,
+            "no_auth" => NO_AUTH,
+            "may_replicate" => MAY_REPLICATE,
+            "no_mandatory_keys" => NO_MANDATORY_KEYS,
+            "no_async_loading" => NO_ASYNC_LOADING,
+            "no_multi" => NO_MULTI,
+            "movablekeys" => MOVABLEKEYS,
+            "allow_busy" => ALLOW_BUSY,
+            "asking" => ASKING,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    pub arity: i32,
+    pub flags: u32,
+    pub first_key: i32,
+    pub last_key: i32,
+    pub step: i32,
+    pub has_subcommands: bool,
+}
+
+/// What a command does to the data, which decides where it is sent during a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Changes data: sent to both stores while dual-write is on.
+    Write,
+    /// Only reads data: the read strategy applies.
+    Read,
+    /// Neither (connection, server, pub/sub subscription commands): default store only.
+    Other,
+}
+
+/// Commands whose Redis flags do not say what a migration needs:
+/// - scripts and functions may write, and Redis cannot tell which keys they touch, so they
+///   are written to both stores like any write (GitLab's MultiStore does the same for EVAL);
+///   loading a script or function goes to both so EVALSHA/FCALL then work on either;
+/// - PUBLISH goes to both so subscribers on either store receive it while both are in use.
+const WRITES_BY_POLICY: &[&str] = &[
+    "eval",
+    "evalsha",
+    "fcall",
+    "function|delete",
+    "function|flush",
+    "function|load",
+    "function|restore",
+    "publish",
+    "script|flush",
+    "script|load",
+    "spublish",
+];
+
+impl CommandSpec {
+    pub fn kind(&self) -> CommandKind {
+        if self.flags & flag::WRITE != 0 || WRITES_BY_POLICY.contains(&self.name) {
+            CommandKind::Write
+        } else if self.flags & flag::READONLY != 0 {
+            CommandKind::Read
+        } else {
+            CommandKind::Other
+        }
+    }
+
+    pub fn is_blocking(&self) -> bool {
+        self.flags & flag::BLOCKING != 0
+    }
+
+    pub fn has_flag(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// The spec of a command, resolving `CONFIG GET` to `config|get`. A container command with an
+/// unknown subcommand resolves to the container itself (kind `Other`): the server will reject it.
+pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
+    let name = cmd.arg(0)?;
+    let spec = find(generated::COMMANDS, name)?;
+    if !spec.has_subcommands {
+        return Some(spec);
+    }
+    let Some(sub) = cmd.arg(1) else {
+        return Some(spec);
+    };
+    let mut full = Vec::with_capacity(name.len() + 1 + sub.len());
+    full.extend_from_slice(name);
+    full.push(b'|');
+    full.extend_from_slice(sub);
+    Some(find(generated::SUBCOMMANDS, &full).unwrap_or(spec))
+}
+
+pub fn commands() -> &'static [CommandSpec] {
+    generated::COMMANDS
+}
+
+pub fn subcommands() -> &'static [CommandSpec] {
+    generated::SUBCOMMANDS
+}
+
+/// Binary search by name, ignoring the case of the caller's spelling (table names are lower case).
+fn find(table: &'static [CommandSpec], name: &[u8]) -> Option<&'static CommandSpec> {
+    table
+        .binary_search_by(|spec| compare_lowercase(spec.name.as_bytes(), name))
+        .ok()
+        .map(|i| &table[i])
+}
+
+fn compare_lowercase(table_name: &[u8], name: &[u8]) -> Ordering {
+    let pairs = table_name.iter().zip(name.iter());
+    for (a, b) in pairs {
+        match a.cmp(&b.to_ascii_lowercase()) {
+            Ordering::Equal => continue,
+            other => return other,
+        }
+    }
+    table_name.len().cmp(&name.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(args: &[&str]) -> Option<CommandKind> {
+        lookup(&Command::from_args(args)).map(CommandSpec::kind)
+    }
+
+    #[test]
+    fn classifies_by_redis_flags_in_any_case() {
+        assert_eq!(kind_of(&["GET", "k"]), Some(CommandKind::Read));
+        assert_eq!(kind_of(&["set", "k", "v"]), Some(CommandKind::Write));
+        assert_eq!(kind_of(&["HgetAll", "h"]), Some(CommandKind::Read));
+        assert_eq!(kind_of(&["ping"]), Some(CommandKind::Other));
+        assert_eq!(kind_of(&["nosuchcommand"]), None);
+    }
+
+    #[test]
+    fn resolves_subcommands_and_policy_writes() {
+        assert_eq!(
+            kind_of(&["CONFIG", "GET", "maxmemory"]),
+            Some(CommandKind::Other)
+        );
+        assert_eq!(
+            kind_of(&["object", "encoding", "k"]),
+            Some(CommandKind::Read)
+        );
+        assert_eq!(
+            kind_of(&["xgroup", "create", "s", "g", "$"]),
+            Some(CommandKind::Write)
+        );
+        assert_eq!(
+            kind_of(&["script", "load", "return 1"]),
+            Some(CommandKind::Write)
+        );
+        assert_eq!(
+            kind_of(&["eval", "return 1", "0"]),
+            Some(CommandKind::Write)
+        );
+        assert_eq!(
+            kind_of(&["eval_ro", "return 1", "0"]),
+            Some(CommandKind::Read)
+        );
+        assert_eq!(kind_of(&["publish", "c", "m"]), Some(CommandKind::Write));
+        assert_eq!(kind_of(&["config", "nosuch"]), Some(CommandKind::Other));
+    }
+
+    #[test]
+    fn tables_are_sorted_for_binary_search() {
+        for table in [commands(), subcommands()] {
+            assert!(table.windows(2).all(|w| w[0].name < w[1].name));
+        }
+    }
+
+    #[test]
+    fn knows_blocking_commands() {
+        let blpop = lookup(&Command::from_args(["blpop", "k", "0"])).map(CommandSpec::is_blocking);
+        assert_eq!(blpop, Some(true));
+    }
+}
