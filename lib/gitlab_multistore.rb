@@ -1,8 +1,9 @@
 # frozen_string_literal: true
 
-# redis-rb comes first: the native extension looks up its exception classes when it loads.
+# redis-rb and the MultiStore's error classes come first: the native extension looks up the
+# exception classes it raises when it loads.
 require "redis"
 require "monitor"
 require "gitlab_multistore/version"
-require "gitlab_multistore/gitlab_multistore"
 require "gitlab/redis/multi_store"
+require "gitlab_multistore/gitlab_multistore"

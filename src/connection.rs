@@ -175,6 +175,18 @@ impl Connection {
         self.flush_write_buf(cancel)
     }
 
+    /// Sends a batch without waiting for the replies; `receive` reads them.
+    pub fn send_batch(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<()> {
+        let _watch = cancel
+            .watch(self.stream.as_raw_fd())
+            .ok_or(Error::Interrupted)?;
+        self.write_buf.clear();
+        for cmd in cmds {
+            cmd.pack_into(&mut self.write_buf);
+        }
+        self.flush_write_buf(cancel)
+    }
+
     /// Reads the next reply off the connection.
     pub fn receive(&mut self, cancel: &CancelToken) -> Result<Reply> {
         let _watch = cancel

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{}", .0.message)]
     Server(ServerErrorReply),
 
+    /// A command not in the command table, refused in strict mode.
+    #[error("Method missing {0}. Add it to the command table or route it explicitly.")]
+    MethodMissing(String),
+
     /// A store configuration the core cannot use.
     #[error("{0}")]
     InvalidConfig(String),

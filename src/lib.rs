@@ -9,7 +9,9 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod fork;
+pub mod metrics;
 pub mod multi_store;
+pub mod routing;
 pub mod session;
 pub mod store;
 
@@ -18,7 +20,8 @@ pub use command::Command;
 pub use config::{Address, StoreConfig};
 pub use connection::{server_error_reply, Reply};
 pub use error::{Error, Result, ServerErrorReply};
-pub use multi_store::MultiStore;
+pub use multi_store::{Event, MultiStore, Outcome};
+pub use routing::{Flags, ReadStrategy, Role};
 pub use session::Session;
 pub use store::{ReadTimeout, Store};
 

@@ -1,21 +1,50 @@
-//! The two stores of one functional partition and the place where each call is sent. Until
-//! routing by feature flags lands, every call goes to the default store, the secondary: a
-//! MultiStore then behaves exactly as a plain client of the store the data lives on today.
+//! The two stores of one functional partition, and the execution of each call's route: the
+//! default store's reply is what the caller gets; whatever happens on the other store is
+//! reported as an `Event` (and counted), never returned as an error.
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
+use crate::command_table::{self, CommandSpec};
 use crate::config::StoreConfig;
 use crate::connection::Reply;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::metrics::InstanceMetrics;
+use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
+use redis::Value;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Something the caller does not see in the reply but the application should hear about.
+#[derive(Debug)]
+pub enum Event {
+    /// A write (or a pipeline) failed on the non-default store.
+    NonDefaultFailed { role: Role, error: Error },
+    /// A read raised on the primary; the secondary answered instead.
+    ReadFromPrimaryFailed { error: Error },
+    /// A read missed on the primary and the secondary had the value.
+    ReadFallback,
+    /// A command not in the command table, sent to the default store.
+    MethodMissing,
+    /// A pipeline's results differed between the two stores.
+    PipelinedDiff,
+}
+
+/// A call's result plus what happened on the side.
+pub struct Outcome<T> {
+    pub result: Result<T>,
+    pub command_name: String,
+    pub events: Vec<Event>,
+}
 
 pub struct MultiStore {
     instance_name: String,
     primary: Arc<Store>,
     secondary: Arc<Store>,
+    same_store: bool,
+    read_strategy: ReadStrategy,
+    metrics: InstanceMetrics,
 }
 
 impl MultiStore {
@@ -24,11 +53,20 @@ impl MultiStore {
         primary: StoreConfig,
         secondary: StoreConfig,
     ) -> Self {
+        let instance_name = instance_name.into();
         MultiStore {
-            instance_name: instance_name.into(),
+            same_store: primary.same_data_as(&secondary),
+            metrics: InstanceMetrics::new(&instance_name),
+            instance_name,
             primary: Arc::new(Store::new(primary)),
             secondary: Arc::new(Store::new(secondary)),
+            read_strategy: ReadStrategy::PrimaryWithFallback,
         }
+    }
+
+    pub fn with_read_strategy(mut self, strategy: ReadStrategy) -> Self {
+        self.read_strategy = strategy;
+        self
     }
 
     pub fn instance_name(&self) -> &str {
@@ -43,42 +81,112 @@ impl MultiStore {
         &self.secondary
     }
 
-    pub fn default_store(&self) -> &Arc<Store> {
-        &self.secondary
+    /// True when both stores hold the same data (same server and db).
+    pub fn same_store(&self) -> bool {
+        self.same_store
     }
 
-    pub fn call(&self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        self.default_store()
-            .call(cmd, ReadTimeout::Configured, cancel)
+    pub fn store(&self, role: Role) -> &Arc<Store> {
+        match role {
+            Role::Primary => &self.primary,
+            Role::Secondary => &self.secondary,
+        }
     }
 
-    /// A blocking command (BLPOP, XREAD BLOCK …) whose own timeout extends the socket's.
+    pub fn default_store(&self, flags: Flags) -> &Arc<Store> {
+        self.store(default_role(flags))
+    }
+
+    pub fn call(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
+        let spec = command_table::lookup(cmd);
+        let mut events = Vec::new();
+        if let Err(err) = self.check_known(cmd, spec, flags, &mut events) {
+            return self.outcome(cmd, Err(err), events);
+        }
+        let default = default_role(flags);
+        let result = match routing::route(spec, flags, self.read_strategy, self.same_store) {
+            Route::Default => self
+                .store(default)
+                .call(cmd, ReadTimeout::Configured, cancel),
+            Route::Both => self.write_both(cmd, default, cancel, &mut events),
+            Route::PrimaryWithFallback => match spec {
+                Some(spec) => self.read_with_fallback(cmd, spec, cancel, &mut events),
+                None => self
+                    .store(default)
+                    .call(cmd, ReadTimeout::Configured, cancel),
+            },
+        };
+        self.outcome(cmd, result, events)
+    }
+
+    /// A blocking command (BLPOP, XREAD BLOCK …) on the default store, whose own timeout extends
+    /// the socket's read timeout.
     pub fn call_blocking(
         &self,
         cmd: &Command,
         timeout: Duration,
+        flags: Flags,
         cancel: &CancelToken,
-    ) -> Result<Reply> {
-        let store = self.default_store();
-        store.call(cmd, blocking_read_timeout(store.config(), timeout), cancel)
+    ) -> Outcome<Reply> {
+        let mut events = Vec::new();
+        if let Err(err) = self.check_known(cmd, command_table::lookup(cmd), flags, &mut events) {
+            return self.outcome(cmd, Err(err), events);
+        }
+        let store = self.default_store(flags);
+        let result = store.call(cmd, blocking_read_timeout(store.config(), timeout), cancel);
+        self.outcome(cmd, result, events)
     }
 
-    /// A call that waits as long as the server takes (MONITOR-like loops read with this).
-    pub fn call_without_timeout(&self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        self.default_store()
-            .call(cmd, ReadTimeout::Override(None), cancel)
+    /// A batch (pipeline, or MULTI … EXEC) in one round trip per store. With dual-write on, a
+    /// batch that writes goes to both stores at once and their results are compared; a batch
+    /// of reads (or one the caller marked read-only) follows the read strategy as a whole.
+    pub fn pipeline(
+        &self,
+        cmds: &[Command],
+        flags: Flags,
+        readonly: bool,
+        cancel: &CancelToken,
+    ) -> Outcome<Vec<Reply>> {
+        let mut events = Vec::new();
+        let name = "pipeline".to_string();
+        let default = default_role(flags);
+        if !flags.dual_write || self.same_store {
+            let result = self.store(default).pipeline(cmds, cancel);
+            return Outcome {
+                result,
+                command_name: name,
+                events,
+            };
+        }
+        let kinds: Vec<_> = cmds
+            .iter()
+            .map(|c| command_table::lookup(c).map(CommandSpec::kind))
+            .collect();
+        let only_reads = readonly
+            || kinds
+                .iter()
+                .all(|k| *k == Some(command_table::CommandKind::Read));
+        let result = if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback {
+            self.read_pipeline_with_fallback(cmds, cancel, &mut events)
+        } else if only_reads {
+            self.store(default).pipeline(cmds, cancel)
+        } else {
+            self.pipeline_both(cmds, default, cancel, &mut events)
+        };
+        Outcome {
+            result,
+            command_name: name,
+            events,
+        }
     }
 
-    pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
-        self.default_store().pipeline(cmds, cancel)
+    pub fn session(&self, flags: Flags) -> Session {
+        Session::new(Arc::clone(self.default_store(flags)))
     }
 
-    pub fn session(&self) -> Session {
-        Session::new(Arc::clone(self.default_store()))
-    }
-
-    pub fn select(&self, db: i64) {
-        self.default_store().select(db);
+    /// SELECT changes the database of the default store's connections.
+    pub fn select(&self, db: i64, flags: Flags) {
+        self.default_store(flags).select(db);
     }
 
     pub fn disconnect(&self) {
@@ -86,7 +194,167 @@ impl MultiStore {
         self.secondary.disconnect();
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.default_store().is_connected()
+    pub fn is_connected(&self, flags: Flags) -> bool {
+        self.default_store(flags).is_connected()
+    }
+
+    fn check_known(
+        &self,
+        cmd: &Command,
+        spec: Option<&CommandSpec>,
+        flags: Flags,
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        if spec.is_some() {
+            return Ok(());
+        }
+        let name = cmd.name();
+        self.metrics.method_missing(&name);
+        events.push(Event::MethodMissing);
+        if flags.strict {
+            return Err(Error::MethodMissing(name));
+        }
+        Ok(())
+    }
+
+    fn outcome<T>(&self, cmd: &Command, result: Result<T>, events: Vec<Event>) -> Outcome<T> {
+        Outcome {
+            result,
+            // Only needed when something is reported; skip the allocation otherwise.
+            command_name: if events.is_empty() {
+                String::new()
+            } else {
+                cmd.name()
+            },
+            events,
+        }
+    }
+
+    /// Sends to the non-default store first without waiting, then runs the default store's
+    /// round trip, then collects the other reply: latency is the slower store's, not the sum.
+    fn write_both(
+        &self,
+        cmd: &Command,
+        default: Role,
+        cancel: &CancelToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply> {
+        let other = other_role(default);
+        let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
+        let reply = self
+            .store(default)
+            .call(cmd, ReadTimeout::Configured, cancel);
+        let other_reply = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        match other_reply {
+            Err(error) => self.non_default_failed(other, error, events),
+            Ok(replies) => {
+                // An error reply only on the non-default store means the stores disagree.
+                if let (Some(Value::ServerError(err)), Ok(default_reply)) =
+                    (replies.first(), &reply)
+                {
+                    if !matches!(default_reply, Value::ServerError(_)) {
+                        let error = Error::Server(crate::connection::server_error_reply(err));
+                        self.non_default_failed(other, error, events);
+                    }
+                }
+            }
+        }
+        reply
+    }
+
+    fn read_with_fallback(
+        &self,
+        cmd: &Command,
+        spec: &CommandSpec,
+        cancel: &CancelToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply> {
+        match self.primary.call(cmd, ReadTimeout::Configured, cancel) {
+            Ok(Value::ServerError(err)) => {
+                let error = Error::Server(crate::connection::server_error_reply(&err));
+                self.read_failed_on_primary(error, events);
+            }
+            Ok(reply) if !is_miss(spec, &reply) => return Ok(reply),
+            Ok(_miss) => {
+                let fallback = self.secondary.call(cmd, ReadTimeout::Configured, cancel);
+                if matches!(&fallback, Ok(reply) if !is_miss(spec, reply)) {
+                    self.metrics.read_fallback_miss();
+                    events.push(Event::ReadFallback);
+                }
+                return fallback;
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(error) => self.read_failed_on_primary(error, events),
+        }
+        self.secondary.call(cmd, ReadTimeout::Configured, cancel)
+    }
+
+    fn read_pipeline_with_fallback(
+        &self,
+        cmds: &[Command],
+        cancel: &CancelToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Vec<Reply>> {
+        let specs: Vec<_> = cmds.iter().map(command_table::lookup).collect();
+        let primary = match self.primary.pipeline(cmds, cancel) {
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(error) => {
+                self.read_failed_on_primary(error, events);
+                return self.secondary.pipeline(cmds, cancel);
+            }
+            Ok(replies) => replies,
+        };
+        let missed = primary.iter().zip(&specs).any(|(reply, spec)| match spec {
+            Some(spec) => is_miss(spec, reply) || matches!(reply, Value::ServerError(_)),
+            None => false,
+        });
+        if !missed {
+            return Ok(primary);
+        }
+        let secondary = self.secondary.pipeline(cmds, cancel)?;
+        if secondary != primary {
+            self.metrics.read_fallback_miss();
+            events.push(Event::ReadFallback);
+        }
+        Ok(secondary)
+    }
+
+    fn pipeline_both(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        cancel: &CancelToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Vec<Reply>> {
+        let other = other_role(default);
+        let in_flight = self.store(other).send(cmds, cancel);
+        let replies = self.store(default).pipeline(cmds, cancel);
+        match in_flight.and_then(|f| self.store(other).receive(f, cancel)) {
+            Err(error) => self.non_default_failed(other, error, events),
+            Ok(other_replies) => {
+                if matches!(&replies, Ok(r) if *r != other_replies) {
+                    self.metrics.pipelined_diff();
+                    events.push(Event::PipelinedDiff);
+                }
+            }
+        }
+        replies
+    }
+
+    fn non_default_failed(&self, role: Role, error: Error, events: &mut Vec<Event>) {
+        self.metrics.non_default_write_failure();
+        events.push(Event::NonDefaultFailed { role, error });
+    }
+
+    fn read_failed_on_primary(&self, error: Error, events: &mut Vec<Event>) {
+        self.metrics.read_fallback_error();
+        events.push(Event::ReadFromPrimaryFailed { error });
+    }
+}
+
+fn other_role(role: Role) -> Role {
+    match role {
+        Role::Primary => Role::Secondary,
+        Role::Secondary => Role::Primary,
     }
 }

@@ -28,6 +28,12 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
 }
 
+/// Commands sent on a connection whose replies have not been read yet.
+pub struct InFlight {
+    conn: Connection,
+    expected: usize,
+}
+
 pub struct Store {
     config: StoreConfig,
     /// The database new connections select; `select` changes it for the whole pool.
@@ -87,6 +93,28 @@ impl Store {
             return Ok(Vec::new());
         }
         self.with_retry(cancel, |conn| conn.pipeline(cmds, cancel))
+    }
+
+    /// Sends a batch on a pooled connection without waiting: the caller does other work (the
+    /// other store's round trip) and then collects the replies with `receive`. Not retried: used
+    /// for the non-default store, whose failures are reported rather than hidden.
+    pub fn send(&self, cmds: &[Command], cancel: &CancelToken) -> Result<InFlight> {
+        let mut conn = self.checkout(cancel)?;
+        conn.send_batch(cmds, cancel)?;
+        Ok(InFlight {
+            conn,
+            expected: cmds.len(),
+        })
+    }
+
+    pub fn receive(&self, in_flight: InFlight, cancel: &CancelToken) -> Result<Vec<Reply>> {
+        let InFlight { mut conn, expected } = in_flight;
+        let mut replies = Vec::with_capacity(expected);
+        for _ in 0..expected {
+            replies.push(conn.receive(cancel)?);
+        }
+        self.checkin(conn);
+        Ok(replies)
     }
 
     /// Takes a connection out of the pool for a caller that needs the same connection across

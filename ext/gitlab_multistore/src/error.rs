@@ -12,11 +12,13 @@ struct RedisErrorClasses {
     cannot_connect: Opaque<ExceptionClass>,
     connection: Opaque<ExceptionClass>,
     timeout: Opaque<ExceptionClass>,
+    method_missing: Opaque<ExceptionClass>,
 }
 
 static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
 
-/// Looks redis-rb's classes up once, at load time (lib/ requires redis-rb first).
+/// Looks the exception classes up once, at load time (lib/ requires redis-rb and defines the
+/// MultiStore's errors before loading the extension).
 pub fn init(ruby: &Ruby) -> Result<(), Error> {
     let redis: RClass = ruby.class_object().const_get("Redis")?;
     let fetch = |name: &str| -> Result<Opaque<ExceptionClass>, Error> {
@@ -27,6 +29,9 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
         cannot_connect: fetch("CannotConnectError")?,
         connection: fetch("ConnectionError")?,
         timeout: fetch("TimeoutError")?,
+        method_missing: Opaque::from(
+            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
+        ),
     };
     let _ = CLASSES.set(classes);
     Ok(())
@@ -45,6 +50,20 @@ pub fn command_error_class(ruby: &Ruby) -> Result<ExceptionClass, Error> {
     Ok(classes(ruby)?.command.get_inner_with(ruby))
 }
 
+/// The Ruby class a core error is raised as, by name (for reports built on the Ruby side).
+pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
+    match err {
+        CoreError::Server(_) => "Redis::CommandError",
+        CoreError::CannotConnect { .. } => "Redis::CannotConnectError",
+        CoreError::Timeout => "Redis::TimeoutError",
+        CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
+            "Redis::ConnectionError"
+        }
+        CoreError::MethodMissing(_) => "Gitlab::Redis::MultiStore::MethodMissingError",
+        CoreError::InvalidConfig(_) => "ArgumentError",
+    }
+}
+
 pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
     let classes = match classes(ruby) {
         Ok(classes) => classes,
@@ -57,6 +76,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
             classes.connection
         }
+        CoreError::MethodMissing(_) => classes.method_missing,
         CoreError::InvalidConfig(_) => {
             return Error::new(ruby.exception_arg_error(), err.to_string())
         }

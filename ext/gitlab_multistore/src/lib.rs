@@ -4,6 +4,7 @@
 
 mod convert;
 mod error;
+mod events;
 mod native_session;
 mod native_store;
 mod nogvl;

@@ -1,18 +1,33 @@
 //! `GitlabMultistore::NativeStore`: the core MultiStore as a Ruby object. Every method converts
-//! its arguments under the GVL, runs the round trip without it, and converts the reply back.
+//! its arguments under the GVL, runs the round trips without it, converts the reply back, and
+//! hands the side events to the Ruby reporter.
 
 use crate::convert::{command_from_ruby, commands_from_ruby, replies_to_ruby, reply_or_raise};
 use crate::error::to_ruby_error;
+use crate::events;
 use crate::native_session::NativeSession;
 use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
-use gitlab_multistore::{CancelToken, MultiStore, Store};
-use magnus::{function, method, prelude::*, Error, RArray, RHash, RModule, Ruby, Value};
+use gitlab_multistore::{CancelToken, Flags, MultiStore, ReadStrategy, Role, Store};
+use magnus::value::Opaque;
+use magnus::{
+    function, gc, method, prelude::*, DataTypeFunctions, Error, RArray, RHash, RModule, Ruby,
+    Symbol, TypedData, Value,
+};
 use std::time::Duration;
 
-#[magnus::wrap(class = "GitlabMultistore::NativeStore", free_immediately, size)]
+#[derive(TypedData)]
+#[magnus(class = "GitlabMultistore::NativeStore", free_immediately, size, mark)]
 pub struct NativeStore {
     inner: MultiStore,
+    /// Called with the events of a call; marked so the GC keeps it (and does not move it).
+    reporter: Opaque<Value>,
+}
+
+impl DataTypeFunctions for NativeStore {
+    fn mark(&self, marker: &gc::Marker) {
+        marker.mark(self.reporter);
+    }
 }
 
 impl NativeStore {
@@ -21,19 +36,38 @@ impl NativeStore {
         instance_name: String,
         primary: RHash,
         secondary: RHash,
+        read_strategy: Symbol,
+        reporter: Value,
     ) -> Result<Self, Error> {
+        let strategy = match read_strategy.name()?.as_ref() {
+            "primary_with_fallback" => ReadStrategy::PrimaryWithFallback,
+            "default_only" => ReadStrategy::DefaultOnly,
+            other => return Err(Error::new(
+                ruby.exception_arg_error(),
+                format!(
+                    "unknown read_strategy :{other} (use :primary_with_fallback or :default_only)"
+                ),
+            )),
+        };
         let primary = store_config(ruby, primary)?;
         let secondary = store_config(ruby, secondary)?;
         Ok(NativeStore {
-            inner: MultiStore::new(instance_name, primary, secondary),
+            inner: MultiStore::new(instance_name, primary, secondary).with_read_strategy(strategy),
+            reporter: Opaque::from(reporter),
         })
     }
 
-    fn call(ruby: &Ruby, rb_self: &Self, args: RArray) -> Result<Value, Error> {
+    fn reporter(&self, ruby: &Ruby) -> Value {
+        ruby.get_inner(self.reporter)
+    }
+
+    fn call(ruby: &Ruby, rb_self: &Self, args: RArray, flags: u32) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
+        let flags = Flags::from_bits(flags);
         let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || rb_self.inner.call(&cmd, &cancel))?;
-        reply_or_raise(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
+        let outcome = without_gvl(ruby, &cancel, || rb_self.inner.call(&cmd, flags, &cancel))?;
+        events::report(ruby, rb_self.reporter(ruby), &outcome)?;
+        reply_or_raise(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
     fn call_blocking(
@@ -41,83 +75,107 @@ impl NativeStore {
         rb_self: &Self,
         args: RArray,
         timeout: f64,
+        flags: u32,
     ) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
+        let flags = Flags::from_bits(flags);
         let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || {
-            rb_self.inner.call_blocking(&cmd, timeout, &cancel)
+        let outcome = without_gvl(ruby, &cancel, || {
+            rb_self.inner.call_blocking(&cmd, timeout, flags, &cancel)
         })?;
-        reply_or_raise(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
+        events::report(ruby, rb_self.reporter(ruby), &outcome)?;
+        reply_or_raise(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
     /// Replies in order, error replies in place as `Redis::CommandError` objects.
-    fn pipeline(ruby: &Ruby, rb_self: &Self, commands: RArray) -> Result<RArray, Error> {
+    fn pipeline(
+        ruby: &Ruby,
+        rb_self: &Self,
+        commands: RArray,
+        flags: u32,
+        readonly: bool,
+    ) -> Result<RArray, Error> {
         let cmds = commands_from_ruby(commands)?;
+        let flags = Flags::from_bits(flags);
         let cancel = CancelToken::new();
-        let replies = without_gvl(ruby, &cancel, || rb_self.inner.pipeline(&cmds, &cancel))?;
-        replies_to_ruby(ruby, replies.map_err(|e| to_ruby_error(ruby, e))?)
+        let outcome = without_gvl(ruby, &cancel, || {
+            rb_self.inner.pipeline(&cmds, flags, readonly, &cancel)
+        })?;
+        events::report(ruby, rb_self.reporter(ruby), &outcome)?;
+        replies_to_ruby(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
-    fn session(&self) -> NativeSession {
-        NativeSession::new(self.inner.session())
+    fn session(&self, flags: u32) -> NativeSession {
+        NativeSession::new(self.inner.session(Flags::from_bits(flags)))
     }
 
-    fn select(&self, db: i64) {
-        self.inner.select(db);
+    fn select(&self, db: i64, flags: u32) {
+        self.inner.select(db, Flags::from_bits(flags));
     }
 
     fn disconnect(&self) {
         self.inner.disconnect();
     }
 
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
+    fn is_connected(&self, flags: u32) -> bool {
+        self.inner.is_connected(Flags::from_bits(flags))
     }
 
-    fn default_id(&self) -> String {
-        self.inner.default_store().id()
+    fn store_id(ruby: &Ruby, rb_self: &Self, role: Symbol) -> Result<String, Error> {
+        Ok(rb_self.store_by_name(ruby, role)?.id())
     }
 
-    fn primary_id(&self) -> String {
-        self.inner.primary().id()
+    fn store_db(ruby: &Ruby, rb_self: &Self, role: Symbol) -> Result<i64, Error> {
+        Ok(rb_self.store_by_name(ruby, role)?.db())
     }
 
-    fn secondary_id(&self) -> String {
-        self.inner.secondary().id()
+    fn store_read_timeout(ruby: &Ruby, rb_self: &Self, role: Symbol) -> Result<f64, Error> {
+        let store = rb_self.store_by_name(ruby, role)?;
+        Ok(store
+            .config()
+            .read_timeout
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0))
     }
 
-    fn default_db(&self) -> i64 {
-        self.inner.default_store().db()
+    fn same_store(&self) -> bool {
+        self.inner.same_store()
     }
 
-    fn read_timeout(&self) -> f64 {
-        store_read_timeout(self.inner.default_store())
+    fn store_by_name(&self, ruby: &Ruby, role: Symbol) -> Result<&Store, Error> {
+        match role.name()?.as_ref() {
+            "primary" => Ok(self.inner.store(Role::Primary)),
+            "secondary" => Ok(self.inner.store(Role::Secondary)),
+            other => Err(Error::new(
+                ruby.exception_arg_error(),
+                format!("unknown store :{other}"),
+            )),
+        }
     }
 }
 
-fn store_read_timeout(store: &Store) -> f64 {
-    store
-        .config()
-        .read_timeout
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+fn metrics_text() -> String {
+    gitlab_multistore::metrics::text()
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("NativeStore", ruby.class_object())?;
-    class.define_singleton_method("new", function!(NativeStore::new, 3))?;
-    class.define_method("_call", method!(NativeStore::call, 1))?;
-    class.define_method("_call_blocking", method!(NativeStore::call_blocking, 2))?;
-    class.define_method("_pipeline", method!(NativeStore::pipeline, 1))?;
-    class.define_method("_session", method!(NativeStore::session, 0))?;
-    class.define_method("_select", method!(NativeStore::select, 1))?;
+    class.define_singleton_method("new", function!(NativeStore::new, 5))?;
+    class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
+    class.define_method("_call", method!(NativeStore::call, 2))?;
+    class.define_method("_call_blocking", method!(NativeStore::call_blocking, 3))?;
+    class.define_method("_pipeline", method!(NativeStore::pipeline, 3))?;
+    class.define_method("_session", method!(NativeStore::session, 1))?;
+    class.define_method("_select", method!(NativeStore::select, 2))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
-    class.define_method("_connected?", method!(NativeStore::is_connected, 0))?;
-    class.define_method("_default_id", method!(NativeStore::default_id, 0))?;
-    class.define_method("_primary_id", method!(NativeStore::primary_id, 0))?;
-    class.define_method("_secondary_id", method!(NativeStore::secondary_id, 0))?;
-    class.define_method("_default_db", method!(NativeStore::default_db, 0))?;
-    class.define_method("_read_timeout", method!(NativeStore::read_timeout, 0))?;
+    class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;
+    class.define_method("_store_id", method!(NativeStore::store_id, 1))?;
+    class.define_method("_store_db", method!(NativeStore::store_db, 1))?;
+    class.define_method(
+        "_store_read_timeout",
+        method!(NativeStore::store_read_timeout, 1),
+    )?;
+    class.define_method("_same_store?", method!(NativeStore::same_store, 0))?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 # frozen_string_literal: true
 
+require "logger"
 require "gitlab/redis/multi_store/errors"
 require "gitlab/redis/multi_store/store_options"
+require "gitlab/redis/multi_store/feature_flags"
+require "gitlab/redis/multi_store/reporter"
 require "gitlab/redis/multi_store/client"
 
 module Gitlab
@@ -11,28 +14,103 @@ module Gitlab
     # every method, argument conversion and reply transformation, so results match redis-rb by
     # construction. The transport and the routing run in the native core, without the GVL.
     class MultiStore < ::Redis
-      attr_reader :primary_store, :secondary_store, :instance_name
+      READ_STRATEGIES = %i[primary_with_fallback default_only].freeze
+
+      class << self
+        # Process-wide defaults; each can be overridden per instance.
+        # feature_flags: responds to `call(flag)` or `enabled?(flag)`; nil means every flag off.
+        # on_error: `call(exception, context)`; nil logs a warning to `logger`.
+        # strict: raise MethodMissingError for commands not in the command table (GitLab raises
+        #   in development and test) instead of reporting them.
+        attr_accessor :feature_flags, :on_error, :strict
+        attr_writer :logger
+
+        def logger
+          @logger ||= Logger.new($stderr, progname: "gitlab_multistore")
+        end
+
+        # Prometheus text exposition (0.0.4) of every MultiStore's metrics in this process.
+        def metrics_text
+          GitlabMultistore::NativeStore.metrics_text
+        end
+      end
+      self.strict = false
+
+      attr_reader :primary_store, :secondary_store, :instance_name, :read_strategy
 
       # @param primary_store [::Redis, String, Hash] the new store: a client, URL or options
       # @param secondary_store [::Redis, String, Hash] the store the data lives on today
       # @param instance_name [String] names the partition in flags, logs and metrics
+      # @param feature_flags [#call, #enabled?] this instance's flag source (default: global)
+      # @param on_error [#call] this instance's reporter (default: global, else the logger)
+      # @param read_strategy [Symbol] with dual-write on, :primary_with_fallback reads the
+      #   primary and falls back to the secondary on a miss or an error (GitLab's original
+      #   behaviour); :default_only reads the default store only (GitLab's later behaviour)
+      # @param strict [Boolean] raise for commands not in the command table
       # @param pool_size [Integer] idle connections kept per store (default 16)
-      def initialize(primary_store, secondary_store, instance_name, pool_size: nil)
+      def initialize(primary_store, secondary_store, instance_name, feature_flags: nil, on_error: nil,
+                     read_strategy: :primary_with_fallback, strict: nil, pool_size: nil)
         validate_arguments!(primary_store, secondary_store, instance_name)
+        unless READ_STRATEGIES.include?(read_strategy)
+          raise ArgumentError, "invalid read_strategy #{read_strategy.inspect} (one of #{READ_STRATEGIES.inspect})"
+        end
 
         @primary_store = primary_store
         @secondary_store = secondary_store
         @instance_name = instance_name.to_s
+        @read_strategy = read_strategy
         @pool_size = pool_size
+        @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
+                                 strict: strict, pool_size: pool_size }
+        @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict)
         @native = GitlabMultistore::NativeStore.new(
           @instance_name,
           StoreOptions.normalize(primary_store, pool_size: pool_size),
-          StoreOptions.normalize(secondary_store, pool_size: pool_size)
+          StoreOptions.normalize(secondary_store, pool_size: pool_size),
+          read_strategy,
+          Reporter.new(@instance_name, on_error)
         )
-        @original_client = @client = Client.new(@native)
+        @original_client = @client = Client.new(@native, @flags)
         # Only redis-rb's deprecated `queue`/`commit` still use these.
         @queue = Hash.new { |h, k| h[k] = [] }
         @monitor = Monitor.new
+      end
+
+      def use_primary_and_secondary_stores?
+        @flags.dual_write?
+      end
+
+      def use_primary_store_as_default?
+        @flags.primary_default?
+      end
+
+      def default_store
+        use_primary_store_as_default? ? primary_store : secondary_store
+      end
+
+      def non_default_store
+        use_primary_store_as_default? ? secondary_store : primary_store
+      end
+
+      # Both stores point at the same server and db: writes are then applied once.
+      def same_store?
+        @native._same_store?
+      end
+
+      # Pipelines inside the block only read: with dual-write on they follow the read strategy
+      # instead of being sent to both stores. Per thread; blocks do not nest.
+      def with_readonly_pipeline
+        state = @client.thread_state!
+        raise NestedReadonlyPipelineError, "with_readonly_pipeline blocks do not nest" if state.readonly
+
+        state.readonly = true
+        yield
+      ensure
+        state.readonly = false if state && !$!.is_a?(NestedReadonlyPipelineError)
+      end
+
+      def readonly_pipeline?
+        @client.thread_state&.readonly ? true : false
       end
 
       def pipelined(&block)
@@ -127,13 +205,14 @@ module Gitlab
       end
 
       def dup
-        self.class.new(primary_store, secondary_store, instance_name, pool_size: @pool_size)
+        self.class.new(primary_store, secondary_store, instance_name, **@constructor_options)
       end
 
-      # Names both stores, never a password.
+      # Names both stores and the default one, never a password.
       def inspect
         "#<#{self.class.name} instance_name=#{instance_name.inspect} " \
-          "primary=#{@native._primary_id} secondary=#{@native._secondary_id} default=#{@native._default_id}>"
+          "primary=#{@native._store_id(:primary)} secondary=#{@native._store_id(:secondary)} " \
+          "default=#{@client.default_role}>"
       end
       alias to_s inspect
 
@@ -148,7 +227,7 @@ module Gitlab
       end
 
       def default_connection_options
-        @default_connection_options ||= StoreOptions.parsed_options(secondary_store)
+        StoreOptions.parsed_options(default_store)
       end
 
       # Commands sent while a block-less (deprecated) pipelined/multi block runs on this thread

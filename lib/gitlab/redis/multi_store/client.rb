@@ -12,12 +12,15 @@ module Gitlab
         QUEUED = "QUEUED"
         REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
 
-        # What one thread has pinned: a session, a deprecated block-less pipeline recording
-        # calls, or the subscribed client of a running subscription.
-        ThreadState = Struct.new(:session, :recorder, :subscribed_client)
+        # What one thread has pinned: a session, a pipeline recording calls made on the
+        # MultiStore itself, the subscribed client of a running subscription, and whether a
+        # `with_readonly_pipeline` block is running.
+        ThreadState = Struct.new(:session, :recorder, :subscribed_client, :readonly)
 
-        def initialize(native)
+        # @param flags [FeatureFlags] read before each call: they decide the route
+        def initialize(native, flags)
           @native = native
+          @flags = flags
           @state_key = :"__gitlab_multistore_#{object_id}"
         end
 
@@ -27,7 +30,7 @@ module Gitlab
             if state&.session
               state.session._call(command)
             else
-              @native._call(command)
+              @native._call(command, @flags.bits)
             end
           block && reply != QUEUED ? block.call(reply) : reply
         end
@@ -40,7 +43,7 @@ module Gitlab
             if session
               session._call_blocking(command, timeout.to_f)
             else
-              @native._call_blocking(command, timeout.to_f)
+              @native._call_blocking(command, timeout.to_f, @flags.bits)
             end
           block && reply != QUEUED ? block.call(reply) : reply
         end
@@ -70,8 +73,13 @@ module Gitlab
         # Raw replies; raises the first error reply, as redis-rb does before resolving futures.
         def call_pipelined(pipeline)
           commands = pipeline.commands
-          session = thread_state&.session
-          replies = session ? session._pipeline(commands) : @native._pipeline(commands)
+          state = thread_state
+          replies =
+            if state&.session
+              state.session._pipeline(commands)
+            else
+              @native._pipeline(commands, @flags.bits, state&.readonly ? true : false)
+            end
           error = replies.find { |reply| reply.is_a?(::Redis::CommandError) }
           raise error if error
 
@@ -110,7 +118,7 @@ module Gitlab
 
         def pin
           state = thread_state!
-          state.session ||= @native._session
+          state.session ||= @native._session(@flags.bits)
         end
 
         def pinned?
@@ -144,23 +152,27 @@ module Gitlab
         end
 
         def db
-          @native._default_db
+          @native._store_db(default_role)
         end
 
         def db=(db)
-          @native._select(db.to_i)
+          @native._select(db.to_i, @flags.bits)
         end
 
         def timeout
-          @native._read_timeout
+          @native._store_read_timeout(default_role)
         end
 
         def id
-          @native._default_id
+          @native._store_id(default_role)
         end
 
         def connected?
-          @native._connected?
+          @native._connected?(@flags.bits)
+        end
+
+        def default_role
+          @flags.primary_default? ? :primary : :secondary
         end
 
         def disconnect

@@ -1,0 +1,211 @@
+//! Where a command goes during a migration, decided from its kind and the feature flags. The
+//! decision is data (`Route`), separate from the I/O, so it is tested without a server.
+
+use crate::command_table::{CommandKind, CommandSpec};
+use redis::Value;
+
+/// The feature flags, read through the host application's callbacks before each call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `use_primary_and_secondary_stores_for_<name>`: writes go to both stores.
+    pub dual_write: bool,
+    /// `use_primary_store_as_default_for_<name>`: the primary answers callers.
+    pub primary_default: bool,
+    /// Raise instead of report for commands not in the table (GitLab does so in dev and test).
+    pub strict: bool,
+}
+
+impl Flags {
+    pub const DUAL_WRITE: u32 = 1;
+    pub const PRIMARY_DEFAULT: u32 = 2;
+    pub const STRICT: u32 = 4;
+
+    pub fn from_bits(bits: u32) -> Flags {
+        Flags {
+            dual_write: bits & Self::DUAL_WRITE != 0,
+            primary_default: bits & Self::PRIMARY_DEFAULT != 0,
+            strict: bits & Self::STRICT != 0,
+        }
+    }
+}
+
+/// How reads are served while dual-write is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStrategy {
+    /// GitLab's original behaviour: read the primary; on a miss or an error, read the secondary.
+    PrimaryWithFallback,
+    /// GitLab's later behaviour: read the default store only.
+    DefaultOnly,
+}
+
+/// Which of the two stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The default store only.
+    Default,
+    /// Both stores, in flight at once; the default store's reply is returned.
+    Both,
+    /// The primary, falling back to the secondary on a miss or an error.
+    PrimaryWithFallback,
+}
+
+pub fn default_role(flags: Flags) -> Role {
+    if flags.primary_default {
+        Role::Primary
+    } else {
+        Role::Secondary
+    }
+}
+
+/// `same_store`: both stores hold the same data (same server and db), so a write must never be
+/// applied twice and a fallback could never find anything new.
+pub fn route(
+    spec: Option<&CommandSpec>,
+    flags: Flags,
+    strategy: ReadStrategy,
+    same_store: bool,
+) -> Route {
+    let Some(spec) = spec else {
+        return Route::Default;
+    };
+    if !flags.dual_write || same_store {
+        return Route::Default;
+    }
+    // A blocking command sent to both stores would block on both; it runs on the default store.
+    if spec.is_blocking() {
+        return Route::Default;
+    }
+    match (spec.kind(), strategy) {
+        (CommandKind::Write, _) => Route::Both,
+        (CommandKind::Read, ReadStrategy::PrimaryWithFallback) => Route::PrimaryWithFallback,
+        _ => Route::Default,
+    }
+}
+
+/// Whether a read's reply means "not there", which makes the primary fall back to the
+/// secondary (GitLab's nil-or-empty check, per command): nil, an empty array or all nils
+/// (MGET, HMGET), 0 for counts and existence checks of a missing key, -2 for the TTL of a
+/// missing key, and a finished scan that found nothing.
+pub fn is_miss(spec: &CommandSpec, reply: &Value) -> bool {
+    match reply {
+        Value::Nil => true,
+        Value::Array(items) => {
+            let scan_found_nothing = spec.name.ends_with("scan")
+                && items.len() == 2
+                && matches!(&items[1], Value::Array(found) if found.is_empty());
+            items.iter().all(|v| matches!(v, Value::Nil)) || scan_found_nothing
+        }
+        Value::Int(0) => COUNTS_ZERO_WHEN_MISSING.contains(&spec.name),
+        Value::Int(-2) => TTL_MINUS_TWO_WHEN_MISSING.contains(&spec.name),
+        _ => false,
+    }
+}
+
+const COUNTS_ZERO_WHEN_MISSING: &[&str] = &[
+    "exists",
+    "hexists",
+    "hlen",
+    "hstrlen",
+    "llen",
+    "scard",
+    "sismember",
+    "strlen",
+    "xlen",
+    "zcard",
+];
+
+const TTL_MINUS_TWO_WHEN_MISSING: &[&str] = &["expiretime", "pexpiretime", "pttl", "ttl"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::command_table::lookup;
+
+    fn route_of(args: &[&str], flags: Flags) -> Route {
+        let cmd = Command::from_args(args);
+        route(
+            lookup(&cmd),
+            flags,
+            ReadStrategy::PrimaryWithFallback,
+            false,
+        )
+    }
+
+    const DUAL: Flags = Flags {
+        dual_write: true,
+        primary_default: false,
+        strict: false,
+    };
+
+    #[test]
+    fn flags_off_sends_everything_to_the_default_store() {
+        for args in [
+            &["set", "k", "v"][..],
+            &["get", "k"],
+            &["ping"],
+            &["nosuch"],
+        ] {
+            assert_eq!(route_of(args, Flags::default()), Route::Default);
+        }
+    }
+
+    #[test]
+    fn dual_write_writes_both_and_reads_with_fallback() {
+        assert_eq!(route_of(&["SET", "k", "v"], DUAL), Route::Both);
+        assert_eq!(route_of(&["eval", "return 1", "0"], DUAL), Route::Both);
+        assert_eq!(route_of(&["GET", "k"], DUAL), Route::PrimaryWithFallback);
+        assert_eq!(route_of(&["ping"], DUAL), Route::Default);
+        assert_eq!(route_of(&["blpop", "k", "0"], DUAL), Route::Default);
+    }
+
+    #[test]
+    fn default_only_strategy_and_same_store() {
+        let get = Command::from_args(["get", "k"]);
+        assert_eq!(
+            route(lookup(&get), DUAL, ReadStrategy::DefaultOnly, false),
+            Route::Default
+        );
+        let set = Command::from_args(["set", "k", "v"]);
+        assert_eq!(
+            route(lookup(&set), DUAL, ReadStrategy::PrimaryWithFallback, true),
+            Route::Default
+        );
+    }
+
+    #[test]
+    fn misses_follow_gitlabs_nil_or_empty_rules() {
+        let spec = |name: &str| lookup(&Command::from_args([name])).unwrap();
+        assert!(is_miss(spec("get"), &Value::Nil));
+        assert!(is_miss(
+            spec("mget"),
+            &Value::Array(vec![Value::Nil, Value::Nil])
+        ));
+        assert!(!is_miss(
+            spec("mget"),
+            &Value::Array(vec![Value::Nil, Value::Int(1)])
+        ));
+        assert!(is_miss(spec("smembers"), &Value::Array(vec![])));
+        assert!(is_miss(spec("scard"), &Value::Int(0)));
+        assert!(!is_miss(spec("incr"), &Value::Int(0)));
+        assert!(is_miss(spec("ttl"), &Value::Int(-2)));
+        assert!(!is_miss(spec("ttl"), &Value::Int(-1)));
+        let empty_scan = Value::Array(vec![Value::BulkString(b"0".to_vec()), Value::Array(vec![])]);
+        assert!(is_miss(spec("sscan"), &empty_scan));
+    }
+}
