@@ -3,6 +3,7 @@
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "gitlab_multistore"
 require_relative "support/redis_servers"
+require_relative "support/multi_store_helpers"
 
 Redis.silence_deprecations = true
 
@@ -19,6 +20,7 @@ RSpec.configure do |config|
   end
 
   config.include RedisServers::Helpers
+  config.include MultiStoreHelpers
   config.after(:suite) { RedisServers.stop_all }
 
   if ENV["GC_STRESS"]

@@ -104,9 +104,11 @@ module Gitlab
         raise NestedReadonlyPipelineError, "with_readonly_pipeline blocks do not nest" if state.readonly
 
         state.readonly = true
-        yield
-      ensure
-        state.readonly = false if state && !$!.is_a?(NestedReadonlyPipelineError)
+        begin
+          yield
+        ensure
+          state.readonly = false
+        end
       end
 
       def readonly_pipeline?

@@ -1,0 +1,41 @@
+# frozen_string_literal: true
+
+# Flags, reports and metrics as the MultiStore specs observe them.
+module MultiStoreHelpers
+  # A feature-flag source the examples flip, as an application's Feature.enabled? would be.
+  class FlagSource
+    def initialize
+      @enabled = {}
+    end
+
+    def enable(*flags)
+      flags.each { |flag| @enabled[flag] = true }
+    end
+
+    def disable(*flags)
+      flags.each { |flag| @enabled.delete(flag) }
+    end
+
+    def call(flag)
+      @enabled.fetch(flag, false)
+    end
+  end
+
+  # Reads one sample from MultiStore.metrics_text (0 when the series does not exist yet).
+  def metric_value(name, **labels)
+    Gitlab::Redis::MultiStore.metrics_text.each_line do |line|
+      next unless line.start_with?("#{name}{")
+
+      series, value = line.rpartition(" ").values_at(0, 2)
+      return Float(value) if labels.all? { |key, expected| series.include?(%(#{key}="#{expected}")) }
+    end
+    0.0
+  end
+
+  # How much a block changes a metric sample.
+  def metric_delta(name, **labels)
+    before = metric_value(name, **labels)
+    yield
+    metric_value(name, **labels) - before
+  end
+end
