@@ -6,6 +6,8 @@ require_relative "support/redis_servers"
 require_relative "support/multi_store_helpers"
 
 Redis.silence_deprecations = true
+# Reports from instances built without an on_error would only clutter the output.
+Gitlab::Redis::MultiStore.logger = Logger.new(File::NULL)
 
 RSpec.configure do |config|
   config.disable_monkey_patching!

@@ -1,13 +1,14 @@
-//! One socket to one Redis server, speaking RESP2: commands are packed here, replies are
-//! parsed by the `redis` crate's parser. The core owns the socket itself (rather than the
-//! crate's `Connection`) because an interrupt has to shut the socket down from another thread,
+//! One socket to one Redis server, speaking RESP2: commands are packed here, replies parsed by
+//! `reply.rs`. The core owns the socket itself (rather than the `redis` crate's `Connection`)
+//! because an interrupt has to shut the socket down from another thread,
 //! and a blocking command has to change the read timeout for one call.
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
-use redis::Value;
+pub use crate::reply::Reply;
+use crate::reply::ReplyReader;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -68,17 +69,13 @@ impl Write for Stream {
 
 pub struct Connection {
     stream: Stream,
-    parser: redis::Parser,
+    reader: ReplyReader,
     write_buf: Vec<u8>,
     read_timeout: Option<Duration>,
     /// Which pool epoch opened it: a `select` or `disconnect` starts a new epoch and older
     /// connections are closed instead of being reused.
     pub(crate) epoch: u64,
 }
-
-/// A reply read off the wire. An error reply is a value here, not an `Err`: inside a pipeline
-/// or a transaction it belongs in the results, as redis-rb returns it.
-pub type Reply = Value;
 
 impl Connection {
     /// Connects and runs the handshake redis-rb runs: AUTH, SELECT, CLIENT SETNAME.
@@ -109,7 +106,7 @@ impl Connection {
 
         let mut conn = Connection {
             stream,
-            parser: redis::Parser::new(),
+            reader: ReplyReader::new(),
             write_buf: Vec::with_capacity(256),
             read_timeout: config.read_timeout,
             epoch,
@@ -147,8 +144,8 @@ impl Connection {
             return Ok(());
         }
         for reply in self.pipeline(&setup, cancel)? {
-            if let Value::ServerError(err) = reply {
-                return Err(Error::Server(server_error_reply(&err)));
+            if let Reply::Error(line) = reply {
+                return Err(Error::Server(ServerErrorReply::from_line(&line)));
             }
         }
         Ok(())
@@ -244,15 +241,10 @@ impl Connection {
     }
 
     fn read_reply(&mut self, cancel: &CancelToken) -> Result<Reply> {
-        match self.parser.parse_value(&mut self.stream) {
-            Ok(value) => Ok(value),
+        match self.reader.read(&mut self.stream) {
+            Ok(reply) => Ok(reply),
             Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
-            Err(e) if e.is_timeout() => Err(Error::Timeout),
-            // redis-rb reports a closed connection (EOF) as ECONNRESET as well.
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => Err(Error::ConnectionLost {
-                cause: "ECONNRESET".into(),
-            }),
-            Err(e) => Err(Error::Protocol(e.to_string())),
+            Err(e) => Err(Error::from_io(&e)),
         }
     }
 }
@@ -271,14 +263,4 @@ fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<T
     }
     Err(last_err
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")))
-}
-
-/// The error line as the server sent it (`WRONGTYPE Operation against ...`), which is the
-/// message of redis-rb's `Redis::CommandError`.
-pub fn server_error_reply(err: &redis::ServerError) -> ServerErrorReply {
-    let message = match err.details() {
-        Some(detail) => format!("{} {}", err.code(), detail),
-        None => err.code().to_string(),
-    };
-    ServerErrorReply { message }
 }

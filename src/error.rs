@@ -8,7 +8,16 @@ use std::io;
 /// so it reads exactly as redis-rb's `Redis::CommandError#message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerErrorReply {
-    pub message: String,
+    /// Stripped as redis-rb strips it; bytes, since Redis does not promise UTF-8 here.
+    pub message: Vec<u8>,
+}
+
+impl ServerErrorReply {
+    pub fn from_line(line: &[u8]) -> Self {
+        ServerErrorReply {
+            message: crate::reply::error_message(line).to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +44,7 @@ pub enum Error {
     Protocol(String),
 
     /// An error reply to a command the caller sent.
-    #[error("{}", .0.message)]
+    #[error("{0}")]
     Server(ServerErrorReply),
 
     /// A command not in the command table, refused in strict mode.
@@ -60,9 +69,11 @@ impl Error {
     pub(crate) fn from_io(err: &io::Error) -> Error {
         match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
+            // redis-rb's Ruby driver turns a closed connection into ECONNRESET.
             io::ErrorKind::UnexpectedEof => Error::ConnectionLost {
-                cause: "EOFError".into(),
+                cause: "ECONNRESET".into(),
             },
+            io::ErrorKind::InvalidData => Error::Protocol(err.to_string()),
             _ => Error::ConnectionLost {
                 cause: errno_name(err).trim_start_matches("Errno::").to_string(),
             },
@@ -107,7 +118,7 @@ pub(crate) fn errno_name(err: &io::Error) -> String {
 
 impl fmt::Display for ServerErrorReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&String::from_utf8_lossy(&self.message))
     }
 }
 

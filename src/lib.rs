@@ -2,6 +2,7 @@
 //! stores of a partition being migrated. Pure Rust, no Ruby: the binding in
 //! `ext/gitlab_multistore` converts values and maps errors, nothing else.
 
+pub mod blocking;
 pub mod cancel;
 pub mod command;
 pub mod command_table;
@@ -11,19 +12,18 @@ pub mod error;
 pub mod fork;
 pub mod metrics;
 pub mod multi_store;
+pub mod reply;
 pub mod routing;
+pub mod scripts;
 pub mod session;
 pub mod store;
 
 pub use cancel::CancelToken;
 pub use command::Command;
 pub use config::{Address, StoreConfig};
-pub use connection::{server_error_reply, Reply};
 pub use error::{Error, Result, ServerErrorReply};
 pub use multi_store::{Event, MultiStore, Outcome};
+pub use reply::Reply;
 pub use routing::{Flags, ReadStrategy, Role};
 pub use session::Session;
 pub use store::{ReadTimeout, Store};
-
-/// Reply values, re-exported so the binding converts exactly what the core returns.
-pub use redis::Value;

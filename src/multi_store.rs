@@ -2,17 +2,18 @@
 //! default store's reply is what the caller gets; whatever happens on the other store is
 //! reported as an `Event` (and counted), never returned as an error.
 
+use crate::blocking;
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::command_table::{self, CommandSpec};
 use crate::config::StoreConfig;
 use crate::connection::Reply;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ServerErrorReply};
 use crate::metrics::InstanceMetrics;
 use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
+use crate::scripts::ScriptCache;
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
-use redis::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub struct MultiStore {
     same_store: bool,
     read_strategy: ReadStrategy,
     metrics: InstanceMetrics,
+    scripts: ScriptCache,
 }
 
 impl MultiStore {
@@ -61,6 +63,7 @@ impl MultiStore {
             primary: Arc::new(Store::new(primary)),
             secondary: Arc::new(Store::new(secondary)),
             read_strategy: ReadStrategy::PrimaryWithFallback,
+            scripts: ScriptCache::default(),
         }
     }
 
@@ -132,8 +135,17 @@ impl MultiStore {
         if let Err(err) = self.check_known(cmd, command_table::lookup(cmd), flags, &mut events) {
             return self.outcome(cmd, Err(err), events);
         }
-        let store = self.default_store(flags);
+        let default = default_role(flags);
+        let store = self.store(default);
         let result = store.call(cmd, blocking_read_timeout(store.config(), timeout), cancel);
+        if flags.dual_write && !self.same_store {
+            if let Ok(reply) = &result {
+                let mirror = blocking::mirror(cmd, reply);
+                if !mirror.is_empty() {
+                    self.mirror(&mirror, other_role(default), cancel, &mut events);
+                }
+            }
+        }
         self.outcome(cmd, result, events)
     }
 
@@ -177,6 +189,33 @@ impl MultiStore {
             result,
             command_name: name,
             events,
+        }
+    }
+
+    /// Replays on the non-default store what already ran on the default one (a transaction
+    /// run on a pinned connection, a blocking pop). Only with dual-write on; failures are
+    /// reported, never raised.
+    pub fn mirror_to_non_default(
+        &self,
+        cmds: &[Command],
+        flags: Flags,
+        cancel: &CancelToken,
+    ) -> Outcome<()> {
+        let mut events = Vec::new();
+        if flags.dual_write && !self.same_store && !cmds.is_empty() {
+            self.mirror(cmds, other_role(default_role(flags)), cancel, &mut events);
+        }
+        let command_name = cmds.first().map(Command::name).unwrap_or_default();
+        Outcome {
+            result: Ok(()),
+            command_name,
+            events,
+        }
+    }
+
+    fn mirror(&self, cmds: &[Command], role: Role, cancel: &CancelToken, events: &mut Vec<Event>) {
+        if let Err(error) = self.store(role).pipeline(cmds, cancel) {
+            self.non_default_failed(role, error, events);
         }
     }
 
@@ -240,26 +279,44 @@ impl MultiStore {
         events: &mut Vec<Event>,
     ) -> Result<Reply> {
         let other = other_role(default);
+        self.scripts.observe(cmd);
         let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
         let reply = self
             .store(default)
             .call(cmd, ReadTimeout::Configured, cancel);
-        let other_reply = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        let other_reply = in_flight
+            .and_then(|f| self.store(other).receive(f, cancel))
+            .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
         match other_reply {
             Err(error) => self.non_default_failed(other, error, events),
             Ok(replies) => {
                 // An error reply only on the non-default store means the stores disagree.
-                if let (Some(Value::ServerError(err)), Ok(default_reply)) =
-                    (replies.first(), &reply)
-                {
-                    if !matches!(default_reply, Value::ServerError(_)) {
-                        let error = Error::Server(crate::connection::server_error_reply(err));
+                if let (Some(Reply::Error(line)), Ok(default_reply)) = (replies.first(), &reply) {
+                    if !default_reply.is_error() {
+                        let error = Error::Server(ServerErrorReply::from_line(line));
                         self.non_default_failed(other, error, events);
                     }
                 }
             }
         }
         reply
+    }
+
+    /// An EVALSHA the other store does not know: load the script there (when it went through
+    /// this MultiStore) and run it again, so that store gets the write too.
+    fn recover_noscript(
+        &self,
+        cmd: &Command,
+        role: Role,
+        replies: Vec<Reply>,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Reply>> {
+        let noscript = replies.first().and_then(Reply::error_code) == Some(&b"NOSCRIPT"[..]);
+        let Some(recovery) = noscript.then(|| self.scripts.recovery(cmd)).flatten() else {
+            return Ok(replies);
+        };
+        let mut recovered = self.store(role).pipeline(&recovery, cancel)?;
+        Ok(recovered.pop().into_iter().collect())
     }
 
     fn read_with_fallback(
@@ -270,8 +327,8 @@ impl MultiStore {
         events: &mut Vec<Event>,
     ) -> Result<Reply> {
         match self.primary.call(cmd, ReadTimeout::Configured, cancel) {
-            Ok(Value::ServerError(err)) => {
-                let error = Error::Server(crate::connection::server_error_reply(&err));
+            Ok(Reply::Error(line)) => {
+                let error = Error::Server(ServerErrorReply::from_line(&line));
                 self.read_failed_on_primary(error, events);
             }
             Ok(reply) if !is_miss(spec, &reply) => return Ok(reply),
@@ -305,7 +362,7 @@ impl MultiStore {
             Ok(replies) => replies,
         };
         let missed = primary.iter().zip(&specs).any(|(reply, spec)| match spec {
-            Some(spec) => is_miss(spec, reply) || matches!(reply, Value::ServerError(_)),
+            Some(spec) => is_miss(spec, reply) || reply.is_error(),
             None => false,
         });
         if !missed {

@@ -2,7 +2,7 @@
 //! decision is data (`Route`), separate from the I/O, so it is tested without a server.
 
 use crate::command_table::{CommandKind, CommandSpec};
-use redis::Value;
+use crate::reply::Reply;
 
 /// The feature flags, read through the host application's callbacks before each call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,9 +86,15 @@ pub fn route(
     if !flags.dual_write || same_store {
         return Route::Default;
     }
-    // A blocking command sent to both stores would block on both; it runs on the default store.
-    if spec.is_blocking() {
+    // A blocking command sent to both stores would block on both; it runs on the default store
+    // (and what it popped is then removed from the other one). A scan cursor belongs to one
+    // server, so a scan cannot fall back to the other store half-way: scans stay on the default.
+    if spec.is_blocking() || is_scan(spec) {
         return Route::Default;
+    }
+    // PING checks both stores while both are in use, as GitLab's MultiStore does.
+    if spec.name == "ping" {
+        return Route::Both;
     }
     match (spec.kind(), strategy) {
         (CommandKind::Write, _) => Route::Both,
@@ -97,21 +103,20 @@ pub fn route(
     }
 }
 
+fn is_scan(spec: &CommandSpec) -> bool {
+    matches!(spec.name, "scan" | "sscan" | "hscan" | "zscan")
+}
+
 /// Whether a read's reply means "not there", which makes the primary fall back to the
 /// secondary (GitLab's nil-or-empty check, per command): nil, an empty array or all nils
 /// (MGET, HMGET), 0 for counts and existence checks of a missing key, -2 for the TTL of a
-/// missing key, and a finished scan that found nothing.
-pub fn is_miss(spec: &CommandSpec, reply: &Value) -> bool {
+/// missing key. (Scans never fall back: see `route`.)
+pub fn is_miss(spec: &CommandSpec, reply: &Reply) -> bool {
     match reply {
-        Value::Nil => true,
-        Value::Array(items) => {
-            let scan_found_nothing = spec.name.ends_with("scan")
-                && items.len() == 2
-                && matches!(&items[1], Value::Array(found) if found.is_empty());
-            items.iter().all(|v| matches!(v, Value::Nil)) || scan_found_nothing
-        }
-        Value::Int(0) => COUNTS_ZERO_WHEN_MISSING.contains(&spec.name),
-        Value::Int(-2) => TTL_MINUS_TWO_WHEN_MISSING.contains(&spec.name),
+        Reply::Nil => true,
+        Reply::Array(items) => items.iter().all(|v| matches!(v, Reply::Nil)),
+        Reply::Integer(0) => COUNTS_ZERO_WHEN_MISSING.contains(&spec.name),
+        Reply::Integer(-2) => TTL_MINUS_TWO_WHEN_MISSING.contains(&spec.name),
         _ => false,
     }
 }
@@ -170,7 +175,9 @@ mod tests {
         assert_eq!(route_of(&["SET", "k", "v"], DUAL), Route::Both);
         assert_eq!(route_of(&["eval", "return 1", "0"], DUAL), Route::Both);
         assert_eq!(route_of(&["GET", "k"], DUAL), Route::PrimaryWithFallback);
-        assert_eq!(route_of(&["ping"], DUAL), Route::Default);
+        assert_eq!(route_of(&["ping"], DUAL), Route::Both);
+        assert_eq!(route_of(&["info"], DUAL), Route::Default);
+        assert_eq!(route_of(&["sscan", "s", "0"], DUAL), Route::Default);
         assert_eq!(route_of(&["blpop", "k", "0"], DUAL), Route::Default);
     }
 
@@ -191,21 +198,19 @@ mod tests {
     #[test]
     fn misses_follow_gitlabs_nil_or_empty_rules() {
         let spec = |name: &str| lookup(&Command::from_args([name])).unwrap();
-        assert!(is_miss(spec("get"), &Value::Nil));
+        assert!(is_miss(spec("get"), &Reply::Nil));
         assert!(is_miss(
             spec("mget"),
-            &Value::Array(vec![Value::Nil, Value::Nil])
+            &Reply::Array(vec![Reply::Nil, Reply::Nil])
         ));
         assert!(!is_miss(
             spec("mget"),
-            &Value::Array(vec![Value::Nil, Value::Int(1)])
+            &Reply::Array(vec![Reply::Nil, Reply::Integer(1)])
         ));
-        assert!(is_miss(spec("smembers"), &Value::Array(vec![])));
-        assert!(is_miss(spec("scard"), &Value::Int(0)));
-        assert!(!is_miss(spec("incr"), &Value::Int(0)));
-        assert!(is_miss(spec("ttl"), &Value::Int(-2)));
-        assert!(!is_miss(spec("ttl"), &Value::Int(-1)));
-        let empty_scan = Value::Array(vec![Value::BulkString(b"0".to_vec()), Value::Array(vec![])]);
-        assert!(is_miss(spec("sscan"), &empty_scan));
+        assert!(is_miss(spec("smembers"), &Reply::Array(vec![])));
+        assert!(is_miss(spec("scard"), &Reply::Integer(0)));
+        assert!(!is_miss(spec("incr"), &Reply::Integer(0)));
+        assert!(is_miss(spec("ttl"), &Reply::Integer(-2)));
+        assert!(!is_miss(spec("ttl"), &Reply::Integer(-1)));
     }
 }

@@ -1,7 +1,8 @@
 mod support;
 
 use gitlab_multistore::command_table::{self, flag};
-use gitlab_multistore::{Command, Value};
+use gitlab_multistore::Command;
+use redis::Value;
 use support::RedisServer;
 
 fn text(value: &Value) -> String {

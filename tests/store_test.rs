@@ -1,12 +1,13 @@
 mod support;
 
-use gitlab_multistore::{CancelToken, Command, Error, ReadTimeout, Store, StoreConfig, Value};
+use gitlab_multistore::{CancelToken, Command, Error, ReadTimeout, Reply, Store, StoreConfig};
+use redis::Value;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{bulk, RedisServer};
+use support::{bulk, status, RedisServer};
 
-fn call(store: &Store, args: &[&str]) -> Result<Value, Error> {
+fn call(store: &Store, args: &[&str]) -> Result<Reply, Error> {
     store.call(
         &Command::from_args(args),
         ReadTimeout::Configured,
@@ -18,13 +19,13 @@ fn call(store: &Store, args: &[&str]) -> Result<Value, Error> {
 fn round_trips_commands_and_keeps_error_replies_as_values() {
     let server = RedisServer::start();
     let store = Store::new(server.config());
-    assert_eq!(call(&store, &["SET", "k", "v"]).unwrap(), Value::Okay);
+    assert_eq!(call(&store, &["SET", "k", "v"]).unwrap(), status("OK"));
     assert_eq!(call(&store, &["GET", "k"]).unwrap(), bulk("v"));
-    assert_eq!(call(&store, &["GET", "missing"]).unwrap(), Value::Nil);
+    assert_eq!(call(&store, &["GET", "missing"]).unwrap(), Reply::Nil);
     match call(&store, &["LPUSH", "k", "x"]).unwrap() {
-        Value::ServerError(err) => assert_eq!(
-            gitlab_multistore::server_error_reply(&err).message,
-            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        Reply::Error(line) => assert_eq!(
+            line,
+            b"WRONGTYPE Operation against a key holding the wrong kind of value"
         ),
         other => panic!("expected an error reply, got {other:?}"),
     }
@@ -44,9 +45,9 @@ fn pipelines_in_one_round_trip_with_errors_in_place() {
             &CancelToken::new(),
         )
         .unwrap();
-    assert_eq!(replies[0], Value::Okay);
-    assert!(matches!(replies[1], Value::ServerError(_)));
-    assert_eq!(replies[2], Value::Int(2));
+    assert_eq!(replies[0], status("OK"));
+    assert!(replies[1].is_error());
+    assert_eq!(replies[2], Reply::Integer(2));
 }
 
 #[test]
@@ -66,7 +67,7 @@ fn selects_the_configured_db_authenticates_and_names_the_connection() {
     let mut plain = server.config();
     plain.password = Some("s3cret".into());
     let db0 = Store::new(plain);
-    assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), Value::Nil);
+    assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), Reply::Nil);
     call(&db0, &["SELECT", "3"]).unwrap();
     assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), bulk("yes"));
 }
@@ -78,7 +79,7 @@ fn a_wrong_password_is_a_command_error() {
     config.password = Some("wrong".into());
     let store = Store::new(config);
     match call(&store, &["PING"]) {
-        Err(Error::Server(reply)) => assert!(reply.message.starts_with("WRONGPASS"), "{reply:?}"),
+        Err(Error::Server(reply)) => assert!(reply.message.starts_with(b"WRONGPASS"), "{reply:?}"),
         other => panic!("expected WRONGPASS, got {other:?}"),
     }
 }
@@ -87,10 +88,7 @@ fn a_wrong_password_is_a_command_error() {
 fn talks_over_a_unix_socket() {
     let server = RedisServer::start();
     let store = Store::new(StoreConfig::unix(server.socket.to_str().unwrap()));
-    assert_eq!(
-        call(&store, &["PING"]).unwrap(),
-        Value::SimpleString("PONG".into())
-    );
+    assert_eq!(call(&store, &["PING"]).unwrap(), status("PONG"));
 }
 
 #[test]
@@ -111,10 +109,7 @@ fn reconnects_once_after_the_server_dropped_the_connection() {
     let store = Store::new(server.config());
     call(&store, &["CLIENT", "SETNAME", "victim"]).unwrap();
     server.query(&["CLIENT", "KILL", "SKIPME", "yes", "TYPE", "normal"]);
-    assert_eq!(
-        call(&store, &["PING"]).unwrap(),
-        Value::SimpleString("PONG".into())
-    );
+    assert_eq!(call(&store, &["PING"]).unwrap(), status("PONG"));
 }
 
 #[test]
@@ -151,7 +146,7 @@ fn blocking_command_waits_past_the_read_timeout_with_its_own() {
             &CancelToken::new(),
         )
         .unwrap();
-    assert_eq!(reply, Value::Nil);
+    assert_eq!(reply, Reply::Nil);
 }
 
 #[test]
@@ -176,10 +171,7 @@ fn cancel_wakes_a_blocked_call_from_another_thread() {
     assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     // The pool is still usable afterwards.
-    assert_eq!(
-        call(&store, &["PING"]).unwrap(),
-        Value::SimpleString("PONG".into())
-    );
+    assert_eq!(call(&store, &["PING"]).unwrap(), status("PONG"));
 }
 
 #[test]
@@ -210,6 +202,6 @@ fn select_moves_the_whole_pool_to_another_db() {
     let store = Store::new(server.config());
     call(&store, &["SET", "k", "db0"]).unwrap();
     store.select(5);
-    assert_eq!(call(&store, &["GET", "k"]).unwrap(), Value::Nil);
+    assert_eq!(call(&store, &["GET", "k"]).unwrap(), Reply::Nil);
     assert_eq!(store.id(), format!("redis://127.0.0.1:{}/5", server.port));
 }

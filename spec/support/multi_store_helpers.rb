@@ -21,6 +21,22 @@ module MultiStoreHelpers
     end
   end
 
+  # A key's type and value as a plain client sees them, comparable across servers (unlike DUMP,
+  # whose bytes depend on each server's hash seed for sets and hashes).
+  def contents(redis, key)
+    type = redis.type(key)
+    value =
+      case type
+      when "string" then redis.get(key)
+      when "list" then redis.lrange(key, 0, -1)
+      when "set" then redis.smembers(key).sort
+      when "zset" then redis.zrange(key, 0, -1, with_scores: true)
+      when "hash" then redis.hgetall(key)
+      when "stream" then redis.xrange(key)
+      end
+    [type, value]
+  end
+
   # Reads one sample from MultiStore.metrics_text (0 when the series does not exist yet).
   def metric_value(name, **labels)
     Gitlab::Redis::MultiStore.metrics_text.each_line do |line|

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use gitlab_multistore::{CancelToken, Command, StoreConfig, Value};
+use gitlab_multistore::{Reply, StoreConfig};
+use redis::Value;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, Stdio};
@@ -57,16 +58,17 @@ impl RedisServer {
         StoreConfig::tcp("127.0.0.1", self.port)
     }
 
-    /// Runs a command on a separate plain connection, to inspect what the server holds.
+    /// Runs a command through the `redis` crate's own client: an independent implementation
+    /// to inspect what the server holds.
     pub fn query(&self, args: &[&str]) -> Value {
-        let store = gitlab_multistore::Store::new(self.config());
-        store
-            .call(
-                &Command::from_args(args),
-                gitlab_multistore::ReadTimeout::Configured,
-                &CancelToken::new(),
-            )
-            .expect("query the test server")
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .expect("test server URL");
+        let mut conn = client.get_connection().expect("connect to the test server");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut conn).expect("query the test server")
     }
 
     pub fn pid(&self) -> u32 {
@@ -99,6 +101,10 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-pub fn bulk(s: &str) -> Value {
-    Value::BulkString(s.as_bytes().to_vec())
+pub fn bulk(s: &str) -> Reply {
+    Reply::Bulk(s.as_bytes().to_vec())
+}
+
+pub fn status(s: &str) -> Reply {
+    Reply::Status(s.as_bytes().to_vec())
 }

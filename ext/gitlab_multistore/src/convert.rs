@@ -8,10 +8,11 @@
 //! pipelines and transactions).
 
 use crate::error::command_error_class;
-use gitlab_multistore::{server_error_reply, Command, Value};
+use gitlab_multistore::reply::error_message;
+use gitlab_multistore::{Command, Reply};
 use magnus::encoding::Index as EncodingIndex;
 use magnus::{
-    prelude::*, Error, Fixnum, IntoValue, RArray, RString, Ruby, Symbol, Value as RValue,
+    prelude::*, Error, Exception, Fixnum, IntoValue, RArray, RString, Ruby, Symbol, Value as RValue,
 };
 
 pub fn command_from_ruby(args: RArray) -> Result<Command, Error> {
@@ -57,60 +58,44 @@ fn push_arg(cmd: &mut Command, arg: RValue) -> Result<(), Error> {
 
 /// Converts a reply. Error replies become `Redis::CommandError` objects; the caller decides
 /// whether to raise them.
-pub fn reply_to_ruby(ruby: &Ruby, value: Value) -> Result<RValue, Error> {
-    convert(ruby, value, default_external(ruby))
+pub fn reply_to_ruby(ruby: &Ruby, reply: Reply) -> Result<RValue, Error> {
+    convert(ruby, reply, default_external(ruby))
 }
 
-fn convert(ruby: &Ruby, value: Value, bulk_encoding: EncodingIndex) -> Result<RValue, Error> {
-    Ok(match value {
-        Value::Nil => ruby.qnil().as_value(),
-        Value::Int(n) => n.into_value_with(ruby),
-        Value::BulkString(bytes) => ruby.enc_str_new(&bytes, bulk_encoding).as_value(),
-        Value::SimpleString(s) => ruby.str_from_slice(s.as_bytes()).as_value(),
-        Value::Okay => ruby.str_from_slice(b"OK").as_value(),
-        Value::Array(items) | Value::Set(items) => array(ruby, items, bulk_encoding)?,
-        Value::ServerError(err) => {
-            let message = ruby.str_from_slice(server_error_reply(&err).message.as_bytes());
-            command_error_class(ruby)?
-                .new_instance((message,))?
-                .as_value()
+fn convert(ruby: &Ruby, reply: Reply, bulk_encoding: EncodingIndex) -> Result<RValue, Error> {
+    Ok(match reply {
+        Reply::Nil => ruby.qnil().as_value(),
+        Reply::Integer(n) => n.into_value_with(ruby),
+        Reply::Bulk(bytes) => ruby.enc_str_new(&bytes, bulk_encoding).as_value(),
+        Reply::Status(line) => ruby.str_from_slice(&line).as_value(),
+        Reply::Error(line) => command_error(ruby, &line)?.as_value(),
+        Reply::Array(items) => {
+            let ary = ruby.ary_new_capa(items.len());
+            for item in items {
+                ary.push(convert(ruby, item, bulk_encoding)?)?;
+            }
+            ary.as_value()
         }
-        // The core speaks RESP2, where the shapes below never occur; they are mapped to their
-        // RESP2 equivalents so a future protocol change cannot crash a caller.
-        Value::Map(pairs) => {
-            let flat = pairs.into_iter().flat_map(|(k, v)| [k, v]).collect();
-            array(ruby, flat, bulk_encoding)?
-        }
-        Value::Double(f) => ruby.enc_str_new(f.to_string(), bulk_encoding).as_value(),
-        Value::Boolean(b) => (b as i64).into_value_with(ruby),
-        Value::VerbatimString { text, .. } => ruby.enc_str_new(text, bulk_encoding).as_value(),
-        Value::Attribute { data, .. } => convert(ruby, *data, bulk_encoding)?,
-        Value::Push { data, .. } => array(ruby, data, bulk_encoding)?,
-        other => ruby.str_new(&format!("{other:?}")).as_value(),
     })
 }
 
-fn array(ruby: &Ruby, items: Vec<Value>, bulk_encoding: EncodingIndex) -> Result<RValue, Error> {
-    let ary = ruby.ary_new_capa(items.len());
-    for item in items {
-        ary.push(convert(ruby, item, bulk_encoding)?)?;
-    }
-    Ok(ary.as_value())
+/// A `Redis::CommandError` whose message is the stripped error line as a binary string,
+/// exactly as redis-rb's Ruby driver builds it.
+fn command_error(ruby: &Ruby, line: &[u8]) -> Result<Exception, Error> {
+    let message = ruby.str_from_slice(error_message(line));
+    command_error_class(ruby)?.new_instance((message,))
 }
 
 /// The top-level reply of a single call: an error reply is raised, as redis-rb's
 /// `Client#call` does.
-pub fn reply_or_raise(ruby: &Ruby, value: Value) -> Result<RValue, Error> {
-    if let Value::ServerError(err) = &value {
-        return Err(Error::new(
-            command_error_class(ruby)?,
-            server_error_reply(err).message,
-        ));
+pub fn reply_or_raise(ruby: &Ruby, reply: Reply) -> Result<RValue, Error> {
+    if let Reply::Error(line) = &reply {
+        return Err(Error::from(command_error(ruby, line)?));
     }
-    reply_to_ruby(ruby, value)
+    reply_to_ruby(ruby, reply)
 }
 
-pub fn replies_to_ruby(ruby: &Ruby, replies: Vec<Value>) -> Result<RArray, Error> {
+pub fn replies_to_ruby(ruby: &Ruby, replies: Vec<Reply>) -> Result<RArray, Error> {
     let encoding = default_external(ruby);
     let ary = ruby.ary_new_capa(replies.len());
     for reply in replies {

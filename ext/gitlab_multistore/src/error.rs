@@ -81,7 +81,17 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
             return Error::new(ruby.exception_arg_error(), err.to_string())
         }
     };
-    Error::new(class.get_inner_with(ruby), err.to_string())
+    match &err {
+        // Error lines are bytes: raised as a binary string, as redis-rb does.
+        CoreError::Server(reply) => {
+            let message = ruby.str_from_slice(&reply.message);
+            match class.get_inner_with(ruby).new_instance((message,)) {
+                Ok(exception) => Error::from(exception),
+                Err(e) => e,
+            }
+        }
+        _ => Error::new(class.get_inner_with(ruby), err.to_string()),
+    }
 }
 
 pub fn panic_error(ruby: &Ruby, panic: &(dyn Any + Send)) -> Error {

@@ -42,12 +42,14 @@ impl NativeStore {
         let strategy = match read_strategy.name()?.as_ref() {
             "primary_with_fallback" => ReadStrategy::PrimaryWithFallback,
             "default_only" => ReadStrategy::DefaultOnly,
-            other => return Err(Error::new(
-                ruby.exception_arg_error(),
-                format!(
+            other => {
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!(
                     "unknown read_strategy :{other} (use :primary_with_fallback or :default_only)"
                 ),
-            )),
+                ))
+            }
         };
         let primary = store_config(ruby, primary)?;
         let secondary = store_config(ruby, secondary)?;
@@ -104,6 +106,18 @@ impl NativeStore {
         })?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)?;
         replies_to_ruby(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
+    }
+
+    /// Replays on the non-default store a batch that already ran on the default store's pinned
+    /// connection (WATCH … MULTI … EXEC), when dual-write is on.
+    fn mirror(ruby: &Ruby, rb_self: &Self, commands: RArray, flags: u32) -> Result<(), Error> {
+        let cmds = commands_from_ruby(commands)?;
+        let flags = Flags::from_bits(flags);
+        let cancel = CancelToken::new();
+        let outcome = without_gvl(ruby, &cancel, || {
+            rb_self.inner.mirror_to_non_default(&cmds, flags, &cancel)
+        })?;
+        events::report(ruby, rb_self.reporter(ruby), &outcome)
     }
 
     fn session(&self, flags: u32) -> NativeSession {
@@ -167,6 +181,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_call_blocking", method!(NativeStore::call_blocking, 3))?;
     class.define_method("_pipeline", method!(NativeStore::pipeline, 3))?;
     class.define_method("_session", method!(NativeStore::session, 1))?;
+    class.define_method("_mirror", method!(NativeStore::mirror, 2))?;
     class.define_method("_select", method!(NativeStore::select, 2))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
     class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;

@@ -122,20 +122,29 @@ module Gitlab
       def multi(&block)
         return record(::Redis::Pipeline::Multi.new(@client), "multi", block) if block
 
-        # MULTI without a block queues the following calls on this thread's connection.
+        # MULTI without a block queues the following calls on this thread's connection; they
+        # are recorded too, to replay the transaction on the other store after EXEC.
         @client.pin
-        send_command([:multi])
+        reply = send_command([:multi])
+        @client.thread_state!.queued = []
+        reply
       end
 
       def exec
-        super
+        state = @client.thread_state
+        queued = state&.queued
+        reply = super
+        @client.mirror([[:multi], *queued, [:exec]]) if queued && !reply.nil?
+        reply
       ensure
+        state.queued = nil if state
         @client.unpin
       end
 
       def discard
         super
       ensure
+        @client.thread_state&.queued = nil
         @client.unpin
       end
 

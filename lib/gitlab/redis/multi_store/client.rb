@@ -11,11 +11,14 @@ module Gitlab
       class Client
         QUEUED = "QUEUED"
         REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
+        TRANSACTION_CONTROL = %i[multi exec discard watch unwatch].freeze
 
         # What one thread has pinned: a session, a pipeline recording calls made on the
         # MultiStore itself, the subscribed client of a running subscription, and whether a
         # `with_readonly_pipeline` block is running.
-        ThreadState = Struct.new(:session, :recorder, :subscribed_client, :readonly)
+        # `queued` collects the commands of a block-less MULTI, replayed on the non-default store
+        # after EXEC.
+        ThreadState = Struct.new(:session, :recorder, :subscribed_client, :readonly, :queued)
 
         # @param flags [FeatureFlags] read before each call: they decide the route
         def initialize(native, flags)
@@ -28,6 +31,7 @@ module Gitlab
           state = Thread.current[@state_key]
           reply =
             if state&.session
+              state.queued << command if state.queued && !TRANSACTION_CONTROL.include?(command.first)
               state.session._call(command)
             else
               @native._call(command, @flags.bits)
@@ -76,7 +80,13 @@ module Gitlab
           state = thread_state
           replies =
             if state&.session
-              state.session._pipeline(commands)
+              pinned_replies = state.session._pipeline(commands)
+              # A transaction on a watched connection ran on the default store only; once it
+              # committed, the other store gets the same commands.
+              if pipeline.is_a?(::Redis::Pipeline::Multi) && !pinned_replies.last.nil?
+                mirror(commands)
+              end
+              pinned_replies
             else
               @native._pipeline(commands, @flags.bits, state&.readonly ? true : false)
             end
@@ -114,6 +124,10 @@ module Gitlab
         def process(commands)
           session = thread_state&.session || raise(::Redis::ConnectionError, "not subscribed")
           commands.each { |command| session._write(command) }
+        end
+
+        def mirror(commands)
+          @native._mirror(commands, @flags.bits)
         end
 
         def pin

@@ -1,0 +1,162 @@
+# frozen_string_literal: true
+
+# Transactions, blocking commands, pub/sub, scans, scripts and connection commands with
+# dual-write on: what each store holds afterwards.
+RSpec.describe Gitlab::Redis::MultiStore, "special commands during dual-write" do
+  let(:flags) { MultiStoreHelpers::FlagSource.new.tap { |f| f.enable(:use_primary_and_secondary_stores_for_special) } }
+  let(:reports) { [] }
+  let(:primary) { primary_server.client }
+  let(:secondary) { secondary_server.client }
+
+  subject(:store) do
+    described_class.new(primary_server.url, secondary_server.url, "special", feature_flags: flags,
+                                                                            on_error: ->(e, c) { reports << [e, c] })
+  end
+
+  describe "transactions" do
+    it "applies a watched transaction to both stores once it commits" do
+      [primary, secondary].each { |r| r.set("balance", 10) }
+
+      result = store.watch("balance") { store.multi { |tx| tx.incrby("balance", 5) } }
+
+      expect(result).to eq([15])
+      expect([primary.get("balance"), secondary.get("balance")]).to eq(%w[15 15])
+    end
+
+    it "applies nothing anywhere when the watched key changed" do
+      [primary, secondary].each { |r| r.set("balance", 10) }
+
+      result = store.watch("balance") do
+        secondary.set("balance", 99)
+        store.multi { |tx| tx.incrby("balance", 5) }
+      end
+
+      expect(result).to be_nil
+      expect([primary.get("balance"), secondary.get("balance")]).to eq(%w[10 99])
+    end
+
+    it "replays a block-less MULTI … EXEC on the other store" do
+      store.multi
+      store.set("k", "v")
+      store.incr("n")
+      expect(store.exec).to eq(["OK", 1])
+
+      [primary, secondary].each { |r| expect([r.get("k"), r.get("n")]).to eq(%w[v 1]) }
+    end
+
+    it "replays nothing after DISCARD" do
+      store.multi
+      store.set("k", "v")
+      store.discard
+
+      expect([primary.get("k"), secondary.get("k")]).to eq([nil, nil])
+    end
+  end
+
+  describe "blocking commands" do
+    before { [primary, secondary].each { |r| r.rpush("jobs", %w[a b c]) } }
+
+    it "pops on the default store and removes the same element from the other" do
+      expect(store.blpop("jobs", timeout: 1)).to eq(%w[jobs a])
+      expect(store.brpop("jobs", timeout: 1)).to eq(%w[jobs c])
+
+      expect(primary.lrange("jobs", 0, -1)).to eq(["b"])
+      expect(secondary.lrange("jobs", 0, -1)).to eq(["b"])
+    end
+
+    it "mirrors a blocking move" do
+      expect(store.blmove("jobs", "done", "LEFT", "RIGHT", timeout: 1)).to eq("a")
+
+      [primary, secondary].each do |r|
+        expect(r.lrange("jobs", 0, -1)).to eq(%w[b c])
+        expect(r.lrange("done", 0, -1)).to eq(["a"])
+      end
+    end
+
+    it "mirrors a sorted-set pop" do
+      [primary, secondary].each { |r| r.zadd("z", [[1, "low"], [2, "high"]]) }
+
+      expect(store.bzpopmin("z", timeout: 1)).to eq(["z", "low", 1.0])
+      expect([primary.zrange("z", 0, -1), secondary.zrange("z", 0, -1)]).to eq([["high"], ["high"]])
+    end
+
+    it "changes nothing when it times out" do
+      expect(store.blpop("empty", timeout: 0.1)).to be_nil
+      expect(reports).to be_empty
+    end
+  end
+
+  it "publishes to subscribers of both stores" do
+    received = Queue.new
+    listeners = [primary_server, secondary_server].map do |server|
+      Thread.new do
+        subscriber = server.client
+        subscriber.subscribe("news") do |on|
+          on.message do |_channel, message|
+            received << [server.port, message]
+            subscriber.unsubscribe
+          end
+        end
+      end
+    end
+    sleep 0.02 until [primary, secondary].all? { |r| r.call(%i[pubsub numsub news]).last.positive? }
+
+    expect(store.publish("news", "hello")).to eq(1)
+
+    listeners.each { |t| t.join(2) }
+    expect(Array.new(received.size) { received.pop }.sort).to eq(
+      [[primary_server.port, "hello"], [secondary_server.port, "hello"]].sort
+    )
+  end
+
+  it "pings both stores, reporting the non-default one when it is down" do
+    down = described_class.new({ port: RedisServers.free_port }, secondary_server.url, "special",
+                               feature_flags: flags, on_error: ->(e, c) { reports << [e, c] })
+
+    expect(down.ping).to eq("PONG")
+    expect(reports.map { |e, c| [e.class, c[:command_name]] }).to eq([[Redis::CannotConnectError, "ping"]])
+  end
+
+  it "scans the default store only, since a cursor belongs to one server" do
+    primary.sadd("s", "only-on-primary")
+    secondary.sadd("s", %w[a b])
+
+    expect(store.sscan_each("s").to_a.sort).to eq(%w[a b])
+    expect(store.scan_each(match: "s").to_a).to eq(["s"])
+  end
+
+  describe "scripts" do
+    let(:script) { "return redis.call('incr', KEYS[1])" }
+
+    it "loads a script on both stores, so EVALSHA works on either" do
+      sha = store.script(:load, script)
+
+      expect(primary.script(:exists, sha)).to be(true)
+      expect(secondary.script(:exists, sha)).to be(true)
+      expect(store.evalsha(sha, keys: ["n"])).to eq(1)
+      expect([primary.get("n"), secondary.get("n")]).to eq(%w[1 1])
+    end
+
+    it "recovers NOSCRIPT on the other store by loading the script there" do
+      sha = store.script(:load, script)
+      primary.script(:flush)
+
+      expect(store.evalsha(sha, keys: ["n"])).to eq(1)
+      expect(primary.get("n")).to eq("1")
+      expect(reports).to be_empty
+    end
+  end
+
+  it "closes the connections to both stores" do
+    named = described_class.new({ url: primary_server.url, id: "closing" }, { url: secondary_server.url, id: "closing" },
+                                "special", feature_flags: flags)
+    connections = ->(r) { r.call(%i[client list]).lines.count { |l| l.include?("name=closing ") } }
+    named.set("k", "v")
+    expect([connections.call(primary), connections.call(secondary)]).to all(be >= 1)
+
+    named.close
+    sleep 0.05
+
+    expect([connections.call(primary), connections.call(secondary)]).to eq([0, 0])
+  end
+end

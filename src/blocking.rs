@@ -1,0 +1,151 @@
+//! Keeping the non-default store consistent after a blocking pop. A blocking command runs on
+//! the default store only (sent to both it would block on both); when it took something, the
+//! same element is removed from the other store, by value rather than by position, so a list
+//! that already differs does not lose the wrong element.
+
+use crate::command::Command;
+use crate::reply::Reply;
+
+/// The commands that replay on the non-default store what a blocking command did on the
+/// default one, or nothing when it timed out or is not a pop (XREAD only reads).
+pub fn mirror(cmd: &Command, reply: &Reply) -> Vec<Command> {
+    if matches!(reply, Reply::Nil) {
+        return Vec::new();
+    }
+    let name = cmd.name();
+    match (name.as_str(), reply) {
+        ("blpop", Reply::Array(kv)) => lrem_popped(kv, "1"),
+        ("brpop", Reply::Array(kv)) => lrem_popped(kv, "-1"),
+        ("bzpopmin" | "bzpopmax", Reply::Array(kms)) => match (kms.first(), kms.get(1)) {
+            (Some(key), Some(member)) => bytes_of([key, member])
+                .map(|[k, m]| vec![Command::from_args([&b"zrem"[..], k, m])])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        },
+        ("brpoplpush", element) => moved(cmd, element, b"RIGHT", b"LEFT"),
+        ("blmove", element) => match (cmd.arg(3), cmd.arg(4)) {
+            (Some(from), Some(to)) => moved(cmd, element, from, to),
+            _ => Vec::new(),
+        },
+        ("blmpop", Reply::Array(popped)) => {
+            let from_left = cmd.args().any(|a| a.eq_ignore_ascii_case(b"left"));
+            multi_popped(popped, |key, item| {
+                let count: &[u8] = if from_left { b"1" } else { b"-1" };
+                Some(Command::from_args([&b"lrem"[..], key, count, bytes(item)?]))
+            })
+        }
+        ("bzmpop", Reply::Array(popped)) => multi_popped(popped, |key, item| match item {
+            Reply::Array(pair) => Some(Command::from_args([
+                &b"zrem"[..],
+                key,
+                bytes(pair.first()?)?,
+            ])),
+            _ => None,
+        }),
+        _ => Vec::new(),
+    }
+}
+
+fn lrem_popped(key_and_value: &[Reply], count: &str) -> Vec<Command> {
+    match (
+        key_and_value.first().and_then(bytes),
+        key_and_value.get(1).and_then(bytes),
+    ) {
+        (Some(key), Some(value)) => vec![Command::from_args([
+            &b"lrem"[..],
+            key,
+            count.as_bytes(),
+            value,
+        ])],
+        _ => Vec::new(),
+    }
+}
+
+/// BLMOVE/BRPOPLPUSH: remove the element from the source's end it was taken from, push it on
+/// the destination's end it went to.
+fn moved(cmd: &Command, element: &Reply, from: &[u8], to: &[u8]) -> Vec<Command> {
+    let (Some(source), Some(destination), Some(value)) = (cmd.arg(1), cmd.arg(2), bytes(element))
+    else {
+        return Vec::new();
+    };
+    let count: &[u8] = if from.eq_ignore_ascii_case(b"left") {
+        b"1"
+    } else {
+        b"-1"
+    };
+    let push: &[u8] = if to.eq_ignore_ascii_case(b"left") {
+        b"lpush"
+    } else {
+        b"rpush"
+    };
+    vec![
+        Command::from_args([&b"lrem"[..], source, count, value]),
+        Command::from_args([push, destination, value]),
+    ]
+}
+
+/// BLMPOP/BZMPOP reply `[key, [items…]]`.
+fn multi_popped(popped: &[Reply], each: impl Fn(&[u8], &Reply) -> Option<Command>) -> Vec<Command> {
+    let (Some(key), Some(Reply::Array(items))) = (popped.first().and_then(bytes), popped.get(1))
+    else {
+        return Vec::new();
+    };
+    items.iter().filter_map(|item| each(key, item)).collect()
+}
+
+fn bytes(value: &Reply) -> Option<&[u8]> {
+    match value {
+        Reply::Bulk(b) | Reply::Status(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn bytes_of<const N: usize>(values: [&Reply; N]) -> Option<[&[u8]; N]> {
+    let mut out = [&b""[..]; N];
+    for (slot, value) in out.iter_mut().zip(values) {
+        *slot = bytes(value)?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_pop_is_mirrored_by_value_and_a_timeout_by_nothing() {
+        let blpop = Command::from_args(["BLPOP", "jobs", "0"]);
+        assert!(mirror(&blpop, &Reply::Nil).is_empty());
+        let mirrored = mirror(&blpop, &Reply::Array(vec![bulk("jobs"), bulk("job-1")]));
+        assert_eq!(
+            mirrored,
+            vec![Command::from_args(["lrem", "jobs", "1", "job-1"])]
+        );
+    }
+
+    #[test]
+    fn a_move_removes_from_the_source_and_pushes_on_the_destination() {
+        let blmove = Command::from_args(["blmove", "src", "dst", "RIGHT", "LEFT", "1"]);
+        assert_eq!(
+            mirror(&blmove, &bulk("x")),
+            vec![
+                Command::from_args(["lrem", "src", "-1", "x"]),
+                Command::from_args(["lpush", "dst", "x"])
+            ]
+        );
+    }
+
+    #[test]
+    fn sorted_set_pops_remove_the_member() {
+        let cmd = Command::from_args(["bzpopmin", "z", "0"]);
+        let reply = Reply::Array(vec![bulk("z"), bulk("a"), bulk("1")]);
+        assert_eq!(
+            mirror(&cmd, &reply),
+            vec![Command::from_args(["zrem", "z", "a"])]
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! RESP2 replies, parsed by the core itself.
+//!
+//! The `redis` crate's parser stores error and status lines as Rust `String`s, so an error
+//! reply that is not valid UTF-8 (an unknown command named with binary bytes, a Lua
+//! `{err=...}` with arbitrary bytes) became a protocol error, where redis-rb raises
+//! `Redis::CommandError` with the raw bytes. Replies here keep every line as bytes, which is
+//! what a drop-in redis-rb client needs; RESP2 is small enough that the parser stays short.
+
+use std::io::{self, Read};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A nil bulk string or nil array.
+    Nil,
+    Integer(i64),
+    Bulk(Vec<u8>),
+    /// A status line (`+OK`).
+    Status(Vec<u8>),
+    /// An error line (`-WRONGTYPE …`), as sent.
+    Error(Vec<u8>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    /// The error's code, its first word (`NOSCRIPT`, `WRONGTYPE`).
+    pub fn error_code(&self) -> Option<&[u8]> {
+        match self {
+            Reply::Error(line) => line.split(|b| *b == b' ').next(),
+            _ => None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Reply::Bulk(b) | Reply::Status(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Error lines the way redis-rb presents them: `line.strip`.
+pub fn error_message(line: &[u8]) -> &[u8] {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = line.iter().position(|b| !is_space(b)).unwrap_or(line.len());
+    let end = line
+        .iter()
+        .rposition(|b| !is_space(b) && *b != 0)
+        .map_or(start, |i| i + 1);
+    &line[start..end.max(start)]
+}
+
+/// Reads replies off a stream through its own buffer, keeping what is left over for the next.
+pub struct ReplyReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+const CHUNK: usize = 16 * 1024;
+/// Nesting deeper than this is not something Redis sends; refusing it keeps a corrupt stream
+/// from overflowing the stack.
+const MAX_DEPTH: usize = 128;
+
+impl Default for ReplyReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyReader {
+    pub fn new() -> Self {
+        ReplyReader {
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads one complete reply. `InvalidData` means the stream is not RESP.
+    pub fn read<R: Read>(&mut self, stream: &mut R) -> io::Result<Reply> {
+        self.read_nested(stream, 0)
+    }
+
+    fn read_nested<R: Read>(&mut self, stream: &mut R, depth: usize) -> io::Result<Reply> {
+        if depth > MAX_DEPTH {
+            return Err(invalid("reply nested too deeply"));
+        }
+        let line = self.read_line(stream)?;
+        let (kind, rest) = line
+            .split_first()
+            .ok_or_else(|| invalid("empty reply line"))?;
+        match kind {
+            b'+' => Ok(Reply::Status(rest.to_vec())),
+            b'-' => Ok(Reply::Error(rest.to_vec())),
+            b':' => parse_int(rest).map(Reply::Integer),
+            b'$' => {
+                let len = parse_int(rest)?;
+                if len < 0 {
+                    return Ok(Reply::Nil);
+                }
+                let len = usize::try_from(len).map_err(|_| invalid("bulk length"))?;
+                let mut data = self.read_exact(stream, len + 2)?;
+                if data.get(len..) != Some(b"\r\n") {
+                    return Err(invalid("bulk string not terminated by CRLF"));
+                }
+                data.truncate(len);
+                Ok(Reply::Bulk(data))
+            }
+            b'*' => {
+                let len = parse_int(rest)?;
+                if len < 0 {
+                    return Ok(Reply::Nil);
+                }
+                let len = usize::try_from(len).map_err(|_| invalid("array length"))?;
+                let mut items = Vec::with_capacity(len.min(1024));
+                for _ in 0..len {
+                    items.push(self.read_nested(stream, depth + 1)?);
+                }
+                Ok(Reply::Array(items))
+            }
+            other => Err(invalid(&format!(
+                "unexpected reply type byte {:?}",
+                *other as char
+            ))),
+        }
+    }
+
+    /// The next line without its CRLF.
+    fn read_line<R: Read>(&mut self, stream: &mut R) -> io::Result<Vec<u8>> {
+        let mut scanned = self.start;
+        loop {
+            if let Some(offset) = self.buf[scanned..self.end]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+            {
+                let line_end = scanned + offset;
+                let line = self.buf[self.start..line_end].to_vec();
+                self.start = line_end + 2;
+                return Ok(line);
+            }
+            // Keep the last byte: it may be the CR of a CRLF split across reads.
+            scanned = self.end.saturating_sub(1).max(self.start);
+            let before = self.start;
+            self.fill(stream)?;
+            scanned -= before - self.start;
+        }
+    }
+
+    fn read_exact<R: Read>(&mut self, stream: &mut R, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        let buffered = (self.end - self.start).min(len);
+        out.extend_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.start += buffered;
+        if out.len() < len {
+            // Large values go straight from the socket into their own buffer.
+            let missing = len - out.len();
+            let filled = out.len();
+            out.resize(len, 0);
+            read_fully(stream, &mut out[filled..filled + missing])?;
+        }
+        Ok(out)
+    }
+
+    /// Reads more bytes, moving what is unread to the front first.
+    fn fill<R: Read>(&mut self, stream: &mut R) -> io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut self.buf[self.end..])?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        self.end += n;
+        Ok(())
+    }
+}
+
+fn read_fully<R: Read>(stream: &mut R, mut out: &mut [u8]) -> io::Result<()> {
+    while !out.is_empty() {
+        match stream.read(out) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => out = &mut out[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn parse_int(digits: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("malformed integer"))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds the input a few bytes at a time, as a socket may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn parse_all(input: &[u8], step: usize) -> Vec<Reply> {
+        let mut reader = ReplyReader::new();
+        let mut stream = Trickle(input, step);
+        let mut out = Vec::new();
+        while let Ok(reply) = reader.read(&mut stream) {
+            out.push(reply);
+        }
+        out
+    }
+
+    #[test]
+    fn parses_every_reply_type_whatever_the_read_sizes() {
+        let input =
+            b"+OK\r\n-ERR bad \xff\r\n:-42\r\n$3\r\na\r\n\r\n$-1\r\n*2\r\n$1\r\nx\r\n*-1\r\n*0\r\n";
+        let expected = vec![
+            Reply::Status(b"OK".to_vec()),
+            Reply::Error(b"ERR bad \xff".to_vec()),
+            Reply::Integer(-42),
+            Reply::Bulk(b"a\r\n".to_vec()),
+            Reply::Nil,
+            Reply::Array(vec![Reply::Bulk(b"x".to_vec()), Reply::Nil]),
+            Reply::Array(vec![]),
+        ];
+        for step in [1, 2, 3, 7, 1024] {
+            assert_eq!(parse_all(input, step), expected, "read size {step}");
+        }
+    }
+
+    #[test]
+    fn reads_values_larger_than_the_buffer() {
+        let value = vec![b'v'; 3 * CHUNK + 5];
+        let mut input = format!("${}\r\n", value.len()).into_bytes();
+        input.extend_from_slice(&value);
+        input.extend_from_slice(b"\r\n:1\r\n");
+        assert_eq!(
+            parse_all(&input, 5000),
+            vec![Reply::Bulk(value), Reply::Integer(1)]
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_resp() {
+        let mut reader = ReplyReader::new();
+        let err = reader.read(&mut &b"HTTP/1.1 200 OK\r\n"[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn strips_error_lines_like_ruby() {
+        assert_eq!(error_message(b"  ERR padded  "), b"ERR padded");
+        assert_eq!(error_message(b"ERR x \0"), b"ERR x");
+        assert_eq!(error_message(b"   "), b"");
+    }
+}

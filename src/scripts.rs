@@ -1,0 +1,72 @@
+//! Lua scripts seen through a MultiStore, by SHA1, so an EVALSHA that the non-default store
+//! does not know (it was loaded before dual-write began, or the store restarted) is recovered
+//! by loading the script there, instead of leaving that store without the write.
+
+use crate::command::Command;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+
+/// Bounded: an application has a handful of scripts; a flood of distinct ones (scripts built
+/// by string interpolation) must not grow memory without limit.
+const MAX_SCRIPTS: usize = 1024;
+
+#[derive(Default)]
+pub struct ScriptCache {
+    bodies: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl ScriptCache {
+    /// Remembers the body of an EVAL or SCRIPT LOAD passing through.
+    pub fn observe(&self, cmd: &Command) {
+        let body = if cmd.name_is("eval") {
+            cmd.arg(1)
+        } else if cmd.name_is("script")
+            && cmd.arg(1).is_some_and(|s| s.eq_ignore_ascii_case(b"load"))
+        {
+            cmd.arg(2)
+        } else {
+            None
+        };
+        let Some(body) = body else { return };
+        let sha = sha1_smol::Sha1::from(body).digest().to_string();
+        let mut bodies = self.bodies.lock();
+        if bodies.len() < MAX_SCRIPTS || bodies.contains_key(&sha) {
+            bodies.insert(sha, body.to_vec());
+        }
+    }
+
+    /// For an EVALSHA the other store answered NOSCRIPT: the commands that load the script
+    /// there and run it again, when the script is known.
+    pub fn recovery(&self, evalsha: &Command) -> Option<Vec<Command>> {
+        if !evalsha.name_is("evalsha") {
+            return None;
+        }
+        let sha = String::from_utf8_lossy(evalsha.arg(1)?).to_ascii_lowercase();
+        let body = self.bodies.lock().get(&sha)?.clone();
+        let load = Command::from_args([&b"script"[..], b"load", &body]);
+        Some(vec![load, evalsha.clone()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_an_evalsha_whose_script_went_through_eval() {
+        let cache = ScriptCache::default();
+        cache.observe(&Command::from_args(["EVAL", "return 1", "0"]));
+        // sha1("return 1")
+        let evalsha =
+            Command::from_args(["evalsha", "E0E1F9FABFC9D4800C877A703B823AC0578FF8DB", "0"]);
+        let recovery = cache.recovery(&evalsha).expect("known script");
+        assert_eq!(
+            recovery[0],
+            Command::from_args(["script", "load", "return 1"])
+        );
+        assert_eq!(recovery[1], evalsha);
+        assert!(cache
+            .recovery(&Command::from_args(["evalsha", "0000", "0"]))
+            .is_none());
+    }
+}
