@@ -2,8 +2,15 @@
 //! these to decide when to flip the next flag. Label values are resolved once per instance
 //! (`InstanceMetrics`), so counting on the hot path is one atomic add.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use crate::routing::Role;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 pub struct Metrics {
     registry: Registry,
@@ -11,6 +18,8 @@ pub struct Metrics {
     method_missing: IntCounterVec,
     pipelined_diff: IntCounterVec,
     non_default_write_failures: IntCounterVec,
+    requests: IntCounterVec,
+    duration: HistogramVec,
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -54,8 +63,74 @@ impl Metrics {
                 "Writes that failed on the non-default store (reported, not raised)",
                 &["instance_name"],
             )?,
+            requests: counter(
+                &registry,
+                "gitlab_redis_multi_store_requests_total",
+                "Round trips to each store, by kind of command (read, write, other, pipeline)",
+                &["instance_name", "store", "kind"],
+            )?,
+            duration: {
+                let opts = HistogramOpts::new(
+                    "gitlab_redis_multi_store_duration_seconds",
+                    "Time of round trips to each store",
+                )
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
+                let vec = HistogramVec::new(opts, &["instance_name", "store"])?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
             registry,
         })
+    }
+}
+
+/// Off switch for the per-request metrics (requests, duration), for benchmarks and for
+/// applications that do not scrape them. The GitLab counters stay on: they are rare and they
+/// are what an operator decides a migration step with.
+static REQUEST_METRICS: AtomicBool = AtomicBool::new(true);
+
+pub fn set_request_metrics_enabled(enabled: bool) {
+    REQUEST_METRICS.store(enabled, Ordering::Relaxed);
+}
+
+/// One increment or observation, for the host application's own metrics client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+static HOOK: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Samples of the calls made on this thread, handed to the host application when the
+    // binding has the GVL again (the core records them without it).
+    static PENDING: RefCell<Vec<Sample>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Starts (or stops) recording samples for `take_samples`.
+pub fn set_hook_enabled(enabled: bool) {
+    HOOK.store(enabled, Ordering::Relaxed);
+}
+
+pub fn hook_enabled() -> bool {
+    HOOK.load(Ordering::Relaxed)
+}
+
+/// The samples recorded on this thread since the last call.
+pub fn take_samples() -> Vec<Sample> {
+    PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()))
+}
+
+fn record(name: &'static str, labels: impl FnOnce() -> Vec<(&'static str, String)>, value: f64) {
+    if hook_enabled() {
+        let sample = Sample {
+            name,
+            labels: labels(),
+            value,
+        };
+        PENDING.with(|pending| pending.borrow_mut().push(sample));
     }
 }
 
@@ -85,6 +160,40 @@ pub fn text() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The `kind` label of a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Read = 0,
+    Write = 1,
+    Other = 2,
+    Pipeline = 3,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 4] = [
+        RequestKind::Read,
+        RequestKind::Write,
+        RequestKind::Other,
+        RequestKind::Pipeline,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestKind::Read => "read",
+            RequestKind::Write => "write",
+            RequestKind::Other => "other",
+            RequestKind::Pipeline => "pipeline",
+        }
+    }
+}
+
+/// Per-store handles of one instance: [primary, secondary].
+#[derive(Clone, Default)]
+struct StoreHandles {
+    requests: Vec<IntCounter>,
+    duration: Option<Histogram>,
+}
+
 /// One MultiStore's counters, labels resolved up front.
 #[derive(Clone, Default)]
 pub struct InstanceMetrics {
@@ -93,6 +202,14 @@ pub struct InstanceMetrics {
     read_fallback_error: Option<IntCounter>,
     pipelined_diff: Option<IntCounter>,
     non_default_write_failures: Option<IntCounter>,
+    stores: [StoreHandles; 2],
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Primary => 0,
+        Role::Secondary => 1,
+    }
 }
 
 impl InstanceMetrics {
@@ -109,23 +226,80 @@ impl InstanceMetrics {
                 m.non_default_write_failures
                     .with_label_values(&[instance_name]),
             ),
+            stores: [Role::Primary, Role::Secondary].map(|role| StoreHandles {
+                requests: RequestKind::ALL
+                    .iter()
+                    .map(|kind| {
+                        m.requests
+                            .with_label_values(&[instance_name, role.name(), kind.label()])
+                    })
+                    .collect(),
+                duration: Some(m.duration.with_label_values(&[instance_name, role.name()])),
+            }),
         }
     }
 
+    /// Counts one round trip to a store and its duration.
+    pub fn request(&self, role: Role, kind: RequestKind, started: Instant) {
+        if !REQUEST_METRICS.load(Ordering::Relaxed) {
+            return;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let handles = &self.stores[role_index(role)];
+        if let Some(counter) = handles.requests.get(kind as usize) {
+            counter.inc();
+        }
+        if let Some(histogram) = &handles.duration {
+            histogram.observe(seconds);
+        }
+        let labels = || {
+            vec![
+                ("instance_name", self.instance_name.clone()),
+                ("store", role.name().to_string()),
+            ]
+        };
+        record(
+            "gitlab_redis_multi_store_requests_total",
+            || {
+                let mut l = labels();
+                l.push(("kind", kind.label().to_string()));
+                l
+            },
+            1.0,
+        );
+        record("gitlab_redis_multi_store_duration_seconds", labels, seconds);
+    }
+
     pub fn read_fallback_miss(&self) {
-        inc(&self.read_fallback_miss);
+        self.inc(
+            &self.read_fallback_miss,
+            "gitlab_redis_multi_store_read_fallback_total",
+            Some(("reason", "miss")),
+        );
     }
 
     pub fn read_fallback_error(&self) {
-        inc(&self.read_fallback_error);
+        self.inc(
+            &self.read_fallback_error,
+            "gitlab_redis_multi_store_read_fallback_total",
+            Some(("reason", "error")),
+        );
     }
 
     pub fn pipelined_diff(&self) {
-        inc(&self.pipelined_diff);
+        self.inc(
+            &self.pipelined_diff,
+            "gitlab_redis_multi_store_pipelined_diff_error_total",
+            None,
+        );
     }
 
     pub fn non_default_write_failure(&self) {
-        inc(&self.non_default_write_failures);
+        self.inc(
+            &self.non_default_write_failures,
+            "gitlab_redis_multi_store_non_default_write_failures_total",
+            None,
+        );
     }
 
     /// Unknown commands are rare by nature, so their label is resolved when they happen.
@@ -135,11 +309,35 @@ impl InstanceMetrics {
                 .with_label_values(&[&self.instance_name, command])
                 .inc();
         }
+        record(
+            "gitlab_redis_multi_store_method_missing_total",
+            || {
+                vec![
+                    ("instance_name", self.instance_name.clone()),
+                    ("command", command.to_string()),
+                ]
+            },
+            1.0,
+        );
     }
-}
 
-fn inc(counter: &Option<IntCounter>) {
-    if let Some(counter) = counter {
-        counter.inc();
+    fn inc(
+        &self,
+        counter: &Option<IntCounter>,
+        name: &'static str,
+        extra: Option<(&'static str, &str)>,
+    ) {
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+        record(
+            name,
+            || {
+                let mut labels = vec![("instance_name", self.instance_name.clone())];
+                labels.extend(extra.map(|(k, v)| (k, v.to_string())));
+                labels
+            },
+            1.0,
+        );
     }
 }

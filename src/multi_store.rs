@@ -5,17 +5,17 @@
 use crate::blocking;
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::command_table::{self, CommandSpec};
+use crate::command_table::{self, CommandKind, CommandSpec};
 use crate::config::StoreConfig;
 use crate::connection::Reply;
 use crate::error::{Error, Result, ServerErrorReply};
-use crate::metrics::InstanceMetrics;
+use crate::metrics::{InstanceMetrics, RequestKind};
 use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
 use crate::scripts::ScriptCache;
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Something the caller does not see in the reply but the application should hear about.
 #[derive(Debug)]
@@ -47,6 +47,13 @@ pub struct MultiStore {
     read_strategy: ReadStrategy,
     metrics: InstanceMetrics,
     scripts: ScriptCache,
+}
+
+/// What one call is doing, for the side effects (events, metrics, logs) of its round trips.
+struct CallContext<'a> {
+    cmd_name: &'a dyn Fn() -> String,
+    cancel: &'a CancelToken,
+    events: Vec<Event>,
 }
 
 impl MultiStore {
@@ -102,28 +109,35 @@ impl MultiStore {
 
     pub fn call(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
         let spec = command_table::lookup(cmd);
-        let mut events = Vec::new();
-        if let Err(err) = self.check_known(cmd, spec, flags, &mut events) {
-            return self.outcome(cmd, Err(err), events);
+        let name = || cmd.name();
+        let mut ctx = CallContext {
+            cmd_name: &name,
+            cancel,
+            events: Vec::new(),
+        };
+        if let Err(err) = self.check_known(cmd, spec, flags, &mut ctx) {
+            return self.outcome(ctx, Err(err));
         }
         let default = default_role(flags);
+        let kind = request_kind(spec);
         let result = match routing::route(spec, flags, self.read_strategy, self.same_store) {
-            Route::Default => self
-                .store(default)
-                .call(cmd, ReadTimeout::Configured, cancel),
-            Route::Both => self.write_both(cmd, default, cancel, &mut events),
+            Route::Default => self.timed(default, kind, |s| {
+                s.call(cmd, ReadTimeout::Configured, cancel)
+            }),
+            Route::Both => self.write_both(cmd, default, kind, &mut ctx),
             Route::PrimaryWithFallback => match spec {
-                Some(spec) => self.read_with_fallback(cmd, spec, cancel, &mut events),
-                None => self
-                    .store(default)
-                    .call(cmd, ReadTimeout::Configured, cancel),
+                Some(spec) => self.read_with_fallback(cmd, spec, &mut ctx),
+                None => self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                }),
             },
         };
-        self.outcome(cmd, result, events)
+        self.outcome(ctx, result)
     }
 
     /// A blocking command (BLPOP, XREAD BLOCK …) on the default store, whose own timeout extends
-    /// the socket's read timeout.
+    /// the socket's read timeout. With dual-write on, what it popped is removed from the other
+    /// store too.
     pub fn call_blocking(
         &self,
         cmd: &Command,
@@ -131,22 +145,29 @@ impl MultiStore {
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<Reply> {
-        let mut events = Vec::new();
-        if let Err(err) = self.check_known(cmd, command_table::lookup(cmd), flags, &mut events) {
-            return self.outcome(cmd, Err(err), events);
+        let spec = command_table::lookup(cmd);
+        let name = || cmd.name();
+        let mut ctx = CallContext {
+            cmd_name: &name,
+            cancel,
+            events: Vec::new(),
+        };
+        if let Err(err) = self.check_known(cmd, spec, flags, &mut ctx) {
+            return self.outcome(ctx, Err(err));
         }
         let default = default_role(flags);
-        let store = self.store(default);
-        let result = store.call(cmd, blocking_read_timeout(store.config(), timeout), cancel);
+        let result = self.timed(default, request_kind(spec), |s| {
+            s.call(cmd, blocking_read_timeout(s.config(), timeout), cancel)
+        });
         if flags.dual_write && !self.same_store {
             if let Ok(reply) = &result {
                 let mirror = blocking::mirror(cmd, reply);
                 if !mirror.is_empty() {
-                    self.mirror(&mirror, other_role(default), cancel, &mut events);
+                    self.mirror(&mirror, other_role(default), &mut ctx);
                 }
             }
         }
-        self.outcome(cmd, result, events)
+        self.outcome(ctx, result)
     }
 
     /// A batch (pipeline, or MULTI … EXEC) in one round trip per store. With dual-write on, a
@@ -159,64 +180,49 @@ impl MultiStore {
         readonly: bool,
         cancel: &CancelToken,
     ) -> Outcome<Vec<Reply>> {
-        let mut events = Vec::new();
-        let name = "pipeline".to_string();
+        let name = || "pipeline".to_string();
+        let mut ctx = CallContext {
+            cmd_name: &name,
+            cancel,
+            events: Vec::new(),
+        };
         let default = default_role(flags);
         if !flags.dual_write || self.same_store {
-            let result = self.store(default).pipeline(cmds, cancel);
-            return Outcome {
-                result,
-                command_name: name,
-                events,
-            };
+            let result = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            return self.outcome(ctx, result);
         }
-        let kinds: Vec<_> = cmds
-            .iter()
-            .map(|c| command_table::lookup(c).map(CommandSpec::kind))
-            .collect();
         let only_reads = readonly
-            || kinds
-                .iter()
-                .all(|k| *k == Some(command_table::CommandKind::Read));
+            || cmds.iter().all(|c| {
+                command_table::lookup(c).map(CommandSpec::kind) == Some(CommandKind::Read)
+            });
         let result = if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback {
-            self.read_pipeline_with_fallback(cmds, cancel, &mut events)
+            self.read_pipeline_with_fallback(cmds, &mut ctx)
         } else if only_reads {
-            self.store(default).pipeline(cmds, cancel)
+            self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
         } else {
-            self.pipeline_both(cmds, default, cancel, &mut events)
+            self.pipeline_both(cmds, default, &mut ctx)
         };
-        Outcome {
-            result,
-            command_name: name,
-            events,
-        }
+        self.outcome(ctx, result)
     }
 
     /// Replays on the non-default store what already ran on the default one (a transaction
-    /// run on a pinned connection, a blocking pop). Only with dual-write on; failures are
-    /// reported, never raised.
+    /// run on a pinned connection). Only with dual-write on; failures are reported, never raised.
     pub fn mirror_to_non_default(
         &self,
         cmds: &[Command],
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<()> {
-        let mut events = Vec::new();
+        let name = || cmds.first().map(Command::name).unwrap_or_default();
+        let mut ctx = CallContext {
+            cmd_name: &name,
+            cancel,
+            events: Vec::new(),
+        };
         if flags.dual_write && !self.same_store && !cmds.is_empty() {
-            self.mirror(cmds, other_role(default_role(flags)), cancel, &mut events);
+            self.mirror(cmds, other_role(default_role(flags)), &mut ctx);
         }
-        let command_name = cmds.first().map(Command::name).unwrap_or_default();
-        Outcome {
-            result: Ok(()),
-            command_name,
-            events,
-        }
-    }
-
-    fn mirror(&self, cmds: &[Command], role: Role, cancel: &CancelToken, events: &mut Vec<Event>) {
-        if let Err(error) = self.store(role).pipeline(cmds, cancel) {
-            self.non_default_failed(role, error, events);
-        }
+        self.outcome(ctx, Ok(()))
     }
 
     pub fn session(&self, flags: Flags) -> Session {
@@ -237,35 +243,48 @@ impl MultiStore {
         self.default_store(flags).is_connected()
     }
 
+    fn timed<T>(
+        &self,
+        role: Role,
+        kind: RequestKind,
+        round_trip: impl FnOnce(&Store) -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = round_trip(self.store(role));
+        self.metrics.request(role, kind, started);
+        result
+    }
+
     fn check_known(
         &self,
         cmd: &Command,
         spec: Option<&CommandSpec>,
         flags: Flags,
-        events: &mut Vec<Event>,
+        ctx: &mut CallContext,
     ) -> Result<()> {
         if spec.is_some() {
             return Ok(());
         }
         let name = cmd.name();
         self.metrics.method_missing(&name);
-        events.push(Event::MethodMissing);
+        tracing::debug!(instance_name = %self.instance_name, command_name = %name, "command not in the command table");
+        ctx.events.push(Event::MethodMissing);
         if flags.strict {
             return Err(Error::MethodMissing(name));
         }
         Ok(())
     }
 
-    fn outcome<T>(&self, cmd: &Command, result: Result<T>, events: Vec<Event>) -> Outcome<T> {
+    fn outcome<T>(&self, ctx: CallContext, result: Result<T>) -> Outcome<T> {
         Outcome {
             result,
             // Only needed when something is reported; skip the allocation otherwise.
-            command_name: if events.is_empty() {
+            command_name: if ctx.events.is_empty() {
                 String::new()
             } else {
-                cmd.name()
+                (ctx.cmd_name)()
             },
-            events,
+            events: ctx.events,
         }
     }
 
@@ -275,26 +294,32 @@ impl MultiStore {
         &self,
         cmd: &Command,
         default: Role,
-        cancel: &CancelToken,
-        events: &mut Vec<Event>,
+        kind: RequestKind,
+        ctx: &mut CallContext,
     ) -> Result<Reply> {
         let other = other_role(default);
+        let cancel = ctx.cancel;
         self.scripts.observe(cmd);
+        let other_started = Instant::now();
         let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
-        let reply = self
-            .store(default)
-            .call(cmd, ReadTimeout::Configured, cancel);
+        let reply = self.timed(default, kind, |s| {
+            s.call(cmd, ReadTimeout::Configured, cancel)
+        });
         let other_reply = in_flight
             .and_then(|f| self.store(other).receive(f, cancel))
             .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
+        self.metrics.request(other, kind, other_started);
         match other_reply {
-            Err(error) => self.non_default_failed(other, error, events),
+            Err(error) => self.non_default_failed(other, error, ctx),
             Ok(replies) => {
                 // An error reply only on the non-default store means the stores disagree.
                 if let (Some(Reply::Error(line)), Ok(default_reply)) = (replies.first(), &reply) {
                     if !default_reply.is_error() {
-                        let error = Error::Server(ServerErrorReply::from_line(line));
-                        self.non_default_failed(other, error, events);
+                        self.non_default_failed(
+                            other,
+                            Error::Server(ServerErrorReply::from_line(line)),
+                            ctx,
+                        );
                     }
                 }
             }
@@ -315,6 +340,7 @@ impl MultiStore {
         let Some(recovery) = noscript.then(|| self.scripts.recovery(cmd)).flatten() else {
             return Ok(replies);
         };
+        tracing::debug!(instance_name = %self.instance_name, store = role.name(), "loading a script the store did not know");
         let mut recovered = self.store(role).pipeline(&recovery, cancel)?;
         Ok(recovered.pop().into_iter().collect())
     }
@@ -323,55 +349,64 @@ impl MultiStore {
         &self,
         cmd: &Command,
         spec: &CommandSpec,
-        cancel: &CancelToken,
-        events: &mut Vec<Event>,
+        ctx: &mut CallContext,
     ) -> Result<Reply> {
-        match self.primary.call(cmd, ReadTimeout::Configured, cancel) {
+        let cancel = ctx.cancel;
+        let read = |role: Role| {
+            self.timed(role, RequestKind::Read, |s| {
+                s.call(cmd, ReadTimeout::Configured, cancel)
+            })
+        };
+        match read(Role::Primary) {
             Ok(Reply::Error(line)) => {
-                let error = Error::Server(ServerErrorReply::from_line(&line));
-                self.read_failed_on_primary(error, events);
+                self.read_failed_on_primary(Error::Server(ServerErrorReply::from_line(&line)), ctx);
             }
             Ok(reply) if !is_miss(spec, &reply) => return Ok(reply),
             Ok(_miss) => {
-                let fallback = self.secondary.call(cmd, ReadTimeout::Configured, cancel);
+                let fallback = read(Role::Secondary);
                 if matches!(&fallback, Ok(reply) if !is_miss(spec, reply)) {
                     self.metrics.read_fallback_miss();
-                    events.push(Event::ReadFallback);
+                    ctx.events.push(Event::ReadFallback);
                 }
                 return fallback;
             }
             Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(error) => self.read_failed_on_primary(error, events),
+            Err(error) => self.read_failed_on_primary(error, ctx),
         }
-        self.secondary.call(cmd, ReadTimeout::Configured, cancel)
+        read(Role::Secondary)
     }
 
     fn read_pipeline_with_fallback(
         &self,
         cmds: &[Command],
-        cancel: &CancelToken,
-        events: &mut Vec<Event>,
+        ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
-        let specs: Vec<_> = cmds.iter().map(command_table::lookup).collect();
-        let primary = match self.primary.pipeline(cmds, cancel) {
+        let cancel = ctx.cancel;
+        let read =
+            |role: Role| self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+        let primary = match read(Role::Primary) {
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(error) => {
-                self.read_failed_on_primary(error, events);
-                return self.secondary.pipeline(cmds, cancel);
+                self.read_failed_on_primary(error, ctx);
+                return read(Role::Secondary);
             }
             Ok(replies) => replies,
         };
-        let missed = primary.iter().zip(&specs).any(|(reply, spec)| match spec {
-            Some(spec) => is_miss(spec, reply) || reply.is_error(),
-            None => false,
-        });
+        let missed =
+            primary
+                .iter()
+                .zip(cmds)
+                .any(|(reply, cmd)| match command_table::lookup(cmd) {
+                    Some(spec) => is_miss(spec, reply) || reply.is_error(),
+                    None => false,
+                });
         if !missed {
             return Ok(primary);
         }
-        let secondary = self.secondary.pipeline(cmds, cancel)?;
+        let secondary = read(Role::Secondary)?;
         if secondary != primary {
             self.metrics.read_fallback_miss();
-            events.push(Event::ReadFallback);
+            ctx.events.push(Event::ReadFallback);
         }
         Ok(secondary)
     }
@@ -380,32 +415,59 @@ impl MultiStore {
         &self,
         cmds: &[Command],
         default: Role,
-        cancel: &CancelToken,
-        events: &mut Vec<Event>,
+        ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
         let other = other_role(default);
+        let cancel = ctx.cancel;
+        let other_started = Instant::now();
         let in_flight = self.store(other).send(cmds, cancel);
-        let replies = self.store(default).pipeline(cmds, cancel);
-        match in_flight.and_then(|f| self.store(other).receive(f, cancel)) {
-            Err(error) => self.non_default_failed(other, error, events),
+        let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+        let other_replies = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        self.metrics
+            .request(other, RequestKind::Pipeline, other_started);
+        match other_replies {
+            Err(error) => self.non_default_failed(other, error, ctx),
             Ok(other_replies) => {
                 if matches!(&replies, Ok(r) if *r != other_replies) {
                     self.metrics.pipelined_diff();
-                    events.push(Event::PipelinedDiff);
+                    tracing::debug!(instance_name = %self.instance_name, "pipeline results differ between the stores");
+                    ctx.events.push(Event::PipelinedDiff);
                 }
             }
         }
         replies
     }
 
-    fn non_default_failed(&self, role: Role, error: Error, events: &mut Vec<Event>) {
-        self.metrics.non_default_write_failure();
-        events.push(Event::NonDefaultFailed { role, error });
+    fn mirror(&self, cmds: &[Command], role: Role, ctx: &mut CallContext) {
+        let cancel = ctx.cancel;
+        if let Err(error) = self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
+            self.non_default_failed(role, error, ctx);
+        }
     }
 
-    fn read_failed_on_primary(&self, error: Error, events: &mut Vec<Event>) {
+    fn non_default_failed(&self, role: Role, error: Error, ctx: &mut CallContext) {
+        self.metrics.non_default_write_failure();
+        tracing::debug!(
+            instance_name = %self.instance_name,
+            command_name = %(ctx.cmd_name)(),
+            store = role.name(),
+            error = %error,
+            "write failed on the non-default store"
+        );
+        ctx.events.push(Event::NonDefaultFailed { role, error });
+    }
+
+    fn read_failed_on_primary(&self, error: Error, ctx: &mut CallContext) {
         self.metrics.read_fallback_error();
-        events.push(Event::ReadFromPrimaryFailed { error });
+        ctx.events.push(Event::ReadFromPrimaryFailed { error });
+    }
+}
+
+fn request_kind(spec: Option<&CommandSpec>) -> RequestKind {
+    match spec.map(CommandSpec::kind) {
+        Some(CommandKind::Read) => RequestKind::Read,
+        Some(CommandKind::Write) => RequestKind::Write,
+        _ => RequestKind::Other,
     }
 }
 

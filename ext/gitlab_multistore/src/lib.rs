@@ -5,6 +5,7 @@
 mod convert;
 mod error;
 mod events;
+mod logging;
 mod native_session;
 mod native_store;
 mod nogvl;
@@ -15,6 +16,7 @@ use magnus::{Error, Ruby};
 #[magnus::init(name = "gitlab_multistore")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     error::init(ruby)?;
+    logging::init();
     let module = ruby.define_module("GitlabMultistore")?;
     native_store::init(ruby, module)?;
     native_session::init(ruby, module)?;

@@ -173,10 +173,25 @@ fn metrics_text() -> String {
     gitlab_multistore::metrics::text()
 }
 
+fn set_log_level(level: u8) {
+    crate::logging::set_level(level);
+}
+
+fn set_metrics_hook(enabled: bool) {
+    gitlab_multistore::metrics::set_hook_enabled(enabled);
+}
+
+fn set_request_metrics(enabled: bool) {
+    gitlab_multistore::metrics::set_request_metrics_enabled(enabled);
+}
+
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("NativeStore", ruby.class_object())?;
     class.define_singleton_method("new", function!(NativeStore::new, 5))?;
     class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
+    class.define_singleton_method("log_level=", function!(set_log_level, 1))?;
+    class.define_singleton_method("metrics_hook=", function!(set_metrics_hook, 1))?;
+    class.define_singleton_method("request_metrics=", function!(set_request_metrics, 1))?;
     class.define_method("_call", method!(NativeStore::call, 2))?;
     class.define_method("_call_blocking", method!(NativeStore::call_blocking, 3))?;
     class.define_method("_pipeline", method!(NativeStore::pipeline, 3))?;

@@ -68,6 +68,9 @@ where
     if cancel.is_cancelled() {
         ruby.thread_check_ints()?;
     }
+    // What the core logged or counted while Ruby could not be called goes out now.
+    crate::logging::deliver(ruby)?;
+    crate::logging::deliver_samples(ruby)?;
     match outcome {
         Some(Ok(value)) => Ok(value),
         Some(Err(panic)) => Err(crate::error::panic_error(ruby, panic.as_ref())),

@@ -5,6 +5,7 @@ require "gitlab/redis/multi_store/errors"
 require "gitlab/redis/multi_store/store_options"
 require "gitlab/redis/multi_store/feature_flags"
 require "gitlab/redis/multi_store/reporter"
+require "gitlab/redis/multi_store/native_events"
 require "gitlab/redis/multi_store/client"
 
 module Gitlab
@@ -15,6 +16,7 @@ module Gitlab
     # construction. The transport and the routing run in the native core, without the GVL.
     class MultiStore < ::Redis
       READ_STRATEGIES = %i[primary_with_fallback default_only].freeze
+      LOG_LEVELS = { debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN, error: Logger::ERROR }.freeze
 
       class << self
         # Process-wide defaults; each can be overridden per instance.
@@ -24,9 +26,35 @@ module Gitlab
         #   in development and test) instead of reporting them.
         attr_accessor :feature_flags, :on_error, :strict
         attr_writer :logger
+        attr_reader :on_metric, :log_level
 
         def logger
           @logger ||= Logger.new($stderr, progname: "gitlab_multistore")
+        end
+
+        # Receives every metric increment and observation of the native core, for an
+        # application that exports metrics with its own client (GitLab's prometheus-client-mmap):
+        # `call(name, labels, value)`; name is a Symbol, labels a Hash, value a Float (1.0 for a
+        # counter increment, seconds for a duration). nil turns it off (the default).
+        def on_metric=(callable)
+          @on_metric = callable
+          GitlabMultistore::NativeStore.metrics_hook = !callable.nil?
+        end
+
+        # The lowest level of the native core's log lines written to `logger`: :debug, :info,
+        # :warn (default) or :error.
+        def log_level=(level)
+          severity = LOG_LEVELS.fetch(level.is_a?(Integer) ? LOG_LEVELS.key(level) : level.to_sym) do
+            raise ArgumentError, "log_level must be one of #{LOG_LEVELS.keys.inspect}"
+          end
+          @log_level = LOG_LEVELS.key(severity)
+          GitlabMultistore::NativeStore.log_level = severity
+        end
+
+        # Per-request metrics (requests_total, duration_seconds) can be turned off; the GitLab
+        # counters (fallbacks, method missing, pipeline diffs, write failures) always count.
+        def request_metrics=(enabled)
+          GitlabMultistore::NativeStore.request_metrics = enabled ? true : false
         end
 
         # Prometheus text exposition (0.0.4) of every MultiStore's metrics in this process.

@@ -1,0 +1,171 @@
+# frozen_string_literal: true
+
+require "open3"
+require "tmpdir"
+
+# The numbers an operator decides the next migration step with, driven by real traffic and read
+# back the way a scraper or the application's own metrics client would.
+RSpec.describe Gitlab::Redis::MultiStore, "observability" do
+  let(:flags) { MultiStoreHelpers::FlagSource.new }
+  let(:instance_name) { "observed" }
+  let(:dual_write) { :use_primary_and_secondary_stores_for_observed }
+
+  subject(:store) do
+    described_class.new(primary_server.url, secondary_server.url, instance_name,
+                        feature_flags: flags, on_error: ->(_e, _c) {})
+  end
+
+  def requests(store_role, kind)
+    metric_value("gitlab_redis_multi_store_requests_total", instance_name: instance_name, store: store_role, kind: kind)
+  end
+
+  describe "requests_total and duration_seconds" do
+    it "counts round trips per store and kind: the default store only while the flags are off" do
+      expect { store.set("k", "v") }.to change { requests("secondary", "write") }.by(1)
+        .and(change { requests("primary", "write") }.by(0))
+      expect { store.get("k") }.to change { requests("secondary", "read") }.by(1)
+      expect { store.pipelined { |p| p.get("k") } }.to change { requests("secondary", "pipeline") }.by(1)
+    end
+
+    it "counts both stores for a dual write and the fallback read of a miss" do
+      flags.enable(dual_write)
+      secondary_server.client.set("old", "v")
+
+      expect { store.set("k", "v") }.to change { requests("primary", "write") }.by(1)
+        .and(change { requests("secondary", "write") }.by(1))
+      expect { store.get("old") }.to change { requests("primary", "read") }.by(1)
+        .and(change { requests("secondary", "read") }.by(1))
+    end
+
+    it "observes each round trip's duration" do
+      count = -> { metric_value("gitlab_redis_multi_store_duration_seconds_count", instance_name: instance_name, store: "secondary") }
+
+      expect { 3.times { store.ping } }.to change(&count).by(3)
+    end
+
+    it "can be turned off, leaving the GitLab counters on" do
+      described_class.request_metrics = false
+      flags.enable(dual_write)
+      secondary_server.client.set("old", "v")
+
+      expect { store.get("old") }.not_to(change { requests("primary", "read") })
+      expect(metric_value("gitlab_redis_multi_store_read_fallback_total", instance_name: instance_name, reason: "miss")).to be >= 1
+    ensure
+      described_class.request_metrics = true
+    end
+  end
+
+  it "exposes text that a real Prometheus parser reads" do
+    flags.enable(dual_write)
+    store.set("k", "v")
+    store.get("missing")
+    store.call(["NOT.A.COMMAND"]) rescue Redis::CommandError # rubocop:disable Style/RescueModifier
+
+    parser = <<~PY
+      import sys
+      from prometheus_client.parser import text_string_to_metric_families
+      for family in text_string_to_metric_families(sys.stdin.read()):
+          for sample in family.samples:
+              print(sample.name, sample.labels.get("instance_name", ""), sample.value)
+    PY
+    output, status = Open3.capture2("/usr/bin/python3", "-c", parser, stdin_data: described_class.metrics_text)
+
+    expect(status).to be_success
+    names = output.lines.map { |line| line.split.first }.uniq
+    expect(names).to include(
+      "gitlab_redis_multi_store_requests_total",
+      "gitlab_redis_multi_store_duration_seconds_bucket",
+      "gitlab_redis_multi_store_method_missing_total",
+      "gitlab_redis_multi_store_read_fallback_total"
+    )
+    expect(output).to include("gitlab_redis_multi_store_method_missing_total observed 1.0")
+  end
+
+  describe "on_metric" do
+    after { described_class.on_metric = nil }
+
+    it "hands every increment and observation to the application's hook" do
+      samples = []
+      described_class.on_metric = ->(name, labels, value) { samples << [name, labels, value] }
+      flags.enable(dual_write)
+
+      store.set("k", "v")
+
+      writes = samples.select { |name, _, _| name == :gitlab_redis_multi_store_requests_total }
+      expect(writes.map { |_, labels, value| [labels[:store], labels[:kind], value] })
+        .to contain_exactly(["primary", "write", 1.0], ["secondary", "write", 1.0])
+      durations = samples.select { |name, _, _| name == :gitlab_redis_multi_store_duration_seconds }
+      expect(durations.map { |_, _, seconds| seconds }).to all(be_between(0, 1))
+    end
+
+    it "feeds prometheus-client-mmap through the adapter shown in the README" do
+      require "prometheus/client"
+      Prometheus::Client.configure do |config|
+        config.multiprocess_files_dir = Dir.mktmpdir("gitlab-multistore-metrics")
+        config.pid_provider = -> { "spec" }
+      end
+      registry = Prometheus::Client.registry
+      metrics = {}
+      described_class.on_metric = lambda do |name, labels, value|
+        metric = metrics[name] ||=
+          if name.end_with?("_seconds")
+            registry.histogram(name, "gitlab_multistore #{name}")
+          else
+            registry.counter(name, "gitlab_multistore #{name}")
+          end
+        metric.is_a?(Prometheus::Client::Histogram) ? metric.observe(labels, value) : metric.increment(labels, value)
+      end
+
+      2.times { store.set("k", "v") }
+
+      counter = metrics[:gitlab_redis_multi_store_requests_total]
+      expect(counter.get(instance_name: instance_name, store: "secondary", kind: "write")).to eq(2.0)
+    end
+
+    it "never fails a command when the hook raises" do
+      described_class.on_metric = ->(*) { raise "metrics backend down" }
+
+      expect(store.set("k", "v")).to eq("OK")
+      expect(secondary_server.client.get("k")).to eq("v")
+    end
+  end
+
+  describe "logs" do
+    let(:log) { StringIO.new }
+
+    around do |example|
+      previous = described_class.logger
+      described_class.logger = Logger.new(log)
+      described_class.log_level = :debug
+      example.run
+    ensure
+      described_class.log_level = :warn
+      described_class.logger = previous
+    end
+
+    it "writes the core's events to the Ruby logger as structured lines, without values or passwords" do
+      closed_port = RedisServers.free_port
+      flags.enable(dual_write)
+      failing = described_class.new("redis://:s3cret@127.0.0.1:#{closed_port}/0", secondary_server.url, instance_name,
+                                    feature_flags: flags, on_error: ->(_e, _c) {})
+
+      failing.set("session:42", "private-value")
+
+      line = log.string.lines.find { |l| l.include?("write failed on the non-default store") }
+      expect(line).to include("instance_name=observed", "command_name=set", "store=primary",
+                              "Error connecting to Redis on 127.0.0.1:#{closed_port}")
+      expect(log.string).not_to include("private-value", "session:42", "s3cret")
+    end
+
+    it "forwards nothing below the configured level" do
+      described_class.log_level = :error
+      flags.enable(dual_write)
+      failing = described_class.new({ port: RedisServers.free_port }, secondary_server.url, instance_name,
+                                    feature_flags: flags, on_error: ->(_e, _c) {})
+
+      failing.set("k", "v")
+
+      expect(log.string).to be_empty
+    end
+  end
+end
