@@ -1,7 +1,9 @@
-//! Interrupting a call that is waiting on the network. The binding hands a token to the core
-//! for the duration of one call; when Ruby wants the thread back (Thread#kill, Timeout,
-//! Ctrl-C) it calls `cancel` from another thread, which shuts the socket down so the blocked
-//! read returns at once. The connection is then discarded, never reused.
+//! Interrupting a call that is waiting on the network. Two ways in:
+//! - `cancel` from another thread shuts the socket the call waits on down, so the blocked read
+//!   returns at once (the connection is then discarded, never reused);
+//! - a signal interrupting the blocked syscall (EINTR) makes the call ask its interrupt check
+//!   whether to stop. The Ruby binding uses this one: Ruby interrupts a thread blocked in I/O by
+//!   signalling it, and the check asks Ruby (with the GVL) whether an exception is pending.
 
 use parking_lot::Mutex;
 use std::os::fd::RawFd;
@@ -9,6 +11,8 @@ use std::os::fd::RawFd;
 #[derive(Default)]
 pub struct CancelToken {
     state: Mutex<CancelState>,
+    /// Called after a syscall was interrupted by a signal: true means stop the call.
+    interrupt_check: Option<fn() -> bool>,
 }
 
 #[derive(Default)]
@@ -20,6 +24,25 @@ struct CancelState {
 impl CancelToken {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_interrupt_check(check: fn() -> bool) -> Self {
+        CancelToken {
+            interrupt_check: Some(check),
+            ..Self::default()
+        }
+    }
+
+    /// After EINTR: whether the call must stop rather than retry the syscall.
+    pub(crate) fn stop_after_signal(&self) -> bool {
+        if self.is_cancelled() {
+            return true;
+        }
+        if self.interrupt_check.is_some_and(|check| check()) {
+            self.state.lock().cancelled = true;
+            return true;
+        }
+        false
     }
 
     pub fn cancel(&self) {

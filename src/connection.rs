@@ -233,15 +233,28 @@ impl Connection {
     }
 
     fn flush_write_buf(&mut self, cancel: &CancelToken) -> Result<()> {
-        match self.stream.write_all(&self.write_buf) {
-            Ok(()) => Ok(()),
-            Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
-            Err(e) => Err(Error::from_io(&e)),
+        let mut written = 0;
+        while written < self.write_buf.len() {
+            match self.stream.write(&self.write_buf[written..]) {
+                Ok(0) => return Err(Error::from_io(&io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if cancel.stop_after_signal() {
+                        return Err(Error::Interrupted);
+                    }
+                }
+                Err(_) if cancel.is_cancelled() => return Err(Error::Interrupted),
+                Err(e) => return Err(Error::from_io(&e)),
+            }
         }
+        Ok(())
     }
 
     fn read_reply(&mut self, cancel: &CancelToken) -> Result<Reply> {
-        match self.reader.read(&mut self.stream) {
+        match self
+            .reader
+            .read(&mut self.stream, &|| cancel.stop_after_signal())
+        {
             Ok(reply) => Ok(reply),
             Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
             Err(e) => Err(Error::from_io(&e)),

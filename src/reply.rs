@@ -80,16 +80,23 @@ impl ReplyReader {
         }
     }
 
-    /// Reads one complete reply. `InvalidData` means the stream is not RESP.
-    pub fn read<R: Read>(&mut self, stream: &mut R) -> io::Result<Reply> {
-        self.read_nested(stream, 0)
+    /// Reads one complete reply. `InvalidData` means the stream is not RESP. A read interrupted
+    /// by a signal is retried unless `stop` says otherwise (then `Interrupted` is returned and
+    /// the half-read reply is lost with the connection).
+    pub fn read<R: Read>(&mut self, stream: &mut R, stop: &dyn Fn() -> bool) -> io::Result<Reply> {
+        self.read_nested(stream, 0, stop)
     }
 
-    fn read_nested<R: Read>(&mut self, stream: &mut R, depth: usize) -> io::Result<Reply> {
+    fn read_nested<R: Read>(
+        &mut self,
+        stream: &mut R,
+        depth: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> io::Result<Reply> {
         if depth > MAX_DEPTH {
             return Err(invalid("reply nested too deeply"));
         }
-        let line = self.read_line(stream)?;
+        let line = self.read_line(stream, stop)?;
         let (kind, rest) = line
             .split_first()
             .ok_or_else(|| invalid("empty reply line"))?;
@@ -103,7 +110,7 @@ impl ReplyReader {
                     return Ok(Reply::Nil);
                 }
                 let len = usize::try_from(len).map_err(|_| invalid("bulk length"))?;
-                let mut data = self.read_exact(stream, len + 2)?;
+                let mut data = self.read_exact(stream, len + 2, stop)?;
                 if data.get(len..) != Some(b"\r\n") {
                     return Err(invalid("bulk string not terminated by CRLF"));
                 }
@@ -118,7 +125,7 @@ impl ReplyReader {
                 let len = usize::try_from(len).map_err(|_| invalid("array length"))?;
                 let mut items = Vec::with_capacity(len.min(1024));
                 for _ in 0..len {
-                    items.push(self.read_nested(stream, depth + 1)?);
+                    items.push(self.read_nested(stream, depth + 1, stop)?);
                 }
                 Ok(Reply::Array(items))
             }
@@ -130,7 +137,11 @@ impl ReplyReader {
     }
 
     /// The next line without its CRLF.
-    fn read_line<R: Read>(&mut self, stream: &mut R) -> io::Result<Vec<u8>> {
+    fn read_line<R: Read>(
+        &mut self,
+        stream: &mut R,
+        stop: &dyn Fn() -> bool,
+    ) -> io::Result<Vec<u8>> {
         let mut scanned = self.start;
         loop {
             if let Some(offset) = self.buf[scanned..self.end]
@@ -145,12 +156,17 @@ impl ReplyReader {
             // Keep the last byte: it may be the CR of a CRLF split across reads.
             scanned = self.end.saturating_sub(1).max(self.start);
             let before = self.start;
-            self.fill(stream)?;
+            self.fill(stream, stop)?;
             scanned -= before - self.start;
         }
     }
 
-    fn read_exact<R: Read>(&mut self, stream: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    fn read_exact<R: Read>(
+        &mut self,
+        stream: &mut R,
+        len: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len);
         let buffered = (self.end - self.start).min(len);
         out.extend_from_slice(&self.buf[self.start..self.start + buffered]);
@@ -160,13 +176,13 @@ impl ReplyReader {
             let missing = len - out.len();
             let filled = out.len();
             out.resize(len, 0);
-            read_fully(stream, &mut out[filled..filled + missing])?;
+            read_fully(stream, &mut out[filled..filled + missing], stop)?;
         }
         Ok(out)
     }
 
     /// Reads more bytes, moving what is unread to the front first.
-    fn fill<R: Read>(&mut self, stream: &mut R) -> io::Result<()> {
+    fn fill<R: Read>(&mut self, stream: &mut R, stop: &dyn Fn() -> bool) -> io::Result<()> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -175,21 +191,30 @@ impl ReplyReader {
         if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        let n = stream.read(&mut self.buf[self.end..])?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        loop {
+            match stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && !stop() => continue,
+                Err(e) => return Err(e),
+            }
         }
-        self.end += n;
-        Ok(())
     }
 }
 
-fn read_fully<R: Read>(stream: &mut R, mut out: &mut [u8]) -> io::Result<()> {
+fn read_fully<R: Read>(
+    stream: &mut R,
+    mut out: &mut [u8],
+    stop: &dyn Fn() -> bool,
+) -> io::Result<()> {
     while !out.is_empty() {
         match stream.read(out) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             Ok(n) => out = &mut out[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && !stop() => continue,
             Err(e) => return Err(e),
         }
     }
@@ -227,7 +252,7 @@ mod tests {
         let mut reader = ReplyReader::new();
         let mut stream = Trickle(input, step);
         let mut out = Vec::new();
-        while let Ok(reply) = reader.read(&mut stream) {
+        while let Ok(reply) = reader.read(&mut stream, &|| false) {
             out.push(reply);
         }
         out
@@ -266,7 +291,9 @@ mod tests {
     #[test]
     fn rejects_what_is_not_resp() {
         let mut reader = ReplyReader::new();
-        let err = reader.read(&mut &b"HTTP/1.1 200 OK\r\n"[..]).unwrap_err();
+        let err = reader
+            .read(&mut &b"HTTP/1.1 200 OK\r\n"[..], &|| false)
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 

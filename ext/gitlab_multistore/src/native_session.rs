@@ -6,7 +6,7 @@ use crate::convert::{
 };
 use crate::error::to_ruby_error;
 use crate::nogvl::without_gvl;
-use gitlab_multistore::{CancelToken, ReadTimeout, Session};
+use gitlab_multistore::{ReadTimeout, Session};
 use magnus::{method, prelude::*, Error, RArray, RModule, Ruby, Value};
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -26,8 +26,8 @@ impl NativeSession {
 
     fn call(ruby: &Ruby, rb_self: &Self, args: RArray) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
-        let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || {
+        let cancel = crate::nogvl::cancel_token();
+        let reply = without_gvl(ruby, || {
             rb_self
                 .inner
                 .lock()
@@ -44,8 +44,8 @@ impl NativeSession {
     ) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
-        let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || {
+        let cancel = crate::nogvl::cancel_token();
+        let reply = without_gvl(ruby, || {
             let mut session = rb_self.inner.lock();
             let read_timeout = session.blocking_read_timeout(timeout);
             session.call(&cmd, read_timeout, &cancel)
@@ -55,39 +55,33 @@ impl NativeSession {
 
     fn pipeline(ruby: &Ruby, rb_self: &Self, commands: RArray) -> Result<RArray, Error> {
         let cmds = commands_from_ruby(commands)?;
-        let cancel = CancelToken::new();
-        let replies = without_gvl(ruby, &cancel, || {
-            rb_self.inner.lock().pipeline(&cmds, &cancel)
-        })?;
+        let cancel = crate::nogvl::cancel_token();
+        let replies = without_gvl(ruby, || rb_self.inner.lock().pipeline(&cmds, &cancel))?;
         replies_to_ruby(ruby, replies.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
     /// Sends a command without reading its reply (UNSUBSCRIBE from inside a subscription).
     fn write(ruby: &Ruby, rb_self: &Self, args: RArray) -> Result<(), Error> {
         let cmd = command_from_ruby(args)?;
-        let cancel = CancelToken::new();
-        let sent = without_gvl(ruby, &cancel, || rb_self.inner.lock().write(&cmd, &cancel))?;
+        let cancel = crate::nogvl::cancel_token();
+        let sent = without_gvl(ruby, || rb_self.inner.lock().write(&cmd, &cancel))?;
         sent.map_err(|e| to_ruby_error(ruby, e))
     }
 
     /// Reads the next reply (a subscription message); `timeout` 0 waits forever.
     fn read(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Value, Error> {
         let timeout = (timeout > 0.0).then(|| Duration::from_secs_f64(timeout));
-        let cancel = CancelToken::new();
-        let reply = without_gvl(ruby, &cancel, || {
-            rb_self.inner.lock().read(timeout, &cancel)
-        })?;
+        let cancel = crate::nogvl::cancel_token();
+        let reply = without_gvl(ruby, || rb_self.inner.lock().read(timeout, &cancel))?;
         reply_to_ruby(ruby, reply.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
     fn discard(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
-        let cancel = CancelToken::new();
-        without_gvl(ruby, &cancel, || rb_self.inner.lock().discard())
+        without_gvl(ruby, || rb_self.inner.lock().discard())
     }
 
     fn release(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
-        let cancel = CancelToken::new();
-        without_gvl(ruby, &cancel, || rb_self.inner.lock().release())
+        without_gvl(ruby, || rb_self.inner.lock().release())
     }
 }
 

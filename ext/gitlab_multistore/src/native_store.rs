@@ -8,7 +8,7 @@ use crate::events;
 use crate::native_session::NativeSession;
 use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
-use gitlab_multistore::{CancelToken, Flags, MultiStore, ReadStrategy, Role, Store};
+use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Role, Store};
 use magnus::value::Opaque;
 use magnus::{
     function, gc, method, prelude::*, DataTypeFunctions, Error, RArray, RHash, RModule, Ruby,
@@ -66,8 +66,8 @@ impl NativeStore {
     fn call(ruby: &Ruby, rb_self: &Self, args: RArray, flags: u32) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
         let flags = Flags::from_bits(flags);
-        let cancel = CancelToken::new();
-        let outcome = without_gvl(ruby, &cancel, || rb_self.inner.call(&cmd, flags, &cancel))?;
+        let cancel = crate::nogvl::cancel_token();
+        let outcome = without_gvl(ruby, || rb_self.inner.call(&cmd, flags, &cancel))?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)?;
         reply_or_raise(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
@@ -82,8 +82,8 @@ impl NativeStore {
         let cmd = command_from_ruby(args)?;
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
         let flags = Flags::from_bits(flags);
-        let cancel = CancelToken::new();
-        let outcome = without_gvl(ruby, &cancel, || {
+        let cancel = crate::nogvl::cancel_token();
+        let outcome = without_gvl(ruby, || {
             rb_self.inner.call_blocking(&cmd, timeout, flags, &cancel)
         })?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)?;
@@ -100,8 +100,8 @@ impl NativeStore {
     ) -> Result<RArray, Error> {
         let cmds = commands_from_ruby(commands)?;
         let flags = Flags::from_bits(flags);
-        let cancel = CancelToken::new();
-        let outcome = without_gvl(ruby, &cancel, || {
+        let cancel = crate::nogvl::cancel_token();
+        let outcome = without_gvl(ruby, || {
             rb_self.inner.pipeline(&cmds, flags, readonly, &cancel)
         })?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)?;
@@ -113,8 +113,8 @@ impl NativeStore {
     fn mirror(ruby: &Ruby, rb_self: &Self, commands: RArray, flags: u32) -> Result<(), Error> {
         let cmds = commands_from_ruby(commands)?;
         let flags = Flags::from_bits(flags);
-        let cancel = CancelToken::new();
-        let outcome = without_gvl(ruby, &cancel, || {
+        let cancel = crate::nogvl::cancel_token();
+        let outcome = without_gvl(ruby, || {
             rb_self.inner.mirror_to_non_default(&cmds, flags, &cancel)
         })?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)

@@ -1,17 +1,36 @@
 //! Running a network round trip with the GVL released, so other Ruby threads run while this one
 //! waits on Redis, and so the wait stays interruptible.
 //!
+//! The unblock function is Ruby's own `RUBY_UBF_IO`, as for Ruby's IO: to interrupt the thread
+//! (Thread#kill, Thread#raise, Timeout, Ctrl-C) Ruby signals it, the blocked syscall returns
+//! EINTR, and the core asks `interrupt_pending` whether to stop. That check takes the GVL back
+//! and runs Ruby's interrupt handling (protected, so a pending exception comes back as an `Err`
+//! rather than a longjmp through Rust frames); a pending exception is kept and raised once the
+//! call has unwound. A custom unblock function would work too, but on Ruby 3.1 it wakes Ruby's
+//! timer thread on every call: ~5 context switches per command instead of 1 (measured: 87 µs
+//! vs 43 µs per SET on loopback).
+//!
 //! `rb_thread_call_without_gvl2` is used rather than the plain variant: the plain one checks
 //! interrupts after the call and may longjmp through these Rust frames, skipping destructors.
-//! Here interrupts are checked afterwards through magnus's protected `thread_check_ints`, which
-//! turns a pending `Thread#kill`, `Timeout::Error` or `Interrupt` into an `Err` that unwinds
-//! Rust normally. The unblock function cancels the call's token, which shuts the socket down.
 
 use gitlab_multistore::CancelToken;
 use magnus::{Error, Ruby};
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
+
+thread_local! {
+    // The exception (or throw/kill) Ruby had pending when a blocked call was interrupted.
+    static PENDING_INTERRUPT: RefCell<Option<Error>> = const { RefCell::new(None) };
+}
+
+/// Ruby's `RUBY_UBF_IO`: `((rb_unblock_function_t *)-1)` in ruby/thread.h, which rb-sys does
+/// not export as a constant.
+fn ruby_ubf_io() -> Option<unsafe extern "C" fn(*mut c_void)> {
+    // SAFETY: Ruby compares the pointer against -1 and never calls it.
+    unsafe { std::mem::transmute::<isize, Option<unsafe extern "C" fn(*mut c_void)>>(-1) }
+}
 
 struct Call<F, R> {
     work: Option<F>,
@@ -31,14 +50,33 @@ where
     null_mut()
 }
 
-unsafe extern "C" fn unblock(data: *mut c_void) {
-    // SAFETY: `data` is the token that `without_gvl` borrows for the whole call.
-    let token = unsafe { &*(data as *const CancelToken) };
-    token.cancel();
+unsafe extern "C" fn check_interrupts_with_gvl(_: *mut c_void) -> *mut c_void {
+    // SAFETY: rb_thread_call_with_gvl runs this on a Ruby thread holding the GVL.
+    let ruby = unsafe { Ruby::get_unchecked() };
+    if let Err(pending) = ruby.thread_check_ints() {
+        PENDING_INTERRUPT.with(|slot| *slot.borrow_mut() = Some(pending));
+        return std::ptr::dangling_mut::<c_void>();
+    }
+    null_mut()
+}
+
+/// The core's interrupt check (see the module comment): true when Ruby has an exception to
+/// raise in this thread, which is kept for `without_gvl` to raise.
+fn interrupt_pending() -> bool {
+    let result = catch_unwind(|| {
+        // SAFETY: called from the work function, on a Ruby thread without the GVL.
+        unsafe { rb_sys::rb_thread_call_with_gvl(Some(check_interrupts_with_gvl), null_mut()) }
+    });
+    matches!(result, Ok(ptr) if !ptr.is_null())
+}
+
+/// The token a call passes to the core.
+pub fn cancel_token() -> CancelToken {
+    CancelToken::with_interrupt_check(interrupt_pending)
 }
 
 /// Runs `work` without the GVL. `work` must not touch any Ruby object.
-pub fn without_gvl<F, R>(ruby: &Ruby, cancel: &CancelToken, work: F) -> Result<R, Error>
+pub fn without_gvl<F, R>(ruby: &Ruby, work: F) -> Result<R, Error>
 where
     F: FnOnce() -> R,
 {
@@ -47,14 +85,13 @@ where
         result: None,
     };
     loop {
-        // SAFETY: both pointers outlive the call; the trampoline and unblock function only
-        // cast them back to the types they were made from.
+        // SAFETY: `call` outlives the call; the trampoline only casts it back to its type.
         unsafe {
             rb_sys::rb_thread_call_without_gvl2(
                 Some(run_call::<F, R>),
                 &mut call as *mut Call<F, R> as *mut c_void,
-                Some(unblock),
-                cancel as *const CancelToken as *mut c_void,
+                ruby_ubf_io(),
+                null_mut(),
             );
         }
         if call.result.is_some() {
@@ -64,10 +101,12 @@ where
         // interrupt (raising if it is an exception), then try again.
         ruby.thread_check_ints()?;
     }
-    let outcome = call.result.take();
-    if cancel.is_cancelled() {
-        ruby.thread_check_ints()?;
+    // Raise what interrupted the call before building any Ruby object: creating one would run
+    // Ruby code that trips over the same pending interrupt.
+    if let Some(pending) = PENDING_INTERRUPT.with(|slot| slot.borrow_mut().take()) {
+        return Err(pending);
     }
+    let outcome = call.result.take();
     // What the core logged or counted while Ruby could not be called goes out now.
     crate::logging::deliver(ruby)?;
     crate::logging::deliver_samples(ruby)?;
