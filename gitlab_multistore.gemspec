@@ -27,4 +27,5 @@ Gem::Specification.new do |spec|
   spec.extensions = ["ext/gitlab_multistore/extconf.rb"]
 
   spec.add_dependency "redis", "~> 4.8"
+  spec.add_dependency "connection_pool", ">= 2.2"
 end

@@ -23,7 +23,7 @@ module Gitlab
         attr_reader :dual_write_flag, :primary_default_flag
 
         def initialize(instance_name, callable:, strict:)
-          underscored = instance_name.to_s.gsub(/[^A-Za-z0-9]+/, "_").downcase
+          underscored = self.class.underscore(instance_name)
           @dual_write_flag = :"use_primary_and_secondary_stores_for_#{underscored}"
           @primary_default_flag = :"use_primary_store_as_default_for_#{underscored}"
           @dual_write_env = env_name(@dual_write_flag)
@@ -52,6 +52,16 @@ module Gitlab
           bits |= PRIMARY_DEFAULT if primary_default?
           bits |= STRICT if strict?
           bits
+        end
+
+        # As ActiveSupport's `underscore` (GitLab builds the flag names with it): "SharedState"
+        # and "shared_state" name the same flags; anything not alphanumeric becomes "_".
+        def self.underscore(name)
+          name.to_s
+              .gsub(/([A-Z\d]+)([A-Z][a-z])/, '\1_\2')
+              .gsub(/([a-z\d])([A-Z])/, '\1_\2')
+              .gsub(/[^A-Za-z0-9]+/, "_")
+              .downcase
         end
 
         def self.env_name(flag)
