@@ -2,6 +2,7 @@
 //! stores of a partition being migrated. Pure Rust, no Ruby: the binding in
 //! `ext/gitlab_multistore` converts values and maps errors, nothing else.
 
+pub mod backfill;
 pub mod blocking;
 pub mod cancel;
 pub mod command;
@@ -17,6 +18,7 @@ pub mod routing;
 pub mod scripts;
 pub mod session;
 pub mod store;
+pub mod verify;
 
 pub use cancel::CancelToken;
 pub use command::Command;

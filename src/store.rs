@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long to wait for a reply: the configured read timeout, or a blocking command's own.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum ReadTimeout {
+    #[default]
     Configured,
     /// `None` waits forever (a blocking command with timeout 0).
     Override(Option<Duration>),

@@ -6,6 +6,7 @@ mod convert;
 mod error;
 mod events;
 mod logging;
+mod native_migration;
 mod native_session;
 mod native_store;
 mod nogvl;
@@ -20,5 +21,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("GitlabMultistore")?;
     native_store::init(ruby, module)?;
     native_session::init(ruby, module)?;
+    native_migration::init(ruby, module)?;
     Ok(())
 }

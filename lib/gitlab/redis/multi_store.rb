@@ -7,6 +7,7 @@ require "gitlab/redis/multi_store/feature_flags"
 require "gitlab/redis/multi_store/reporter"
 require "gitlab/redis/multi_store/native_events"
 require "gitlab/redis/multi_store/client"
+require "gitlab/redis/multi_store/migration"
 
 module Gitlab
   module Redis
@@ -15,6 +16,8 @@ module Gitlab
     # every method, argument conversion and reply transformation, so results match redis-rb by
     # construction. The transport and the routing run in the native core, without the GVL.
     class MultiStore < ::Redis
+      include Migration
+
       READ_STRATEGIES = %i[primary_with_fallback default_only].freeze
       LOG_LEVELS = { debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN, error: Logger::ERROR }.freeze
 
@@ -91,10 +94,12 @@ module Gitlab
         @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
                                  strict: strict, pool_size: pool_size }
         @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict)
+        @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size)
+        @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size)
         @native = GitlabMultistore::NativeStore.new(
           @instance_name,
-          StoreOptions.normalize(primary_store, pool_size: pool_size),
-          StoreOptions.normalize(secondary_store, pool_size: pool_size),
+          @primary_options,
+          @secondary_options,
           read_strategy,
           Reporter.new(@instance_name, on_error)
         )

@@ -1,0 +1,141 @@
+//! `GitlabMultistore::NativeBackfill` and `NativeVerify`: a backfill or a verification in
+//! progress, advanced one SCAN page per `_step` call (each without the GVL), so the Ruby side
+//! can yield progress, honour a rate limit and be interrupted between pages.
+
+use crate::error::to_ruby_error;
+use crate::nogvl::{cancel_token, without_gvl};
+use crate::store_config::store_config;
+use gitlab_multistore::backfill::{Backfill, BackfillReport};
+use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
+use gitlab_multistore::Store;
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+fn stores(
+    ruby: &Ruby,
+    primary: RHash,
+    secondary: RHash,
+) -> Result<(Arc<Store>, Arc<Store>), Error> {
+    Ok((
+        Arc::new(Store::new(store_config(ruby, primary)?)),
+        Arc::new(Store::new(store_config(ruby, secondary)?)),
+    ))
+}
+
+#[magnus::wrap(class = "GitlabMultistore::NativeBackfill", free_immediately, size)]
+pub struct NativeBackfill {
+    // Locked only without the GVL.
+    inner: Mutex<Backfill>,
+}
+
+impl NativeBackfill {
+    fn new(
+        ruby: &Ruby,
+        primary: RHash,
+        secondary: RHash,
+        pattern: Option<String>,
+        count: usize,
+    ) -> Result<Self, Error> {
+        let (primary, secondary) = stores(ruby, primary, secondary)?;
+        Ok(NativeBackfill {
+            inner: Mutex::new(Backfill::new(
+                primary,
+                secondary,
+                pattern.map(String::into_bytes),
+                count,
+            )),
+        })
+    }
+
+    fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let cancel = cancel_token();
+        let report = without_gvl(ruby, || {
+            rb_self
+                .inner
+                .lock()
+                .step(&cancel)
+                .map(BackfillReport::clone)
+        })?;
+        backfill_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
+    }
+}
+
+fn backfill_hash(ruby: &Ruby, report: &BackfillReport) -> Result<RHash, Error> {
+    let hash = ruby.hash_new();
+    hash.aset(ruby.to_symbol("scanned"), report.scanned)?;
+    hash.aset(ruby.to_symbol("copied"), report.copied)?;
+    hash.aset(ruby.to_symbol("already_present"), report.already_present)?;
+    hash.aset(ruby.to_symbol("expired"), report.expired)?;
+    hash.aset(ruby.to_symbol("failed"), report.failed)?;
+    hash.aset(ruby.to_symbol("undone"), report.undone)?;
+    hash.aset(ruby.to_symbol("total"), report.total)?;
+    hash.aset(ruby.to_symbol("done"), report.done)?;
+    Ok(hash)
+}
+
+#[magnus::wrap(class = "GitlabMultistore::NativeVerify", free_immediately, size)]
+pub struct NativeVerify {
+    inner: Mutex<Verify>,
+}
+
+impl NativeVerify {
+    fn new(
+        ruby: &Ruby,
+        primary: RHash,
+        secondary: RHash,
+        pattern: Option<String>,
+        count: usize,
+        sample: Option<u64>,
+        repair: bool,
+    ) -> Result<Self, Error> {
+        let (primary, secondary) = stores(ruby, primary, secondary)?;
+        let options = VerifyOptions {
+            pattern: pattern.map(String::into_bytes),
+            count: count.max(1),
+            sample,
+            repair,
+            ..VerifyOptions::default()
+        };
+        Ok(NativeVerify {
+            inner: Mutex::new(Verify::new(primary, secondary, options)),
+        })
+    }
+
+    fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let cancel = cancel_token();
+        let report = without_gvl(ruby, || {
+            rb_self.inner.lock().step(&cancel).map(VerifyReport::clone)
+        })?;
+        verify_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
+    }
+}
+
+fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
+    let hash = ruby.hash_new();
+    hash.aset(ruby.to_symbol("checked"), report.checked)?;
+    hash.aset(ruby.to_symbol("agree"), report.agree)?;
+    hash.aset(
+        ruby.to_symbol("missing_on_primary"),
+        report.missing_on_primary,
+    )?;
+    hash.aset(ruby.to_symbol("different"), report.different)?;
+    hash.aset(ruby.to_symbol("only_on_primary"), report.only_on_primary)?;
+    hash.aset(ruby.to_symbol("repaired"), report.repaired)?;
+    hash.aset(ruby.to_symbol("repair_failed"), report.repair_failed)?;
+    hash.aset(ruby.to_symbol("total"), report.total)?;
+    hash.aset(ruby.to_symbol("readiness"), report.readiness())?;
+    hash.aset(ruby.to_symbol("in_agreement"), report.in_agreement())?;
+    hash.aset(ruby.to_symbol("done"), report.done)?;
+    Ok(hash)
+}
+
+pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
+    let backfill = module.define_class("NativeBackfill", ruby.class_object())?;
+    backfill.define_singleton_method("new", function!(NativeBackfill::new, 4))?;
+    backfill.define_method("_step", method!(NativeBackfill::step, 0))?;
+    let verify = module.define_class("NativeVerify", ruby.class_object())?;
+    verify.define_singleton_method("new", function!(NativeVerify::new, 6))?;
+    verify.define_method("_step", method!(NativeVerify::step, 0))?;
+    Ok(())
+}
