@@ -85,6 +85,15 @@ pub struct Verify {
     report: VerifyReport,
 }
 
+/// How many times a key that differs is looked at again, and how long apart.
+const RECHECKS: usize = 3;
+const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+const REPAIR_ROUNDS: usize = 5;
+
+fn is_unsettled(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Different | Verdict::MissingOnPrimary)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Agree,
@@ -211,11 +220,24 @@ impl Verify {
         if keys.is_empty() {
             return Ok(());
         }
-        let secondary = key_states(&self.secondary, keys, cancel)?;
-        let primary = key_states(&self.primary, keys, cancel)?;
+        let mut verdicts = self.verdicts(keys, cancel)?;
+        // While traffic flows, a key written between the two reads looks different for a
+        // moment: look again at the keys that differ before counting them.
+        for _ in 0..RECHECKS {
+            let unsettled: Vec<usize> = (0..keys.len())
+                .filter(|&i| is_unsettled(&verdicts[i]))
+                .collect();
+            if unsettled.is_empty() {
+                break;
+            }
+            std::thread::sleep(RECHECK_PAUSE);
+            let again: Vec<Vec<u8>> = unsettled.iter().map(|&i| keys[i].clone()).collect();
+            for (i, verdict) in unsettled.into_iter().zip(self.verdicts(&again, cancel)?) {
+                verdicts[i] = verdict;
+            }
+        }
         let mut to_repair = Vec::new();
-        for ((key, s), p) in keys.iter().zip(&secondary).zip(&primary) {
-            let verdict = self.verdict(s.as_ref(), p.as_ref());
+        for (key, verdict) in keys.iter().zip(verdicts) {
             match verdict {
                 Verdict::Vanished => continue,
                 Verdict::Agree => self.report.agree += 1,
@@ -231,6 +253,16 @@ impl Verify {
             self.repair(&to_repair, cancel)?;
         }
         Ok(())
+    }
+
+    fn verdicts(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Verdict>> {
+        let secondary = key_states(&self.secondary, keys, cancel)?;
+        let primary = key_states(&self.primary, keys, cancel)?;
+        Ok(secondary
+            .iter()
+            .zip(&primary)
+            .map(|(s, p)| self.verdict(s.as_ref(), p.as_ref()))
+            .collect())
     }
 
     fn verdict(&self, secondary: Option<&KeyState>, primary: Option<&KeyState>) -> Verdict {
@@ -251,7 +283,40 @@ impl Verify {
         }
     }
 
+    /// Copies each key from the secondary and checks it again. A write in flight while the
+    /// copy happens (it reached the primary before the RESTORE and the secondary after the DUMP)
+    /// leaves the key different again, so keys that still differ are copied once more, a few
+    /// rounds at most.
     fn repair(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
+        let mut pending = keys.to_vec();
+        for _ in 0..REPAIR_ROUNDS {
+            self.copy_from_secondary(&pending, cancel)?;
+            let mut verdicts = self.verdicts(&pending, cancel)?;
+            for _ in 0..RECHECKS {
+                if !verdicts.iter().any(is_unsettled) {
+                    break;
+                }
+                std::thread::sleep(RECHECK_PAUSE);
+                verdicts = self.verdicts(&pending, cancel)?;
+            }
+            let still: Vec<Vec<u8>> = pending
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| is_unsettled(v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            self.report.repaired += (pending.len() - still.len()) as u64;
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        self.report.repair_failed += pending.len() as u64;
+        Ok(())
+    }
+
+    /// RESTORE REPLACE of each key's DUMP, with the time spent reading taken off its TTL.
+    fn copy_from_secondary(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
         let mut reads = Vec::with_capacity(keys.len() * 2);
         for key in keys {
             reads.push(Command::from_args([&b"PTTL"[..], key]));
@@ -260,42 +325,30 @@ impl Verify {
         let read_at = Instant::now();
         let dumped = self.secondary.pipeline(&reads, cancel)?;
         let elapsed_ms = read_at.elapsed().as_millis() as i64;
-        let mut restores = Vec::new();
-        let mut restoring = Vec::new();
-        for (key, pair) in keys.iter().zip(dumped.chunks(2)) {
-            if let (Reply::Integer(pttl), Reply::Bulk(payload)) = (&pair[0], &pair[1]) {
-                let ttl = if *pttl < 0 {
-                    0
-                } else {
-                    (pttl - elapsed_ms).max(1)
-                };
-                let ttl = ttl.to_string();
-                restores.push(Command::from_args([
-                    &b"RESTORE"[..],
-                    key,
-                    ttl.as_bytes(),
-                    payload,
-                    b"REPLACE",
-                ]));
-                restoring.push(key.clone());
-            }
-        }
-        for result in self.primary.pipeline(&restores, cancel)? {
-            if result.is_error() {
-                self.report.repair_failed += 1;
-            }
-        }
-        // Check again: a repair only counts once the primary really holds the same.
-        let secondary = key_states(&self.secondary, &restoring, cancel)?;
-        let primary = key_states(&self.primary, &restoring, cancel)?;
-        for (s, p) in secondary.iter().zip(&primary) {
-            match self.verdict(s.as_ref(), p.as_ref()) {
-                Verdict::Agree | Verdict::Vanished => self.report.repaired += 1,
-                _ => self.report.repair_failed += 1,
-            }
-        }
-        // Keys that vanished before they could be read need no repair either.
-        self.report.repaired += (keys.len() - restoring.len()) as u64;
+        let restores: Vec<Command> = keys
+            .iter()
+            .zip(dumped.chunks(2))
+            .filter_map(|(key, pair)| match (&pair[0], &pair[1]) {
+                (Reply::Integer(pttl), Reply::Bulk(payload)) => {
+                    let ttl = if *pttl < 0 {
+                        0
+                    } else {
+                        (pttl - elapsed_ms).max(1)
+                    }
+                    .to_string();
+                    Some(Command::from_args([
+                        &b"RESTORE"[..],
+                        key,
+                        ttl.as_bytes(),
+                        payload,
+                        b"REPLACE",
+                    ]))
+                }
+                // Gone from the secondary: the next check sees it vanished.
+                _ => None,
+            })
+            .collect();
+        self.primary.pipeline(&restores, cancel)?;
         Ok(())
     }
 

@@ -1,109 +1,310 @@
 # frozen_string_literal: true
 
+require "tmpdir"
+require "fileutils"
 require "gitlab_multistore/local_redis_server"
 
 module GitlabMultistore
-  # `gitlab-multistore demo` / `rake demo`: starts two throw-away redis-servers (the old store
-  # and the new one), puts a MultiStore in front of them and uses it the way a Rails app uses a
-  # `Redis`: strings with TTLs, hashes, sets, pipelines, transactions, and many threads at once.
-  # The servers are stopped when the demo ends, Ctrl-C included.
+  # `rake demo` / `gitlab-multistore demo`: a whole live migration on two throw-away
+  # redis-servers, in under a minute. A Gitlab::Redis::Wrapper instance (`demo_sessions`, falling
+  # back to `shared_state`) returns a MultiStore; worker threads use it the way a Rails app uses
+  # its session store while the demo flips the feature flags through every step of the runbook,
+  # backfills, verifies, and rolls back once. It ends with what an operator needs to know:
+  # errors seen by callers and keys lost (both must be 0). The servers are stopped at the end,
+  # Ctrl-C included.
   class Demo
-    THREADS = 8
-    OPS_PER_THREAD = 2_000
+    # The old instance the partition is split off from.
+    class SharedState < Gitlab::Redis::Wrapper; end
 
-    def initialize(out, threads: THREADS, ops_per_thread: OPS_PER_THREAD)
-      @out = out
-      @threads = threads
-      @ops_per_thread = ops_per_thread
+    # The new instance: its own Redis, falling back to SharedState's while unconfigured, and a
+    # MultiStore over both during the migration -- as GitLab's "add a new Redis instance" guide.
+    class DemoSessions < Gitlab::Redis::Wrapper
+      class << self
+        attr_accessor :flags
+      end
+
+      def self.config_fallback = SharedState
+
+      def self.redis
+        Gitlab::Redis::MultiStore.new(params, config_fallback.params, instance_name,
+                                      feature_flags: flags, on_error: ->(_exception, _context) {})
+      end
     end
 
+    DUAL_WRITE = :use_primary_and_secondary_stores_for_demo_sessions
+    PRIMARY_DEFAULT = :use_primary_store_as_default_for_demo_sessions
+    WORKERS = 4
+    SESSIONS = 2_000
+
+    # The flags, flipped by the demo, read by every MultiStore call.
+    class Flags
+      def initialize
+        @on = {}
+      end
+
+      def set(*flags)
+        @on = flags.to_h { |flag| [flag, true] }
+      end
+
+      def call(flag)
+        @on.fetch(flag, false)
+      end
+    end
+
+    def initialize(out, quick: false)
+      @out = out
+      @step_seconds = quick ? 0.4 : 3.0
+      @sessions = quick ? 200 : SESSIONS
+      @flags = Flags.new
+      @errors = Queue.new
+      @written = Array.new(WORKERS) { {} }
+      @ops = 0
+      @ops_lock = Mutex.new
+    end
+
+    attr_reader :summary
+
     def run
-      servers = []
-      servers << (old_store = LocalRedisServer.new)
-      servers << (new_store = LocalRedisServer.new)
-      say "Started the old store (secondary) on #{old_store.url} and the new store (primary) on #{new_store.url}"
-
-      redis = Gitlab::Redis::MultiStore.new(new_store.url, old_store.url, "demo_sessions")
-      say "MultiStore: #{redis.inspect}"
-      say "It is a Redis: redis.is_a?(Redis) => #{redis.is_a?(::Redis)}"
-
-      show_commands(redis)
-      errors = run_threads(redis)
-      summarize(redis, old_store, new_store, errors)
+      start_servers
+      configure_instances
+      seed_old_store
+      start_workload
+      walk_through_the_migration
+      finish
     rescue LocalRedisServer::MissingBinary => e
       say "Cannot run the demo: #{e.message}"
       false
     ensure
-      servers&.each(&:cleanup)
+      stop_workload
+      DemoSessions.reset_pool!
+      @servers&.each(&:cleanup)
+      FileUtils.remove_entry(@config_dir) if @config_dir && File.directory?(@config_dir)
     end
 
     private
 
-    def show_commands(redis)
-      say ""
-      say "Commands, answered exactly as redis-rb answers them:"
-      show("redis.set('session:1', 'alice', ex: 3600)") { redis.set("session:1", "alice", ex: 3600) }
-      show("redis.get('session:1')") { redis.get("session:1") }
-      show("redis.ttl('session:1')") { redis.ttl("session:1") }
-      show("redis.mapped_hmset('user:1', name: 'Alice', visits: 1)") { redis.mapped_hmset("user:1", name: "Alice", visits: 1) }
-      show("redis.hincrby('user:1', 'visits', 5)") { redis.hincrby("user:1", "visits", 5) }
-      show("redis.hgetall('user:1')") { redis.hgetall("user:1") }
-      show("redis.sadd?('online', 'alice')") { redis.sadd?("online", "alice") }
-      show("redis.pipelined { |p| p.incr('hits'); p.expire('hits', 60) }") do
-        redis.pipelined { |p| p.incr("hits"); p.expire("hits", 60) }
-      end
-      show("redis.multi { |tx| tx.lpush('jobs', 'a'); tx.llen('jobs') }") do
-        redis.multi { |tx| tx.lpush("jobs", "a"); tx.llen("jobs") }
-      end
-      show("redis.lpush('session:1', 'x')  # wrong type") do
-        redis.lpush("session:1", "x")
-      rescue ::Redis::CommandError => e
-        "raises #{e.class}: #{e.message}"
-      end
+    def start_servers
+      @servers = []
+      @servers << (@old = LocalRedisServer.new)
+      @servers << (@new = LocalRedisServer.new)
+      say "Started two redis-servers: the old store (secondary) #{@old.url}, the new store (primary) #{@new.url}"
     end
 
-    def show(code)
-      @out.puts format("  %-62s => %s", code, yield.inspect)
+    def configure_instances
+      @config_dir = Dir.mktmpdir("gitlab-multistore-demo")
+      FileUtils.mkdir_p(File.join(@config_dir, "config"))
+      env = Gitlab::Redis::Wrapper.rails_env
+      File.write(File.join(@config_dir, "config", "redis.shared_state.yml"), "#{env}:\n  url: #{@old.url}\n")
+      File.write(File.join(@config_dir, "config", "redis.demo_sessions.yml"), "#{env}:\n  url: #{@new.url}\n")
+      [SharedState, DemoSessions].each { |klass| klass.rails_root = @config_dir }
+      DemoSessions.flags = @flags
+      DemoSessions.pool_size = WORKERS
+      DemoSessions.reset_pool!
+      say "Gitlab::Redis::Wrapper instances: shared_state -> #{SharedState.safe_url}, " \
+          "demo_sessions -> #{DemoSessions.safe_url}; DemoSessions.redis is a MultiStore"
     end
 
-    def run_threads(redis)
-      say ""
-      say "#{@threads} threads x #{@ops_per_thread} commands (SET with a TTL, then GET it back twice) on one shared instance..."
-      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      errors = Queue.new
-      workers = Array.new(@threads) do |t|
-        Thread.new do
-          (@ops_per_thread / 2).times do |i|
-            key = "rate:#{t}:#{i % 50}"
-            redis.set(key, i, ex: 600)
-            errors << "#{key}: #{redis.get(key).inspect}" unless redis.get(key) == i.to_s
-          rescue StandardError => e
-            errors << "#{e.class}: #{e.message}"
+    # What the partition holds before the migration: sessions and rate limits with TTLs, and
+    # data without TTL that only a backfill can move (dual-writes never touch it).
+    def seed_old_store
+      redis = @old.client
+      @sessions.times.each_slice(500) do |ids|
+        redis.pipelined do |p|
+          ids.each do |id|
+            p.set("session:#{id}", "user-#{id}", ex: 3600 + id)
+            p.set("rate_limit:#{id}", id % 17, ex: 60)
           end
         end
       end
-      workers.each(&:join)
-      elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
-      ops = @threads * (@ops_per_thread / 2) * 3
-      say format("  %d commands in %.2f s: %d ops/s, %d errors", ops, elapsed, ops / elapsed, errors.size)
-      Array.new(errors.size) { errors.pop }
+      redis.sadd("feature_users", Array.new(100) { |i| "user-#{i}" })
+      redis.mapped_hmset("settings", "theme" => "dark", "locale" => "en", "version" => "3")
+      @seeded_without_ttl = { "feature_users" => redis.smembers("feature_users").sort, "settings" => redis.hgetall("settings") }
+      say "Seeded the old store: #{redis.dbsize} keys (#{@sessions} sessions with TTLs, #{@sessions} rate limits, " \
+          "a set and a hash without TTL)"
     end
 
-    def summarize(redis, old_store, new_store, errors)
-      old_keys = old_store.client.dbsize
-      new_keys = new_store.client.dbsize
+    def start_workload
+      @stop = false
+      @phase_dual = false
+      @workers = Array.new(WORKERS) { |t| Thread.new { work(t) } }
+    end
+
+    # Each worker reads sessions, writes its own, bumps rate limits and touches the set and hash:
+    # a session store's traffic. It remembers what it wrote since dual-write began, to prove at
+    # the end that nothing written through the MultiStore was lost.
+    def work(thread)
+      random = Random.new(thread)
+      i = 0
+      until @stop
+        i += 1
+        dual = @phase_dual
+        begin
+          DemoSessions.with do |redis|
+            id = random.rand(@sessions)
+            redis.get("session:#{id}")
+            key = "session:worker-#{thread}-#{i % 500}"
+            value = "v#{i}"
+            redis.set(key, value, ex: 3600)
+            @written[thread][key] = value if dual
+            redis.pipelined do |p|
+              p.incr("rate_limit:#{id}")
+              p.expire("rate_limit:#{id}", 60)
+            end
+            redis.sismember("feature_users", "user-#{id % 100}")
+            redis.hget("settings", "theme")
+          end
+          @ops_lock.synchronize { @ops += 6 }
+        rescue StandardError => e
+          @errors << "#{e.class}: #{e.message}"
+        end
+      end
+    end
+
+    def stop_workload
+      @stop = true
+      @workers&.each { |w| w.join(5) }
+    end
+
+    def walk_through_the_migration
+      step(1, "All traffic on the old store (no flag on)") { @flags.set }
+      step(2, "Dual-write: #{DUAL_WRITE}") do
+        @flags.set(DUAL_WRITE)
+        @phase_dual = true
+      end
+      backfill_step(3)
+      verify_step(4)
+      step(5, "Primary as default: #{PRIMARY_DEFAULT} (writes still reach both)") { @flags.set(DUAL_WRITE, PRIMARY_DEFAULT) }
+      step(6, "Rollback: back to dual-write with the old store as default") { @flags.set(DUAL_WRITE) }
+      step(7, "Primary as default again") { @flags.set(DUAL_WRITE, PRIMARY_DEFAULT) }
+      step(8, "Primary only: dual-write off, the old store gets nothing more") { @flags.set(PRIMARY_DEFAULT) }
+    end
+
+    def step(number, title)
+      say ""
+      say "Step #{number}: #{title}"
+      yield
+      watch(@step_seconds)
+    end
+
+    # Prints, per second, what an operator watches: throughput and the MultiStore's counters.
+    def watch(seconds)
+      before = counters
+      ops_before = @ops
+      started = monotonic
+      slices = [(seconds / 1.0).ceil, 1].max
+      slices.times do
+        sleep(seconds / slices)
+        now = counters
+        elapsed = monotonic - started
+        say format("  %6.0f ops/s | read fallbacks %5d | pipeline diffs %4d | non-default write failures %d | " \
+                   "method missing %d | caller errors %d",
+                   (@ops - ops_before) / elapsed,
+                   now[:fallbacks] - before[:fallbacks],
+                   now[:pipeline_diffs] - before[:pipeline_diffs],
+                   now[:write_failures] - before[:write_failures],
+                   now[:method_missing] - before[:method_missing],
+                   @errors.size)
+      end
+    end
+
+    def backfill_step(number)
+      say ""
+      say "Step #{number}: Backfill -- copy the keys dual-writes never touch (set, hash, old sessions)"
+      report = DemoSessions.with do |redis|
+        redis.backfill(count: 500) do |p|
+          say format("  backfill %3d%%: %d/%d keys scanned, %d copied, %d already present", p.fraction * 100,
+                     p.scanned, p.total, p.copied, p.already_present)
+        end
+      end
+      @backfill = report
+      say format("  done in %.2fs: copied %d, already present %d, expired %d, failed %d",
+                 report.elapsed, report.copied, report.already_present, report.expired, report.failed)
+    end
+
+    # Counters incremented through dual-write before their old value was copied started from
+    # zero on the new store: verify finds them, repair copies the old store's value over them.
+    def verify_step(number)
+      say ""
+      say "Step #{number}: Verify -- do the stores agree?"
+      @verify = DemoSessions.with { |redis| redis.verify(count: 500) }
+      report_verify(@verify)
+      return if @verify.in_agreement?
+
+      say "  Repairing: copying the old store's value of each differing key (verify --repair)"
+      repaired = DemoSessions.with { |redis| redis.verify(count: 500, repair: true) }
+      say "  repaired #{repaired.repaired} keys, #{repaired.repair_failed} failed"
+      @verify = DemoSessions.with { |redis| redis.verify(count: 500) }
+      report_verify(@verify)
+    end
+
+    def report_verify(report)
+      say format("  readiness %.2f%%: %d checked, %d missing on the primary, %d different, %d only on the primary -- %s",
+                 report.readiness, report.checked, report.missing_on_primary, report.different,
+                 report.only_on_primary, report.in_agreement? ? "safe to switch the default" : "NOT safe to switch yet")
+    end
+
+    def finish
+      stop_workload
+      lost = lost_keys
+      caller_errors = Array.new(@errors.size) { @errors.pop }
+      metrics_path = File.join(Dir.tmpdir, "gitlab-multistore-demo-metrics-#{Process.pid}.prom")
+      File.write(metrics_path, Gitlab::Redis::MultiStore.metrics_text)
+      @summary = {
+        keys_on_old_store: @old.client.dbsize,
+        keys_on_new_store: @new.client.dbsize,
+        caller_errors: caller_errors.size,
+        keys_lost: lost.size,
+        verify_in_agreement: @verify.in_agreement?,
+        metrics_path: metrics_path
+      }
       say ""
       say "Summary"
-      say "  keys on the old store (secondary, the default while no flag is on): #{old_keys}"
-      say "  keys on the new store (primary): #{new_keys}"
-      say "  errors seen by callers: #{errors.size}"
-      errors.first(5).each { |e| say "    #{e}" }
-      redis.close
-      errors.empty? && new_keys.zero? && old_keys.positive?
+      say "  keys on the old store: #{@summary[:keys_on_old_store]}, on the new store: #{@summary[:keys_on_new_store]}"
+      say "  errors seen by callers: #{@summary[:caller_errors]}"
+      caller_errors.first(5).each { |e| say "    #{e}" }
+      say "  keys lost: #{@summary[:keys_lost]}"
+      lost.first(5).each { |key| say "    #{key}" }
+      say "  verify before the switch: #{@verify.in_agreement? ? 'in agreement' : 'disagreement'}"
+      say "  Prometheus metrics written to #{metrics_path}"
+      caller_errors.empty? && lost.empty? && @verify.in_agreement?
     end
+
+    # Every key written through the MultiStore since dual-write began, and the data the backfill
+    # moved, must now be readable from the new store alone.
+    def lost_keys
+      new_store = @new.client
+      lost = []
+      @written.each do |writes|
+        writes.each_slice(500) do |slice|
+          values = new_store.mget(*slice.map(&:first))
+          slice.zip(values).each { |(key, value), actual| lost << key unless actual == value }
+        end
+      end
+      lost << "feature_users" unless new_store.smembers("feature_users").sort == @seeded_without_ttl["feature_users"]
+      lost << "settings" unless new_store.hgetall("settings") == @seeded_without_ttl["settings"]
+      lost
+    end
+
+    def counters
+      text = Gitlab::Redis::MultiStore.metrics_text
+      sum = lambda do |name|
+        text.each_line.sum do |line|
+          line.start_with?("#{name}{") && line.include?('instance_name="demo_sessions"') ? line.split.last.to_f : 0
+        end
+      end
+      {
+        fallbacks: sum.call("gitlab_redis_multi_store_read_fallback_total").to_i,
+        write_failures: sum.call("gitlab_redis_multi_store_non_default_write_failures_total").to_i,
+        pipeline_diffs: sum.call("gitlab_redis_multi_store_pipelined_diff_error_total").to_i,
+        method_missing: sum.call("gitlab_redis_multi_store_method_missing_total").to_i
+      }
+    end
+
+    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
     def say(line)
       @out.puts(line)
+      @out.flush if @out.respond_to?(:flush)
     end
   end
 end

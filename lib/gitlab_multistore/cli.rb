@@ -1,0 +1,138 @@
+# frozen_string_literal: true
+
+require "optparse"
+require "json"
+
+module GitlabMultistore
+  # `gitlab-multistore`: backfill and verify two stores from the command line, and the demo.
+  # Exit status: 0 on success (for verify: only when the stores agree), 1 when the work found
+  # a problem (failed copies, stores that disagree), 2 for a usage error.
+  class CLI
+    USAGE = <<~TEXT
+      Usage: gitlab-multistore COMMAND [options]
+
+      Commands:
+        backfill  copy the keys the primary lacks from the secondary (safe while traffic flows)
+        verify    compare the stores key by key; exit 0 only when they agree
+        demo      start two throw-away redis-servers and walk through a whole migration
+
+      Options for backfill and verify:
+    TEXT
+
+    def initialize(out: $stdout, err: $stderr, tty: nil)
+      @out = out
+      @err = err
+      @tty = tty.nil? ? out.respond_to?(:tty?) && out.tty? : tty
+    end
+
+    def run(argv)
+      command = argv.shift
+      case command
+      when "backfill", "verify" then migrate(command, argv)
+      when "demo" then demo(argv)
+      when nil, "-h", "--help", "help"
+        @out.puts(USAGE + parser({}).summarize.join)
+        0
+      else
+        @err.puts "gitlab-multistore: unknown command #{command.inspect} (try --help)"
+        2
+      end
+    rescue OptionParser::ParseError, ArgumentError => e
+      @err.puts "gitlab-multistore: #{e.message}"
+      2
+    rescue ::Redis::BaseError => e
+      @err.puts "gitlab-multistore: #{e.class}: #{e.message}"
+      1
+    end
+
+    private
+
+    def parser(options)
+      OptionParser.new do |o|
+        o.on("--primary URL", "the new store (redis://, unix://)") { |v| options[:primary] = v }
+        o.on("--secondary URL", "the store the data lives on today") { |v| options[:secondary] = v }
+        o.on("--match GLOB", "only keys matching this pattern") { |v| options[:match] = v }
+        o.on("--count N", Integer, "keys per SCAN page (default 1000)") { |v| options[:count] = v }
+        o.on("--rate N", Float, "backfill: at most N keys per second") { |v| options[:rate] = v }
+        o.on("--sample N", Integer, "verify: check N random keys instead of all") { |v| options[:sample] = v }
+        o.on("--repair", "verify: copy differing keys from the secondary") { options[:repair] = true }
+        o.on("--json", "print the final report as JSON") { options[:json] = true }
+      end
+    end
+
+    def migrate(command, argv)
+      options = { count: 1000 }
+      parser(options).parse!(argv)
+      raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
+
+      store = Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli")
+      progress = Progress.new(@err, tty: @tty, label: command)
+      report =
+        if command == "backfill"
+          store.backfill(match: options[:match], count: options[:count], rate: options[:rate]) { |p| progress.update(p) }
+        else
+          store.verify(match: options[:match], count: options[:count], sample: options[:sample],
+                       repair: options[:repair]) { |p| progress.update(p) }
+        end
+      progress.finish
+      print_report(command, report, json: options[:json])
+      success = command == "backfill" ? report.ok? : report.in_agreement?
+      success ? 0 : 1
+    ensure
+      store&.close
+    end
+
+    def print_report(command, report, json:)
+      fields = report.to_h.merge(rate: report.rate.round(1))
+      if json
+        @out.puts JSON.generate(fields.merge(command: command))
+      elsif command == "backfill"
+        @out.puts format("backfill: scanned %<scanned>d, copied %<copied>d, already present %<already_present>d, " \
+                         "expired %<expired>d, failed %<failed>d, undone %<undone>d in %<elapsed>.1fs (%<rate>.0f keys/s)",
+                         fields)
+      else
+        @out.puts format("verify: checked %<checked>d, agree %<agree>d, missing on primary %<missing_on_primary>d, " \
+                         "different %<different>d, only on primary %<only_on_primary>d, repaired %<repaired>d, " \
+                         "readiness %<readiness>.2f%% -- %<verdict>s",
+                         fields.merge(verdict: report.in_agreement? ? "the stores agree" : "the stores DISAGREE"))
+      end
+    end
+
+    def demo(argv)
+      require "gitlab_multistore/demo"
+      Demo.new(@out, quick: argv.include?("--quick")).run ? 0 : 1
+    end
+
+    # A progress bar on a terminal; elsewhere (logs, CI) a plain line per 10 %.
+    class Progress
+      WIDTH = 30
+
+      def initialize(io, tty:, label:)
+        @io = io
+        @tty = tty
+        @label = label
+        @last_decile = -1
+      end
+
+      def update(progress)
+        if @tty
+          filled = (progress.fraction * WIDTH).round
+          eta = progress.eta ? format("%ds", progress.eta.ceil) : "?"
+          @io.print format("\r%s [%s%s] %d/%d keys, %.0f keys/s, ETA %s ", @label, "#" * filled, " " * (WIDTH - filled),
+                           progress.scanned, progress.total, progress.rate, eta)
+        else
+          decile = (progress.fraction * 10).floor
+          return if decile == @last_decile
+
+          @last_decile = decile
+          @io.puts format("%s: %d%% (%d/%d keys, %.0f keys/s)", @label, decile * 10, progress.scanned, progress.total,
+                          progress.rate)
+        end
+      end
+
+      def finish
+        @io.puts if @tty
+      end
+    end
+  end
+end
