@@ -4,22 +4,25 @@
 //!
 //! - DUMP + PTTL on the secondary, RESTORE on the primary *without* REPLACE: a key written
 //!   through dual-write since is newer and wins (BUSYKEY counts as "already present");
-//! - the TTL is kept to the millisecond: the time between reading PTTL and RESTORE is taken off;
-//!   a key that expires meanwhile is skipped;
-//! - a key deleted through the MultiStore while it was being copied must not come back: after
-//!   each batch, a restored key the secondary no longer has is deleted from the primary again —
-//!   checked right away and once more after the next batch, when any delete that was in flight
-//!   during the copy has landed on both stores.
+//! - the expiry is copied as an absolute time (see `copy.rs`), so the copy expires with the
+//!   original; a key that expires meanwhile is skipped;
+//! - a key deleted through the MultiStore while it was being copied must not come back: a
+//!   restored key the secondary no longer has is deleted from the primary again — checked right
+//!   away, and once more after a settle delay (1 s), when a delete that was in flight during the
+//!   copy has landed on both stores.
 //!
-//! Streaming: one SCAN page in memory at a time, whatever the size of the store.
+//! Streaming: one SCAN page in memory at a time (plus the keys restored during the last settle
+//! delay), whatever the size of the store.
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
+use crate::copy::{self, Snapshot};
 use crate::error::{Error, Result};
 use crate::reply::Reply;
 use crate::store::Store;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackfillReport {
@@ -42,10 +45,16 @@ pub struct Backfill {
     count: usize,
     cursor: Vec<u8>,
     started: bool,
-    /// Keys restored by the previous batch, re-checked once more after the next one.
-    recheck: Vec<Vec<u8>>,
+    /// Pages of restored keys waiting for their second look, oldest first.
+    recheck: VecDeque<(Instant, Vec<Vec<u8>>)>,
+    settle_delay: Duration,
     report: BackfillReport,
 }
+
+/// How long a restored key waits for its second look: a delete sent through the MultiStore
+/// while the key was being copied has reached both stores by then unless one of them stalled
+/// longer (verify finds such a key as "only on the primary").
+pub const DEFAULT_SETTLE_DELAY: Duration = Duration::from_secs(1);
 
 impl Backfill {
     pub fn new(
@@ -61,9 +70,15 @@ impl Backfill {
             count: count.max(1),
             cursor: b"0".to_vec(),
             started: false,
-            recheck: Vec::new(),
+            recheck: VecDeque::new(),
+            settle_delay: DEFAULT_SETTLE_DELAY,
             report: BackfillReport::default(),
         }
+    }
+
+    pub fn with_settle_delay(mut self, delay: Duration) -> Self {
+        self.settle_delay = delay;
+        self
     }
 
     pub fn report(&self) -> &BackfillReport {
@@ -77,13 +92,10 @@ impl Backfill {
         }
         if !self.started {
             self.started = true;
-            self.report.total = integer(&self.secondary.call(
-                &Command::from_args(["DBSIZE"]),
-                Default::default(),
-                cancel,
-            )?)
-            .unwrap_or(0)
-            .max(0) as u64;
+            let dbsize =
+                self.secondary
+                    .call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
+            self.report.total = integer(&dbsize).unwrap_or(0).max(0) as u64;
         }
         let (cursor, keys) = scan_page(
             &self.secondary,
@@ -95,14 +107,26 @@ impl Backfill {
         self.cursor = cursor;
         self.report.scanned += keys.len() as u64;
         let restored = self.copy_missing(&keys, cancel)?;
-        let previous = std::mem::replace(&mut self.recheck, restored.clone());
-        self.undo_lost(&previous, cancel)?;
+        // A first look right away catches deletes that landed during the copy...
         self.undo_lost(&restored, cancel)?;
-        if self.cursor == b"0" {
-            let last = std::mem::take(&mut self.recheck);
-            self.undo_lost(&last, cancel)?;
-            self.report.done = true;
+        if !restored.is_empty() {
+            self.recheck.push_back((Instant::now(), restored));
         }
+        // ...and a second look, once the settle delay has passed, the ones that were in flight.
+        let finished = self.cursor == b"0";
+        while let Some((at, _)) = self.recheck.front() {
+            let wait = self.settle_delay.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                if !finished {
+                    break;
+                }
+                std::thread::sleep(wait);
+            }
+            if let Some((_, keys)) = self.recheck.pop_front() {
+                self.undo_lost(&keys, cancel)?;
+            }
+        }
+        self.report.done = finished;
         Ok(&self.report)
     }
 
@@ -116,49 +140,29 @@ impl Backfill {
             .map(|k| Command::from_args([&b"EXISTS"[..], k]))
             .collect();
         let on_primary = self.primary.pipeline(&exists, cancel)?;
-        let missing: Vec<&Vec<u8>> = keys
+        let missing: Vec<Vec<u8>> = keys
             .iter()
             .zip(&on_primary)
-            .filter_map(|(key, reply)| match reply {
-                Reply::Integer(0) => Some(key),
-                _ => None,
-            })
+            .filter(|(_, reply)| **reply == Reply::Integer(0))
+            .map(|(key, _)| key.clone())
             .collect();
         self.report.already_present += (keys.len() - missing.len()) as u64;
         if missing.is_empty() {
             return Ok(Vec::new());
         }
 
-        let mut reads = Vec::with_capacity(missing.len() * 2);
-        for key in &missing {
-            reads.push(Command::from_args([&b"PTTL"[..], key]));
-            reads.push(Command::from_args([&b"DUMP"[..], key]));
-        }
-        let read_at = Instant::now();
-        let dumped = self.secondary.pipeline(&reads, cancel)?;
-
-        let elapsed_ms = read_at.elapsed().as_millis() as i64;
+        let snapshots = copy::read(&self.secondary, &missing, cancel)?;
         let mut restores = Vec::with_capacity(missing.len());
         let mut restoring = Vec::with_capacity(missing.len());
-        for (key, pair) in missing.iter().zip(dumped.chunks(2)) {
-            match (&pair[0], &pair[1]) {
-                (_, Reply::Nil) | (Reply::Integer(-2), _) => self.report.expired += 1,
-                (Reply::Integer(pttl), Reply::Bulk(payload)) => {
-                    let ttl = if *pttl < 0 { 0 } else { pttl - elapsed_ms };
-                    if *pttl >= 0 && ttl <= 0 {
-                        self.report.expired += 1;
-                        continue;
-                    }
-                    let ttl = ttl.to_string();
-                    restores.push(Command::from_args([
-                        &b"RESTORE"[..],
-                        key,
-                        ttl.as_bytes(),
-                        payload,
-                    ]));
-                    restoring.push((*key).clone());
+        for (key, snapshot) in missing.into_iter().zip(snapshots) {
+            match snapshot {
+                Snapshot::Value { expiry, .. } if expiry.is_past() => self.report.expired += 1,
+                Snapshot::Value { payload, expiry } => {
+                    // No REPLACE: a key written through dual-write since is newer and wins.
+                    restores.push(copy::restore(&key, &payload, expiry, false));
+                    restoring.push(key);
                 }
-                _ => self.report.failed += 1,
+                Snapshot::Missing => self.report.expired += 1,
             }
         }
         if restores.is_empty() {
@@ -172,7 +176,6 @@ impl Backfill {
                     self.report.copied += 1;
                     restored.push(key);
                 }
-                // Written through dual-write since we looked: that value is newer.
                 Reply::Error(line) if line.starts_with(b"BUSYKEY") => {
                     self.report.already_present += 1
                 }

@@ -148,6 +148,67 @@ pub fn subcommands() -> &'static [CommandSpec] {
     generated::SUBCOMMANDS
 }
 
+/// The keys a command touches, from Redis's key positions (first, last, step), and for the
+/// commands whose keys move (`movablekeys`) from their own syntax. `None` when they cannot be
+/// named (FLUSHDB, a command this function does not know how to read).
+pub fn keys<'c>(cmd: &'c Command, spec: &CommandSpec) -> Option<Vec<&'c [u8]>> {
+    let args: Vec<&[u8]> = cmd.args().collect();
+    let numkeys_at = |at: usize| -> Option<Vec<&'c [u8]>> {
+        let n: usize = std::str::from_utf8(cmd.arg(at)?).ok()?.parse().ok()?;
+        (at + 1..at + 1 + n).map(|i| cmd.arg(i)).collect()
+    };
+    if spec.has_flag(flag::MOVABLEKEYS) {
+        return match spec.name {
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => numkeys_at(2),
+            "zunion" | "zinter" | "zdiff" | "sintercard" | "zintercard" | "lmpop" | "zmpop" => {
+                numkeys_at(1)
+            }
+            "blmpop" | "bzmpop" => numkeys_at(2),
+            "zunionstore" | "zinterstore" | "zdiffstore" => {
+                let mut keys = vec![cmd.arg(1)?];
+                keys.extend(numkeys_at(2)?);
+                Some(keys)
+            }
+            "xread" | "xreadgroup" => {
+                let streams = args
+                    .iter()
+                    .position(|a| a.eq_ignore_ascii_case(b"streams"))?;
+                let rest = &args[streams + 1..];
+                Some(rest[..rest.len() / 2].to_vec())
+            }
+            "sort" | "sort_ro" | "georadius" | "georadiusbymember" => {
+                let mut keys = vec![cmd.arg(1)?];
+                let store = args.iter().position(|a| {
+                    a.eq_ignore_ascii_case(b"store") || a.eq_ignore_ascii_case(b"storedist")
+                });
+                keys.extend(store.and_then(|i| args.get(i + 1).copied()));
+                Some(keys)
+            }
+            _ => None,
+        };
+    }
+    if spec.first_key <= 0 {
+        // Commands that write without naming keys change the whole database.
+        return if spec.kind() == CommandKind::Write && !WRITES_BY_POLICY.contains(&spec.name) {
+            None
+        } else {
+            Some(Vec::new())
+        };
+    }
+    let last = if spec.last_key < 0 {
+        args.len() as i32 + spec.last_key
+    } else {
+        spec.last_key
+    };
+    let step = spec.step.max(1) as usize;
+    Some(
+        (spec.first_key as usize..=last.max(0) as usize)
+            .step_by(step)
+            .filter_map(|i| args.get(i).copied())
+            .collect(),
+    )
+}
+
 /// Binary search by name, ignoring the case of the caller's spelling (table names are lower case).
 fn find(table: &'static [CommandSpec], name: &[u8]) -> Option<&'static CommandSpec> {
     table
@@ -219,6 +280,38 @@ mod tests {
         for table in [commands(), subcommands()] {
             assert!(table.windows(2).all(|w| w[0].name < w[1].name));
         }
+    }
+
+    #[test]
+    fn names_the_keys_a_command_touches() {
+        let keys_of = |args: &[&str]| {
+            let cmd = Command::from_args(args);
+            let spec = lookup(&cmd).unwrap();
+            keys(&cmd, spec).map(|k| {
+                k.into_iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(keys_of(&["set", "k", "v"]), Some(vec!["k".into()]));
+        assert_eq!(
+            keys_of(&["mset", "a", "1", "b", "2"]),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            keys_of(&["del", "a", "b"]),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            keys_of(&["eval", "return 1", "2", "x", "y", "arg"]),
+            Some(vec!["x".into(), "y".into()])
+        );
+        assert_eq!(
+            keys_of(&["zunionstore", "d", "2", "a", "b"]),
+            Some(vec!["d".into(), "a".into(), "b".into()])
+        );
+        assert_eq!(keys_of(&["flushdb"]), None);
+        assert_eq!(keys_of(&["ping"]), Some(vec![]));
     }
 
     #[test]

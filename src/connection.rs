@@ -75,6 +75,8 @@ pub struct Connection {
     /// Which pool epoch opened it: a `select` or `disconnect` starts a new epoch and older
     /// connections are closed instead of being reused.
     pub(crate) epoch: u64,
+    /// The server's run_id when this connection was opened.
+    pub(crate) run_id: Option<String>,
 }
 
 impl Connection {
@@ -110,18 +112,16 @@ impl Connection {
             write_buf: Vec::with_capacity(256),
             read_timeout: config.read_timeout,
             epoch,
+            run_id: None,
         };
-        conn.handshake(config, cancel).map_err(|e| match e {
-            Error::Timeout => Error::CannotConnect {
-                location: location.clone(),
-                cause: "Redis::TimeoutError".into(),
-            },
-            other => other,
-        })?;
+        // As redis-rb: a timeout during AUTH/SELECT is a TimeoutError, not a failure to connect.
+        conn.run_id = conn.handshake(config, cancel)?;
         Ok(conn)
     }
 
-    fn handshake(&mut self, config: &StoreConfig, cancel: &CancelToken) -> Result<()> {
+    /// AUTH, SELECT and CLIENT SETNAME as configured, then INFO server for the server's run_id
+    /// (a changed run_id means the server restarted, possibly empty): one round trip.
+    fn handshake(&mut self, config: &StoreConfig, cancel: &CancelToken) -> Result<Option<String>> {
         let mut setup = Vec::new();
         if let Some(password) = &config.password {
             let mut auth = Command::from_args(["auth"]);
@@ -140,15 +140,15 @@ impl Connection {
         if let Some(name) = &config.client_name {
             setup.push(Command::from_args(["client", "setname", name.as_str()]));
         }
-        if setup.is_empty() {
-            return Ok(());
-        }
-        for reply in self.pipeline(&setup, cancel)? {
+        setup.push(Command::from_args(["info", "server"]));
+        let mut replies = self.pipeline(&setup, cancel)?;
+        let info = replies.pop();
+        for reply in replies {
             if let Reply::Error(line) = reply {
                 return Err(Error::Server(ServerErrorReply::from_line(&line)));
             }
         }
-        Ok(())
+        Ok(info.as_ref().and_then(Reply::as_bytes).and_then(run_id))
     }
 
     /// Sends one command and reads its reply.
@@ -276,4 +276,11 @@ fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<T
     }
     Err(last_err
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")))
+}
+
+fn run_id(info: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(info).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_string())
 }

@@ -4,16 +4,20 @@
 
 pub mod backfill;
 pub mod blocking;
+pub mod breaker;
 pub mod cancel;
 pub mod command;
 pub mod command_table;
 pub mod config;
 pub mod connection;
+mod copy;
 pub mod error;
 pub mod fork;
+pub mod journal;
 pub mod metrics;
 pub mod multi_store;
 pub mod reply;
+pub mod resync;
 pub mod routing;
 pub mod scripts;
 pub mod session;

@@ -4,8 +4,8 @@
 
 use crate::routing::Role;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,12 @@ pub struct Metrics {
     non_default_write_failures: IntCounterVec,
     requests: IntCounterVec,
     duration: HistogramVec,
+    journal_keys: IntGaugeVec,
+    resynced: IntCounterVec,
+    journal_overflows: IntCounterVec,
+    breaker_opened: IntCounterVec,
+    breaker_skipped: IntCounterVec,
+    store_resets: IntCounterVec,
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -79,6 +85,47 @@ impl Metrics {
                 registry.register(Box::new(vec.clone()))?;
                 vec
             },
+            journal_keys: {
+                let vec = IntGaugeVec::new(
+                    Opts::new(
+                        "gitlab_redis_multi_store_journal_keys",
+                        "Keys the non-default store missed, waiting for re-sync",
+                    ),
+                    &["instance_name"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            resynced: counter(
+                &registry,
+                "gitlab_redis_multi_store_resynced_keys_total",
+                "Journaled keys copied to the store that missed them, and equal on both stores since",
+                &["instance_name"],
+            )?,
+            journal_overflows: counter(
+                &registry,
+                "gitlab_redis_multi_store_journal_overflow_total",
+                "Missed keys that could not be journaled (journal full): a full verify is needed",
+                &["instance_name"],
+            )?,
+            breaker_opened: counter(
+                &registry,
+                "gitlab_redis_multi_store_breaker_opened_total",
+                "Times the circuit breaker of a store opened after repeated failures",
+                &["instance_name", "store"],
+            )?,
+            breaker_skipped: counter(
+                &registry,
+                "gitlab_redis_multi_store_breaker_skipped_total",
+                "Writes not sent to the non-default store because its circuit breaker was open",
+                &["instance_name"],
+            )?,
+            store_resets: counter(
+                &registry,
+                "gitlab_redis_multi_store_store_reset_total",
+                "Stores seen restarted (run_id changed): their data may be gone, backfill again",
+                &["instance_name", "store"],
+            )?,
             registry,
         })
     }
@@ -300,6 +347,54 @@ impl InstanceMetrics {
             "gitlab_redis_multi_store_non_default_write_failures_total",
             None,
         );
+    }
+
+    pub fn journal_size(&self, keys: usize) {
+        if let Some(m) = global() {
+            m.journal_keys
+                .with_label_values(&[&self.instance_name])
+                .set(keys as i64);
+        }
+    }
+
+    pub fn resynced(&self, keys: u64) {
+        if let Some(m) = global() {
+            m.resynced
+                .with_label_values(&[&self.instance_name])
+                .inc_by(keys);
+        }
+    }
+
+    pub fn journal_overflow(&self, keys: u64) {
+        if let Some(m) = global() {
+            m.journal_overflows
+                .with_label_values(&[&self.instance_name])
+                .inc_by(keys);
+        }
+    }
+
+    pub fn breaker_opened(&self, role: Role) {
+        if let Some(m) = global() {
+            m.breaker_opened
+                .with_label_values(&[&self.instance_name, role.name()])
+                .inc();
+        }
+    }
+
+    pub fn breaker_skipped(&self) {
+        if let Some(m) = global() {
+            m.breaker_skipped
+                .with_label_values(&[&self.instance_name])
+                .inc();
+        }
+    }
+
+    pub fn store_reset(&self, role: Role) {
+        if let Some(m) = global() {
+            m.store_resets
+                .with_label_values(&[&self.instance_name, role.name()])
+                .inc();
+        }
     }
 
     /// Unknown commands are rare by nature, so their label is resolved when they happen.

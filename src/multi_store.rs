@@ -3,19 +3,31 @@
 //! reported as an `Event` (and counted), never returned as an error.
 
 use crate::blocking;
+use crate::breaker::{Admission, Breaker, BreakerSettings, BreakerState, Transition};
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::command_table::{self, CommandKind, CommandSpec};
 use crate::config::StoreConfig;
 use crate::connection::Reply;
 use crate::error::{Error, Result, ServerErrorReply};
+use crate::fork;
+use crate::journal::Journal;
 use crate::metrics::{InstanceMetrics, RequestKind};
+use crate::resync::{self, ResyncContext};
 use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
 use crate::scripts::ScriptCache;
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Keys journaled at most: past this a full verify is needed instead of more memory.
+pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+/// How far back `status` counts write failures.
+const RECENT_FAILURES_WINDOW: Duration = Duration::from_secs(300);
 
 /// Something the caller does not see in the reply but the application should hear about.
 #[derive(Debug)]
@@ -47,6 +59,29 @@ pub struct MultiStore {
     read_strategy: ReadStrategy,
     metrics: InstanceMetrics,
     scripts: ScriptCache,
+    /// One per store, used while that store is the non-default one: [primary, secondary].
+    breakers: Arc<[Breaker; 2]>,
+    journal: Arc<Journal>,
+    /// The fork generation the re-sync thread was started in (threads do not survive a fork).
+    resync_started: Mutex<Option<u64>>,
+    shutdown: Arc<AtomicBool>,
+    /// When non-default writes failed, for `status`.
+    recent_failures: Mutex<VecDeque<Instant>>,
+    reset_seen: Arc<AtomicBool>,
+}
+
+/// What an operator needs before switching the default store.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// [primary, secondary]
+    pub breakers: [BreakerState; 2],
+    pub recent_write_failures: u64,
+    pub journal_keys: usize,
+    pub journal_peak: usize,
+    pub journal_overflows: u64,
+    pub full_verify_needed: bool,
+    /// Restarts noticed (run_id changed): [primary, secondary].
+    pub resets: [u64; 2],
 }
 
 /// What one call is doing, for the side effects (events, metrics, logs) of its round trips.
@@ -63,15 +98,82 @@ impl MultiStore {
         secondary: StoreConfig,
     ) -> Self {
         let instance_name = instance_name.into();
+        let metrics = InstanceMetrics::new(&instance_name);
+        let reset_seen = Arc::new(AtomicBool::new(false));
+        let reset_hook = |role: Role| {
+            let (metrics, seen) = (metrics.clone(), Arc::clone(&reset_seen));
+            move || {
+                metrics.store_reset(role);
+                seen.store(true, Ordering::Release);
+            }
+        };
+        let breaker = || Breaker::new(BreakerSettings::default());
         MultiStore {
             same_store: primary.same_data_as(&secondary),
-            metrics: InstanceMetrics::new(&instance_name),
+            primary: Arc::new(Store::new(primary).with_reset_hook(reset_hook(Role::Primary))),
+            secondary: Arc::new(Store::new(secondary).with_reset_hook(reset_hook(Role::Secondary))),
+            metrics,
             instance_name,
-            primary: Arc::new(Store::new(primary)),
-            secondary: Arc::new(Store::new(secondary)),
             read_strategy: ReadStrategy::PrimaryWithFallback,
             scripts: ScriptCache::default(),
+            breakers: Arc::new([breaker(), breaker()]),
+            journal: Arc::new(Journal::new(DEFAULT_JOURNAL_CAPACITY)),
+            resync_started: Mutex::new(None),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            recent_failures: Mutex::new(VecDeque::new()),
+            reset_seen,
         }
+    }
+
+    pub fn with_breaker_settings(mut self, settings: BreakerSettings) -> Self {
+        self.breakers = Arc::new([Breaker::new(settings), Breaker::new(settings)]);
+        self
+    }
+
+    pub fn with_journal_capacity(mut self, capacity: usize) -> Self {
+        self.journal = Arc::new(Journal::new(capacity));
+        self
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn breaker(&self, role: Role) -> &Breaker {
+        &self.breakers[role_index(role)]
+    }
+
+    pub fn status(&self) -> Status {
+        let cutoff = Instant::now().checked_sub(RECENT_FAILURES_WINDOW);
+        let recent_write_failures = {
+            let mut failures = self.recent_failures.lock();
+            while matches!((failures.front(), cutoff), (Some(t), Some(c)) if *t < c) {
+                failures.pop_front();
+            }
+            failures.len() as u64
+        };
+        Status {
+            breakers: [self.breakers[0].state(), self.breakers[1].state()],
+            recent_write_failures,
+            journal_keys: self.journal.len(),
+            journal_peak: self.journal.peak(),
+            journal_overflows: self.journal.overflows(),
+            full_verify_needed: self.journal.full_verify_needed(),
+            resets: [self.primary.resets(), self.secondary.resets()],
+        }
+    }
+
+    /// A store restarted since this instance began (or since the last full copy): a backfill
+    /// is needed again.
+    pub fn reset_seen(&self) -> bool {
+        self.reset_seen.load(Ordering::Acquire)
+    }
+
+    /// A backfill (or a verify with repair) ran over everything: earlier resets and journal
+    /// overflows are accounted for.
+    pub fn acknowledge_full_copy(&self) {
+        self.reset_seen.store(false, Ordering::Release);
+        self.journal.clear_full_verify_needed();
     }
 
     pub fn with_read_strategy(mut self, strategy: ReadStrategy) -> Self {
@@ -126,7 +228,7 @@ impl MultiStore {
             }),
             Route::Both => self.write_both(cmd, default, kind, &mut ctx),
             Route::PrimaryWithFallback => match spec {
-                Some(spec) => self.read_with_fallback(cmd, spec, &mut ctx),
+                Some(spec) => self.read_with_fallback(cmd, spec, default, &mut ctx),
                 None => self.timed(default, kind, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
                 }),
@@ -196,7 +298,7 @@ impl MultiStore {
                 command_table::lookup(c).map(CommandSpec::kind) == Some(CommandKind::Read)
             });
         let result = if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback {
-            self.read_pipeline_with_fallback(cmds, &mut ctx)
+            self.read_pipeline_with_fallback(cmds, default, &mut ctx)
         } else if only_reads {
             self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
         } else {
@@ -290,6 +392,8 @@ impl MultiStore {
 
     /// Sends to the non-default store first without waiting, then runs the default store's
     /// round trip, then collects the other reply: latency is the slower store's, not the sum.
+    /// While the other store's breaker is open it is not asked at all; what it misses is
+    /// journaled for re-sync.
     fn write_both(
         &self,
         cmd: &Command,
@@ -300,6 +404,13 @@ impl MultiStore {
         let other = other_role(default);
         let cancel = ctx.cancel;
         self.scripts.observe(cmd);
+        if self.breaker(other).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            self.journal_missed(std::slice::from_ref(cmd), other);
+            return self.timed(default, kind, |s| {
+                s.call(cmd, ReadTimeout::Configured, cancel)
+            });
+        }
         let other_started = Instant::now();
         let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
         let reply = self.timed(default, kind, |s| {
@@ -310,16 +421,14 @@ impl MultiStore {
             .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
         self.metrics.request(other, kind, other_started);
         match other_reply {
-            Err(error) => self.non_default_failed(other, error, ctx),
+            Err(error) => self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx),
             Ok(replies) => {
+                self.breaker_success(other);
                 // An error reply only on the non-default store means the stores disagree.
                 if let (Some(Reply::Error(line)), Ok(default_reply)) = (replies.first(), &reply) {
                     if !default_reply.is_error() {
-                        self.non_default_failed(
-                            other,
-                            Error::Server(ServerErrorReply::from_line(line)),
-                            ctx,
-                        );
+                        let error = Error::Server(ServerErrorReply::from_line(line));
+                        self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx);
                     }
                 }
             }
@@ -345,10 +454,14 @@ impl MultiStore {
         Ok(recovered.pop().into_iter().collect())
     }
 
+    /// Reads the primary and falls back to the secondary on a miss or an error -- unless the key
+    /// is journaled (one store missed its latest write: only the store that got it is read), or
+    /// the primary is the non-default store and its breaker is open (it is not asked).
     fn read_with_fallback(
         &self,
         cmd: &Command,
         spec: &CommandSpec,
+        default: Role,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
         let cancel = ctx.cancel;
@@ -357,12 +470,22 @@ impl MultiStore {
                 s.call(cmd, ReadTimeout::Configured, cancel)
             })
         };
+        if let Some(lagging) = self.journaled(cmd, spec) {
+            return read(other_role(lagging));
+        }
+        if default == Role::Secondary && self.breaker(Role::Primary).admit() == Admission::Skipped {
+            return read(Role::Secondary);
+        }
         match read(Role::Primary) {
             Ok(Reply::Error(line)) => {
                 self.read_failed_on_primary(Error::Server(ServerErrorReply::from_line(&line)), ctx);
             }
-            Ok(reply) if !is_miss(spec, &reply) => return Ok(reply),
+            Ok(reply) if !is_miss(spec, &reply) => {
+                self.breaker_success_if_non_default(Role::Primary, default);
+                return Ok(reply);
+            }
             Ok(_miss) => {
+                self.breaker_success_if_non_default(Role::Primary, default);
                 let fallback = read(Role::Secondary);
                 if matches!(&fallback, Ok(reply) if !is_miss(spec, reply)) {
                     self.metrics.read_fallback_miss();
@@ -371,7 +494,12 @@ impl MultiStore {
                 return fallback;
             }
             Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(error) => self.read_failed_on_primary(error, ctx),
+            Err(error) => {
+                if default == Role::Secondary && error.is_connection_error() {
+                    self.breaker_failure(Role::Primary);
+                }
+                self.read_failed_on_primary(error, ctx);
+            }
         }
         read(Role::Secondary)
     }
@@ -379,14 +507,27 @@ impl MultiStore {
     fn read_pipeline_with_fallback(
         &self,
         cmds: &[Command],
+        default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
         let cancel = ctx.cancel;
         let read =
             |role: Role| self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+        let any_journaled = !self.journal.is_empty()
+            && cmds.iter().any(|c| {
+                command_table::lookup(c).is_some_and(|spec| self.journaled(c, spec).is_some())
+            });
+        let primary_skipped =
+            default == Role::Secondary && self.breaker(Role::Primary).admit() == Admission::Skipped;
+        if any_journaled || primary_skipped {
+            return read(default);
+        }
         let primary = match read(Role::Primary) {
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(error) => {
+                if default == Role::Secondary && error.is_connection_error() {
+                    self.breaker_failure(Role::Primary);
+                }
                 self.read_failed_on_primary(error, ctx);
                 return read(Role::Secondary);
             }
@@ -419,6 +560,11 @@ impl MultiStore {
     ) -> Result<Vec<Reply>> {
         let other = other_role(default);
         let cancel = ctx.cancel;
+        if self.breaker(other).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            self.journal_missed(cmds, other);
+            return self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+        }
         let other_started = Instant::now();
         let in_flight = self.store(other).send(cmds, cancel);
         let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
@@ -426,12 +572,16 @@ impl MultiStore {
         self.metrics
             .request(other, RequestKind::Pipeline, other_started);
         match other_replies {
-            Err(error) => self.non_default_failed(other, error, ctx),
+            Err(error) => self.non_default_failed(cmds, other, error, ctx),
             Ok(other_replies) => {
+                self.breaker_success(other);
                 if matches!(&replies, Ok(r) if *r != other_replies) {
                     self.metrics.pipelined_diff();
                     tracing::debug!(instance_name = %self.instance_name, "pipeline results differ between the stores");
                     ctx.events.push(Event::PipelinedDiff);
+                    // Which of the two is right cannot be told here; the default store's data
+                    // is the truth callers see, so the other store is re-synced from it.
+                    self.journal_missed(cmds, other);
                 }
             }
         }
@@ -440,13 +590,30 @@ impl MultiStore {
 
     fn mirror(&self, cmds: &[Command], role: Role, ctx: &mut CallContext) {
         let cancel = ctx.cancel;
-        if let Err(error) = self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
-            self.non_default_failed(role, error, ctx);
+        if self.breaker(role).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            self.journal_missed(cmds, role);
+            return;
+        }
+        match self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
+            Ok(_) => self.breaker_success(role),
+            Err(error) => self.non_default_failed(cmds, role, error, ctx),
         }
     }
 
-    fn non_default_failed(&self, role: Role, error: Error, ctx: &mut CallContext) {
+    fn non_default_failed(
+        &self,
+        cmds: &[Command],
+        role: Role,
+        error: Error,
+        ctx: &mut CallContext,
+    ) {
         self.metrics.non_default_write_failure();
+        if error.is_connection_error() {
+            self.breaker_failure(role);
+        }
+        self.journal_missed(cmds, role);
+        self.recent_failures.lock().push_back(Instant::now());
         tracing::debug!(
             instance_name = %self.instance_name,
             command_name = %(ctx.cmd_name)(),
@@ -461,6 +628,74 @@ impl MultiStore {
         self.metrics.read_fallback_error();
         ctx.events.push(Event::ReadFromPrimaryFailed { error });
     }
+
+    /// Records the keys of the writes among `cmds` as missed by `lagging`, and makes sure the
+    /// re-sync task runs.
+    fn journal_missed(&self, cmds: &[Command], lagging: Role) {
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            if spec.kind() != CommandKind::Write {
+                continue;
+            }
+            let dropped = self.journal.record(command_table::keys(cmd, spec), lagging);
+            if dropped > 0 {
+                self.metrics.journal_overflow(dropped);
+                tracing::warn!(instance_name = %self.instance_name, dropped, "journal full: a full verify is needed");
+            }
+        }
+        self.metrics.journal_size(self.journal.len());
+        self.ensure_resync();
+    }
+
+    /// The store that missed the latest write of the command's key, if it is journaled.
+    fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
+        if self.journal.is_empty() {
+            return None;
+        }
+        let keys = command_table::keys(cmd, spec)?;
+        keys.iter().find_map(|key| self.journal.lagging(key))
+    }
+
+    fn ensure_resync(&self) {
+        let generation = fork::generation();
+        let mut started = self.resync_started.lock();
+        if *started == Some(generation) {
+            return;
+        }
+        let ctx = ResyncContext {
+            instance_name: self.instance_name.clone(),
+            primary: Arc::clone(&self.primary),
+            secondary: Arc::clone(&self.secondary),
+            journal: Arc::clone(&self.journal),
+            breakers: Arc::clone(&self.breakers),
+            metrics: self.metrics.clone(),
+            shutdown: Arc::clone(&self.shutdown),
+        };
+        if resync::spawn(ctx).is_some() {
+            *started = Some(generation);
+        }
+    }
+
+    fn breaker_success(&self, role: Role) {
+        if self.breaker(role).record_success() == Transition::Closed {
+            tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker closed: the store answers again");
+        }
+    }
+
+    fn breaker_success_if_non_default(&self, role: Role, default: Role) {
+        if role != default {
+            self.breaker_success(role);
+        }
+    }
+
+    fn breaker_failure(&self, role: Role) {
+        if self.breaker(role).record_failure() == Transition::Opened {
+            self.metrics.breaker_opened(role);
+            tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker opened: not waiting on the store for a cool-down");
+        }
+    }
 }
 
 fn request_kind(spec: Option<&CommandSpec>) -> RequestKind {
@@ -468,6 +703,20 @@ fn request_kind(spec: Option<&CommandSpec>) -> RequestKind {
         Some(CommandKind::Read) => RequestKind::Read,
         Some(CommandKind::Write) => RequestKind::Write,
         _ => RequestKind::Other,
+    }
+}
+
+impl Drop for MultiStore {
+    fn drop(&mut self) {
+        // Stops the re-sync task; it holds its own references to the stores and journal.
+        self.shutdown.store(true, Ordering::Release);
+    }
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Primary => 0,
+        Role::Secondary => 1,
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Store {
     pool: ArcSwap<Pool>,
     /// True once a connection has been opened and until `disconnect`; redis-rb's `connected?`.
     connected: AtomicBool,
+    /// The server's run_id as first seen; a new connection finding another one means the
+    /// server restarted (and may have lost its data).
+    run_id: Mutex<Option<String>>,
+    resets: AtomicU64,
+    on_reset: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Store {
@@ -57,7 +62,21 @@ impl Store {
                 idle: Mutex::new(Vec::new()),
             }),
             connected: AtomicBool::new(false),
+            run_id: Mutex::new(None),
+            resets: AtomicU64::new(0),
+            on_reset: None,
         }
+    }
+
+    /// Called (without the GVL, from whichever thread noticed) when the server restarted.
+    pub fn with_reset_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_reset = Some(Box::new(hook));
+        self
+    }
+
+    /// Restarts noticed since this store was created.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -202,7 +221,26 @@ impl Store {
         config.db = self.db();
         let conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
         self.connected.store(true, Ordering::Release);
+        self.note_run_id(conn.run_id.as_deref());
         Ok(conn)
+    }
+
+    fn note_run_id(&self, seen: Option<&str>) {
+        let Some(seen) = seen else { return };
+        let mut known = self.run_id.lock();
+        match known.as_deref() {
+            None => *known = Some(seen.to_string()),
+            Some(id) if id == seen => {}
+            Some(_) => {
+                *known = Some(seen.to_string());
+                drop(known);
+                self.resets.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(store = %self.id(), "store restarted (run_id changed): its data may be gone");
+                if let Some(hook) = &self.on_reset {
+                    hook();
+                }
+            }
+        }
     }
 
     /// The pool of this process. In a forked child the inherited pool is left behind untouched:

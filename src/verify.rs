@@ -8,11 +8,11 @@
 use crate::backfill::{integer, scan_page};
 use crate::cancel::CancelToken;
 use crate::command::Command;
+use crate::copy::{self, Snapshot};
 use crate::error::Result;
 use crate::reply::Reply;
 use crate::store::Store;
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -82,6 +82,8 @@ pub struct Verify {
     phase: Phase,
     cursor: Vec<u8>,
     started: bool,
+    /// Random keys drawn so far (`sample`).
+    drawn: u64,
     report: VerifyReport,
 }
 
@@ -120,6 +122,7 @@ impl Verify {
             phase: Phase::SecondaryKeys,
             cursor: b"0".to_vec(),
             started: false,
+            drawn: 0,
             report: VerifyReport::default(),
         }
     }
@@ -181,17 +184,17 @@ impl Verify {
         Ok(keys)
     }
 
+    /// Random keys of the secondary (matching the pattern), until `sample` were checked. Draws
+    /// at most ten times the sample, so a pattern that matches little cannot loop forever.
     fn sample_page(&mut self, cancel: &CancelToken) -> Result<Vec<Vec<u8>>> {
-        let remaining = self
-            .options
-            .sample
-            .unwrap_or(0)
-            .saturating_sub(self.report.checked);
+        let sample = self.options.sample.unwrap_or(0);
+        let remaining = sample.saturating_sub(self.report.checked);
         let n = remaining.min(self.options.count as u64) as usize;
         let randoms: Vec<Command> = (0..n).map(|_| Command::from_args(["RANDOMKEY"])).collect();
-        let keys = self
-            .secondary
-            .pipeline(&randoms, cancel)?
+        let drawn = self.secondary.pipeline(&randoms, cancel)?;
+        self.drawn += n as u64;
+        let empty = drawn.iter().all(|r| matches!(r, Reply::Nil));
+        let mut keys: Vec<Vec<u8>> = drawn
             .into_iter()
             .filter_map(|r| match r {
                 Reply::Bulk(k) => Some(k),
@@ -203,15 +206,13 @@ impl Verify {
                     .as_deref()
                     .is_none_or(|p| glob_match(p, k))
             })
-            .collect::<Vec<_>>();
-        // Done once enough keys were drawn, or when the secondary is empty.
-        self.cursor = if n == 0 || remaining <= n as u64 || keys.is_empty() {
-            b"0".to_vec()
+            .collect();
+        keys.truncate(n);
+        let exhausted = empty || self.drawn >= sample.saturating_mul(10);
+        if n == 0 || remaining <= keys.len() as u64 || exhausted {
+            self.cursor = b"0".to_vec();
         } else {
-            b"1".to_vec()
-        };
-        if keys.is_empty() && n > 0 {
-            self.report.checked = self.options.sample.unwrap_or(0);
+            self.cursor = b"1".to_vec();
         }
         Ok(keys)
     }
@@ -315,37 +316,18 @@ impl Verify {
         Ok(())
     }
 
-    /// RESTORE REPLACE of each key's DUMP, with the time spent reading taken off its TTL.
+    /// RESTORE REPLACE of each key's DUMP, expiring when the original does.
     fn copy_from_secondary(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        let mut reads = Vec::with_capacity(keys.len() * 2);
-        for key in keys {
-            reads.push(Command::from_args([&b"PTTL"[..], key]));
-            reads.push(Command::from_args([&b"DUMP"[..], key]));
-        }
-        let read_at = Instant::now();
-        let dumped = self.secondary.pipeline(&reads, cancel)?;
-        let elapsed_ms = read_at.elapsed().as_millis() as i64;
+        let snapshots = copy::read(&self.secondary, keys, cancel)?;
         let restores: Vec<Command> = keys
             .iter()
-            .zip(dumped.chunks(2))
-            .filter_map(|(key, pair)| match (&pair[0], &pair[1]) {
-                (Reply::Integer(pttl), Reply::Bulk(payload)) => {
-                    let ttl = if *pttl < 0 {
-                        0
-                    } else {
-                        (pttl - elapsed_ms).max(1)
-                    }
-                    .to_string();
-                    Some(Command::from_args([
-                        &b"RESTORE"[..],
-                        key,
-                        ttl.as_bytes(),
-                        payload,
-                        b"REPLACE",
-                    ]))
+            .zip(snapshots)
+            .filter_map(|(key, snapshot)| match snapshot {
+                Snapshot::Value { payload, expiry } => {
+                    Some(copy::restore(key, &payload, expiry, true))
                 }
                 // Gone from the secondary: the next check sees it vanished.
-                _ => None,
+                Snapshot::Missing => None,
             })
             .collect();
         self.primary.pipeline(&restores, cancel)?;
@@ -380,6 +362,34 @@ impl Verify {
         }
         Ok(())
     }
+}
+
+/// Whether each key is the same on both stores (type, value, TTL within a second; absent from
+/// both counts as the same).
+pub fn same_on_both(
+    primary: &Store,
+    secondary: &Store,
+    keys: &[Vec<u8>],
+    cancel: &CancelToken,
+) -> Result<Vec<bool>> {
+    let on_secondary = key_states(secondary, keys, cancel)?;
+    let on_primary = key_states(primary, keys, cancel)?;
+    Ok(on_secondary
+        .iter()
+        .zip(&on_primary)
+        .map(|(s, p)| match (s, p) {
+            (None, None) => true,
+            (Some(s), Some(p)) => {
+                s.kind == p.kind
+                    && s.digest == p.digest
+                    && match (s.pttl, p.pttl) {
+                        (a, b) if a < 0 || b < 0 => a == b,
+                        (a, b) => (a - b).abs() <= 1000,
+                    }
+            }
+            _ => false,
+        })
+        .collect())
 }
 
 /// Type, canonical value digest and TTL of each key (None: the key does not exist).

@@ -2,6 +2,7 @@
 
 require "optparse"
 require "json"
+require "uri"
 
 module GitlabMultistore
   # `gitlab-multistore`: backfill and verify two stores from the command line, and the demo.
@@ -40,9 +41,17 @@ module GitlabMultistore
     rescue OptionParser::ParseError, ArgumentError => e
       @err.puts "gitlab-multistore: #{e.message}"
       2
+    rescue URI::Error => e
+      @err.puts "gitlab-multistore: invalid URL (#{redact(e.message)})"
+      2
     rescue ::Redis::BaseError => e
-      @err.puts "gitlab-multistore: #{e.class}: #{e.message}"
+      @err.puts "gitlab-multistore: #{e.class}: #{redact(e.message)}"
       1
+    end
+
+    # Messages can quote a URL; never print its password.
+    def redact(text)
+      text.gsub(%r{(://[^:/@\s]*:)[^@\s]*@}, '\1*****@')
     end
 
     private

@@ -98,7 +98,8 @@ module GitlabMultistore
       File.write(File.join(@config_dir, "config", "redis.demo_sessions.yml"), "#{env}:\n  url: #{@new.url}\n")
       [SharedState, DemoSessions].each { |klass| klass.rails_root = @config_dir }
       DemoSessions.flags = @flags
-      DemoSessions.pool_size = WORKERS
+      # One more than the workers: the demo's own backfill and verify borrow a connection too.
+      DemoSessions.pool_size = WORKERS + 1
       DemoSessions.reset_pool!
       say "Gitlab::Redis::Wrapper instances: shared_state -> #{SharedState.safe_url}, " \
           "demo_sessions -> #{DemoSessions.safe_url}; DemoSessions.redis is a MultiStore"

@@ -8,7 +8,7 @@ use crate::store_config::store_config;
 use gitlab_multistore::backfill::{Backfill, BackfillReport};
 use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
 use gitlab_multistore::Store;
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, RString, Ruby};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -23,6 +23,12 @@ fn stores(
     ))
 }
 
+/// A glob is bytes, like the keys it matches: binary patterns are fine.
+fn glob_bytes(pattern: RString) -> Vec<u8> {
+    // SAFETY: copied at once, before any other Ruby code runs.
+    unsafe { pattern.as_slice() }.to_vec()
+}
+
 #[magnus::wrap(class = "GitlabMultistore::NativeBackfill", free_immediately, size)]
 pub struct NativeBackfill {
     // Locked only without the GVL.
@@ -34,7 +40,7 @@ impl NativeBackfill {
         ruby: &Ruby,
         primary: RHash,
         secondary: RHash,
-        pattern: Option<String>,
+        pattern: Option<RString>,
         count: usize,
     ) -> Result<Self, Error> {
         let (primary, secondary) = stores(ruby, primary, secondary)?;
@@ -42,7 +48,7 @@ impl NativeBackfill {
             inner: Mutex::new(Backfill::new(
                 primary,
                 secondary,
-                pattern.map(String::into_bytes),
+                pattern.map(glob_bytes),
                 count,
             )),
         })
@@ -50,13 +56,7 @@ impl NativeBackfill {
 
     fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let cancel = cancel_token();
-        let report = without_gvl(ruby, || {
-            rb_self
-                .inner
-                .lock()
-                .step(&cancel)
-                .map(BackfillReport::clone)
-        })?;
+        let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
         backfill_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
 }
@@ -84,14 +84,14 @@ impl NativeVerify {
         ruby: &Ruby,
         primary: RHash,
         secondary: RHash,
-        pattern: Option<String>,
+        pattern: Option<RString>,
         count: usize,
         sample: Option<u64>,
         repair: bool,
     ) -> Result<Self, Error> {
         let (primary, secondary) = stores(ruby, primary, secondary)?;
         let options = VerifyOptions {
-            pattern: pattern.map(String::into_bytes),
+            pattern: pattern.map(glob_bytes),
             count: count.max(1),
             sample,
             repair,
@@ -104,9 +104,7 @@ impl NativeVerify {
 
     fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let cancel = cancel_token();
-        let report = without_gvl(ruby, || {
-            rb_self.inner.lock().step(&cancel).map(VerifyReport::clone)
-        })?;
+        let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
         verify_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
 }

@@ -173,6 +173,10 @@ fn metrics_text() -> String {
     gitlab_multistore::metrics::text()
 }
 
+fn flush_logs(ruby: &Ruby) -> Result<(), Error> {
+    crate::logging::deliver(ruby)
+}
+
 fn set_log_level(level: u8) {
     crate::logging::set_level(level);
 }
@@ -190,6 +194,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("new", function!(NativeStore::new, 5))?;
     class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
     class.define_singleton_method("log_level=", function!(set_log_level, 1))?;
+    class.define_singleton_method("flush_logs", function!(flush_logs, 0))?;
     class.define_singleton_method("metrics_hook=", function!(set_metrics_hook, 1))?;
     class.define_singleton_method("request_metrics=", function!(set_request_metrics, 1))?;
     class.define_method("_call", method!(NativeStore::call, 2))?;

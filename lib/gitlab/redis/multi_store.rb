@@ -54,6 +54,12 @@ module Gitlab
           GitlabMultistore::NativeStore.log_level = severity
         end
 
+        # Writes the native core's queued log lines now, instead of after the next call (lines
+        # logged by background tasks wait for a Ruby thread to write them).
+        def flush_logs
+          GitlabMultistore::NativeStore.flush_logs
+        end
+
         # Per-request metrics (requests_total, duration_seconds) can be turned off; the GitLab
         # counters (fallbacks, method missing, pipeline diffs, write failures) always count.
         def request_metrics=(enabled)

@@ -32,7 +32,9 @@ module Gitlab
           end
 
           def fraction
-            total.positive? ? [scanned.to_f / total, 1.0].min : (done ? 1.0 : 0.0)
+            return 1.0 if done
+
+            total.positive? ? [scanned.to_f / total, 1.0].min : 0.0
           end
 
           def eta
@@ -80,16 +82,16 @@ module Gitlab
             page_started = monotonic
             report = native._step
             progress = progress_class.new(**report, elapsed: monotonic - started)
-            yield progress
-            return progress if progress.done?
-
             if rate
               scanned_now = progress.scanned
-              # Pace pages so the average stays at or under `rate` keys per second.
+              # Pace pages -- the last one too -- so the average stays at or under `rate` keys/s.
               wait = (scanned_now - scanned_before) / rate.to_f - (monotonic - page_started)
               sleep(wait) if wait.positive?
               scanned_before = scanned_now
+              progress.elapsed = monotonic - started
             end
+            yield progress
+            return progress if progress.done?
           end
         end
 

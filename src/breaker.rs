@@ -1,0 +1,184 @@
+//! A circuit breaker for the non-default store. A new store that hangs would otherwise add its
+//! read timeout to every dual-written command. After `threshold` failures in a row (connection
+//! errors and timeouts, not error replies) the breaker opens: the store is skipped for a
+//! cool-down — writes go to the default store only and are journaled for re-sync — then one
+//! call probes it (half-open); success closes the breaker, failure opens it again.
+
+use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub threshold: u32,
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            threshold: 3,
+            cool_down: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    consecutive_failures: u32,
+    opened_at: Option<Instant>,
+    probing: bool,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    inner: Mutex<Inner>,
+}
+
+/// Whether a call may use the store now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// The one call that tests a store whose cool-down is over.
+    Probe,
+    Skipped,
+}
+
+/// What changed, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Breaker {
+            settings,
+            inner: Mutex::new(Inner {
+                consecutive_failures: 0,
+                opened_at: None,
+                probing: false,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        let inner = self.inner.lock();
+        match inner.opened_at {
+            None => BreakerState::Closed,
+            Some(at) if at.elapsed() >= self.settings.cool_down => BreakerState::HalfOpen,
+            Some(_) => BreakerState::Open,
+        }
+    }
+
+    pub fn admit(&self) -> Admission {
+        let mut inner = self.inner.lock();
+        match inner.opened_at {
+            None => Admission::Allowed,
+            Some(at) if at.elapsed() >= self.settings.cool_down && !inner.probing => {
+                inner.probing = true;
+                Admission::Probe
+            }
+            Some(_) => Admission::Skipped,
+        }
+    }
+
+    pub fn record_success(&self) -> Transition {
+        let mut inner = self.inner.lock();
+        inner.consecutive_failures = 0;
+        inner.probing = false;
+        if inner.opened_at.take().is_some() {
+            Transition::Closed
+        } else {
+            Transition::None
+        }
+    }
+
+    pub fn record_failure(&self) -> Transition {
+        let mut inner = self.inner.lock();
+        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+        let was_probing = std::mem::take(&mut inner.probing);
+        if was_probing {
+            // The probe failed: another full cool-down.
+            inner.opened_at = Some(Instant::now());
+            return Transition::None;
+        }
+        if inner.opened_at.is_none() && inner.consecutive_failures >= self.settings.threshold {
+            inner.opened_at = Some(Instant::now());
+            return Transition::Opened;
+        }
+        Transition::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(cool_down_ms: u64) -> Breaker {
+        Breaker::new(BreakerSettings {
+            threshold: 2,
+            cool_down: Duration::from_millis(cool_down_ms),
+        })
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_skips_during_the_cool_down() {
+        let b = breaker(10_000);
+        assert_eq!(b.record_failure(), Transition::None);
+        assert_eq!(b.admit(), Admission::Allowed);
+        assert_eq!(b.record_failure(), Transition::Opened);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit(), Admission::Skipped);
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let b = breaker(10_000);
+        b.record_failure();
+        b.record_success();
+        assert_eq!(b.record_failure(), Transition::None);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn probes_once_after_the_cool_down_and_closes_on_success() {
+        let b = breaker(0);
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.admit(), Admission::Probe);
+        assert_eq!(b.admit(), Admission::Skipped, "one probe at a time");
+        assert_eq!(b.record_success(), Transition::Closed);
+        assert_eq!(b.admit(), Admission::Allowed);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again() {
+        let b = breaker(0);
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_failure();
+        assert_ne!(b.state(), BreakerState::Closed);
+    }
+}

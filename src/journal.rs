@@ -1,0 +1,178 @@
+//! The keys the non-default store missed. When a write to it fails, times out, is skipped by the
+//! circuit breaker, or is part of a pipeline whose results differed, its keys are recorded
+//! here; reads of a recorded key trust only the store that got the write, and a background
+//! re-sync copies each key over once the lagging store answers again. Bounded: past its
+//! capacity it stops recording and says a full verify is needed, instead of growing without
+//! limit.
+
+use crate::routing::Role;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The store that missed the write.
+    pub lagging: Role,
+    /// Bumped each time the key is recorded again, so a re-sync that raced with a newer miss
+    /// does not drop it.
+    pub generation: u64,
+}
+
+pub struct Journal {
+    capacity: usize,
+    keys: Mutex<HashMap<Vec<u8>, Entry>>,
+    len: AtomicUsize,
+    peak: AtomicUsize,
+    next_generation: std::sync::atomic::AtomicU64,
+    /// Some miss could not be recorded (full, or a write without nameable keys such as
+    /// FLUSHDB): only a full verify can tell what differs.
+    full_verify_needed: AtomicBool,
+    overflows: std::sync::atomic::AtomicU64,
+}
+
+impl Journal {
+    pub fn new(capacity: usize) -> Self {
+        Journal {
+            capacity,
+            keys: Mutex::new(HashMap::new()),
+            len: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+            full_verify_needed: AtomicBool::new(false),
+            overflows: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records keys that `lagging` missed; `None` (keys unknown) marks a full verify as needed.
+    /// Returns how many keys could not be recorded because the journal is full.
+    pub fn record<'k>(
+        &self,
+        keys: Option<impl IntoIterator<Item = &'k [u8]>>,
+        lagging: Role,
+    ) -> u64 {
+        let Some(keys) = keys else {
+            self.full_verify_needed.store(true, Ordering::Release);
+            return 0;
+        };
+        let mut map = self.keys.lock();
+        let mut dropped = 0;
+        for key in keys {
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = map.get_mut(key) {
+                *entry = Entry {
+                    lagging,
+                    generation,
+                };
+            } else if map.len() < self.capacity {
+                map.insert(
+                    key.to_vec(),
+                    Entry {
+                        lagging,
+                        generation,
+                    },
+                );
+            } else {
+                dropped += 1;
+            }
+        }
+        self.len.store(map.len(), Ordering::Release);
+        self.peak.fetch_max(map.len(), Ordering::Relaxed);
+        if dropped > 0 {
+            self.full_verify_needed.store(true, Ordering::Release);
+            self.overflows.fetch_add(dropped, Ordering::Relaxed);
+        }
+        dropped
+    }
+
+    /// The store a key's latest write missed, if the key is recorded. Free when empty.
+    pub fn lagging(&self, key: &[u8]) -> Option<Role> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.keys.lock().get(key).map(|e| e.lagging)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    pub fn full_verify_needed(&self) -> bool {
+        self.full_verify_needed.load(Ordering::Acquire)
+    }
+
+    /// A full verify (repair) ran: what could not be recorded is accounted for again.
+    pub fn clear_full_verify_needed(&self) {
+        self.full_verify_needed.store(false, Ordering::Release);
+    }
+
+    /// Up to `n` recorded keys, still recorded until `settle`.
+    pub fn batch(&self, n: usize) -> Vec<(Vec<u8>, Entry)> {
+        self.keys
+            .lock()
+            .iter()
+            .take(n)
+            .map(|(k, e)| (k.clone(), *e))
+            .collect()
+    }
+
+    /// Drops a key once both stores agree on it, unless it was recorded again since `entry`.
+    pub fn settle(&self, key: &[u8], entry: Entry) -> bool {
+        let mut map = self.keys.lock();
+        let settled = map.get(key) == Some(&entry);
+        if settled {
+            map.remove(key);
+        }
+        self.len.store(map.len(), Ordering::Release);
+        settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_deduplicates_and_settles_only_the_version_it_copied() {
+        let journal = Journal::new(10);
+        journal.record(Some([&b"a"[..], b"b"]), Role::Primary);
+        journal.record(Some([&b"a"[..]]), Role::Primary);
+        assert_eq!(journal.len(), 2);
+        assert_eq!(journal.lagging(b"a"), Some(Role::Primary));
+
+        let batch = journal.batch(10);
+        let (key, entry) = batch.iter().find(|(k, _)| k == b"a").cloned().unwrap();
+        journal.record(Some([&b"a"[..]]), Role::Primary); // missed again while re-syncing
+        assert!(!journal.settle(&key, entry));
+        let fresh = journal
+            .batch(10)
+            .into_iter()
+            .find(|(k, _)| k == b"a")
+            .unwrap()
+            .1;
+        assert!(journal.settle(b"a", fresh));
+        assert_eq!(journal.lagging(b"a"), None);
+    }
+
+    #[test]
+    fn stays_bounded_and_asks_for_a_full_verify() {
+        let journal = Journal::new(2);
+        let dropped = journal.record(Some([&b"a"[..], b"b", b"c"]), Role::Secondary);
+        assert_eq!((dropped, journal.len()), (1, 2));
+        assert!(journal.full_verify_needed());
+        journal.record(None::<[&[u8]; 0]>, Role::Secondary);
+        assert_eq!(journal.overflows(), 1);
+    }
+}

@@ -1,0 +1,153 @@
+//! The background task that brings a lagging store back in line. It takes journaled keys in
+//! batches, copies each from the store that got the write (DUMP + PTTL, RESTORE REPLACE, or DEL
+//! when the key is gone), then compares both stores and drops a key from the journal only when
+//! they agree and nobody journaled it again meanwhile. A dual write racing with the copy makes
+//! the comparison fail, and the key is simply copied again on the next round. Runs on its own
+//! thread, without the GVL, off the callers' threads; exits when its MultiStore is dropped.
+
+use crate::breaker::{Admission, Breaker};
+use crate::cancel::CancelToken;
+use crate::command::Command;
+use crate::copy::{self, Snapshot};
+use crate::journal::{Entry, Journal};
+use crate::metrics::InstanceMetrics;
+use crate::routing::Role;
+use crate::store::Store;
+use crate::verify::same_on_both;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 200;
+const IDLE_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the task shares with its MultiStore.
+#[derive(Clone)]
+pub struct ResyncContext {
+    pub instance_name: String,
+    pub primary: Arc<Store>,
+    pub secondary: Arc<Store>,
+    pub journal: Arc<Journal>,
+    pub breakers: Arc<[Breaker; 2]>,
+    pub metrics: InstanceMetrics,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl ResyncContext {
+    fn store(&self, role: Role) -> &Store {
+        match role {
+            Role::Primary => &self.primary,
+            Role::Secondary => &self.secondary,
+        }
+    }
+
+    fn breaker(&self, role: Role) -> &Breaker {
+        &self.breakers[match role {
+            Role::Primary => 0,
+            Role::Secondary => 1,
+        }]
+    }
+}
+
+pub fn spawn(ctx: ResyncContext) -> Option<thread::JoinHandle<()>> {
+    let name = format!("multistore-resync-{}", ctx.instance_name);
+    thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(move || run(ctx))
+        .map_err(|e| tracing::error!(error = %e, "could not start the re-sync thread"))
+        .ok()
+}
+
+fn run(ctx: ResyncContext) {
+    let cancel = CancelToken::new();
+    while !ctx.shutdown.load(Ordering::Acquire) {
+        if ctx.journal.is_empty() {
+            thread::sleep(IDLE_PAUSE);
+            continue;
+        }
+        let batch = ctx.journal.batch(BATCH);
+        let mut progressed = false;
+        for lagging in [Role::Primary, Role::Secondary] {
+            let keys: Vec<(Vec<u8>, Entry)> = batch
+                .iter()
+                .filter(|(_, e)| e.lagging == lagging)
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            // The lagging store is only asked when its breaker lets a call through.
+            if ctx.breaker(lagging).admit() == Admission::Skipped {
+                continue;
+            }
+            let started = Instant::now();
+            match resync_batch(&ctx, lagging, &keys, &cancel) {
+                Ok(settled) => {
+                    ctx.breaker(lagging).record_success();
+                    progressed |= settled > 0;
+                    ctx.metrics.resynced(settled);
+                    tracing::debug!(
+                        instance_name = %ctx.instance_name,
+                        store = lagging.name(),
+                        keys = settled,
+                        millis = started.elapsed().as_millis() as u64,
+                        "re-synced journaled keys"
+                    );
+                }
+                Err(error) => {
+                    if error.is_connection_error() {
+                        ctx.breaker(lagging).record_failure();
+                    }
+                    tracing::debug!(instance_name = %ctx.instance_name, store = lagging.name(), error = %error, "re-sync failed, will retry");
+                }
+            }
+        }
+        ctx.metrics.journal_size(ctx.journal.len());
+        if !progressed {
+            thread::sleep(RETRY_PAUSE);
+        }
+    }
+}
+
+/// Copies the keys to the lagging store; returns how many are now equal and left the journal.
+fn resync_batch(
+    ctx: &ResyncContext,
+    lagging: Role,
+    keys: &[(Vec<u8>, Entry)],
+    cancel: &CancelToken,
+) -> crate::error::Result<u64> {
+    let source = ctx.store(other(lagging));
+    let target = ctx.store(lagging);
+    let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
+    let snapshots = copy::read(source, &names, cancel)?;
+    let writes: Vec<Command> = names
+        .iter()
+        .zip(snapshots)
+        .map(|(key, snapshot)| match snapshot {
+            Snapshot::Value { payload, expiry } if !expiry.is_past() => {
+                copy::restore(key, &payload, expiry, true)
+            }
+            // Gone from the store that got the write: gone from the lagging one too.
+            _ => Command::from_args([&b"DEL"[..], key]),
+        })
+        .collect();
+    target.pipeline(&writes, cancel)?;
+
+    let equal = same_on_both(&ctx.primary, &ctx.secondary, &names, cancel)?;
+    let mut settled = 0;
+    for ((key, entry), equal) in keys.iter().zip(equal) {
+        if equal && ctx.journal.settle(key, *entry) {
+            settled += 1;
+        }
+    }
+    Ok(settled)
+}
+
+fn other(role: Role) -> Role {
+    match role {
+        Role::Primary => Role::Secondary,
+        Role::Secondary => Role::Primary,
+    }
+}
