@@ -15,6 +15,7 @@ module GitlabMultistore
       Commands:
         backfill  copy the keys the primary lacks from the secondary (safe while traffic flows)
         verify    compare the stores key by key; exit 0 only when they agree
+        status    verify, then print whether switching the default is safe, and why not
         demo      start two throw-away redis-servers and walk through a whole migration
 
       Options for backfill and verify:
@@ -30,6 +31,7 @@ module GitlabMultistore
       command = argv.shift
       case command
       when "backfill", "verify" then migrate(command, argv)
+      when "status" then status(argv)
       when "demo" then demo(argv)
       when nil, "-h", "--help", "help"
         @out.puts(USAGE + parser({}).summarize.join)
@@ -87,6 +89,28 @@ module GitlabMultistore
       print_report(command, report, json: options[:json])
       success = command == "backfill" ? report.ok? : report.in_agreement?
       success ? 0 : 1
+    ensure
+      store&.close
+    end
+
+    def status(argv)
+      options = { count: 1000 }
+      parser(options).parse!(argv)
+      raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
+
+      store = Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli")
+      progress = Progress.new(@err, tty: @tty, label: "verify")
+      store.verify(match: options[:match], count: options[:count], repair: options[:repair]) { |p| progress.update(p) }
+      progress.finish
+      status = store.migration_status
+      if options[:json]
+        @out.puts JSON.generate(status.merge(command: "status"))
+      else
+        @out.puts "safe to switch the default: #{status[:safe_to_switch] ? 'yes' : 'no'}"
+        status[:reasons].each { |reason| @out.puts "  - #{reason}" }
+        @out.puts format("  last verify: readiness %.2f%%", status[:last_verify][:readiness]) if status[:last_verify]
+      end
+      status[:safe_to_switch] ? 0 : 1
     ensure
       store&.close
     end

@@ -8,6 +8,7 @@ use crate::events;
 use crate::native_session::NativeSession;
 use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
+use gitlab_multistore::breaker::BreakerSettings;
 use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Role, Store};
 use magnus::value::Opaque;
 use magnus::{
@@ -38,25 +39,86 @@ impl NativeStore {
         secondary: RHash,
         read_strategy: Symbol,
         reporter: Value,
+        tuning: RHash,
     ) -> Result<Self, Error> {
         let strategy = match read_strategy.name()?.as_ref() {
             "primary_with_fallback" => ReadStrategy::PrimaryWithFallback,
             "default_only" => ReadStrategy::DefaultOnly,
-            other => {
-                return Err(Error::new(
-                    ruby.exception_arg_error(),
-                    format!(
+            other => return Err(Error::new(
+                ruby.exception_arg_error(),
+                format!(
                     "unknown read_strategy :{other} (use :primary_with_fallback or :default_only)"
                 ),
-                ))
-            }
+            )),
         };
         let primary = store_config(ruby, primary)?;
         let secondary = store_config(ruby, secondary)?;
+        let mut breaker = BreakerSettings::default();
+        if let Some(threshold) =
+            tuning.lookup::<_, Option<u32>>(ruby.to_symbol("breaker_threshold"))?
+        {
+            breaker.threshold = threshold.max(1);
+        }
+        if let Some(seconds) =
+            tuning.lookup::<_, Option<f64>>(ruby.to_symbol("breaker_cool_down"))?
+        {
+            breaker.cool_down = Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default();
+        }
+        let mut inner = MultiStore::new(instance_name, primary, secondary)
+            .with_read_strategy(strategy)
+            .with_breaker_settings(breaker);
+        if let Some(capacity) =
+            tuning.lookup::<_, Option<usize>>(ruby.to_symbol("journal_capacity"))?
+        {
+            inner = inner.with_journal_capacity(capacity);
+        }
         Ok(NativeStore {
-            inner: MultiStore::new(instance_name, primary, secondary).with_read_strategy(strategy),
+            inner,
             reporter: Opaque::from(reporter),
         })
+    }
+
+    /// The core's cutover-readiness facts; the Ruby side adds the last verify and the verdict.
+    fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let status = rb_self.inner.status();
+        let hash = ruby.hash_new();
+        let breakers = ruby.hash_new();
+        breakers.aset(
+            ruby.to_symbol("primary"),
+            ruby.to_symbol(status.breakers[0].name()),
+        )?;
+        breakers.aset(
+            ruby.to_symbol("secondary"),
+            ruby.to_symbol(status.breakers[1].name()),
+        )?;
+        hash.aset(ruby.to_symbol("breaker"), breakers)?;
+        hash.aset(
+            ruby.to_symbol("recent_write_failures"),
+            status.recent_write_failures,
+        )?;
+        hash.aset(ruby.to_symbol("journal_keys"), status.journal_keys)?;
+        hash.aset(ruby.to_symbol("journal_peak"), status.journal_peak)?;
+        hash.aset(
+            ruby.to_symbol("journal_overflows"),
+            status.journal_overflows,
+        )?;
+        hash.aset(
+            ruby.to_symbol("full_verify_needed"),
+            status.full_verify_needed,
+        )?;
+        let resets = ruby.hash_new();
+        resets.aset(ruby.to_symbol("primary"), status.resets[0])?;
+        resets.aset(ruby.to_symbol("secondary"), status.resets[1])?;
+        hash.aset(ruby.to_symbol("store_resets"), resets)?;
+        hash.aset(
+            ruby.to_symbol("backfill_needed"),
+            rb_self.inner.reset_seen(),
+        )?;
+        Ok(hash)
+    }
+
+    fn acknowledge_full_copy(&self) {
+        self.inner.acknowledge_full_copy();
     }
 
     fn reporter(&self, ruby: &Ruby) -> Value {
@@ -191,7 +253,12 @@ fn set_request_metrics(enabled: bool) {
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("NativeStore", ruby.class_object())?;
-    class.define_singleton_method("new", function!(NativeStore::new, 5))?;
+    class.define_singleton_method("new", function!(NativeStore::new, 6))?;
+    class.define_method("_status", method!(NativeStore::status, 0))?;
+    class.define_method(
+        "_acknowledge_full_copy",
+        method!(NativeStore::acknowledge_full_copy, 0),
+    )?;
     class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
     class.define_singleton_method("log_level=", function!(set_log_level, 1))?;
     class.define_singleton_method("flush_logs", function!(flush_logs, 0))?;

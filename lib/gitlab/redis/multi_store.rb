@@ -85,8 +85,13 @@ module Gitlab
       #   behaviour); :default_only reads the default store only (GitLab's later behaviour)
       # @param strict [Boolean] raise for commands not in the command table
       # @param pool_size [Integer] idle connections kept per store (default 16)
+      # @param breaker_threshold [Integer] failures in a row after which the non-default store is
+      #   skipped for a cool-down (default 3)
+      # @param breaker_cool_down [Numeric] seconds the non-default store is skipped (default 5)
+      # @param journal_capacity [Integer] keys the re-sync journal holds at most (default 100,000)
       def initialize(primary_store, secondary_store, instance_name, feature_flags: nil, on_error: nil,
-                     read_strategy: :primary_with_fallback, strict: nil, pool_size: nil)
+                     read_strategy: :primary_with_fallback, strict: nil, pool_size: nil,
+                     breaker_threshold: nil, breaker_cool_down: nil, journal_capacity: nil)
         validate_arguments!(primary_store, secondary_store, instance_name)
         unless READ_STRATEGIES.include?(read_strategy)
           raise ArgumentError, "invalid read_strategy #{read_strategy.inspect} (one of #{READ_STRATEGIES.inspect})"
@@ -97,8 +102,10 @@ module Gitlab
         @instance_name = instance_name.to_s
         @read_strategy = read_strategy
         @pool_size = pool_size
+        tuning = { breaker_threshold: breaker_threshold, breaker_cool_down: breaker_cool_down,
+                   journal_capacity: journal_capacity }.compact
         @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
-                                 strict: strict, pool_size: pool_size }
+                                 strict: strict, pool_size: pool_size, **tuning }
         @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict)
         @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size)
         @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size)
@@ -107,7 +114,8 @@ module Gitlab
           @primary_options,
           @secondary_options,
           read_strategy,
-          Reporter.new(@instance_name, on_error)
+          Reporter.new(@instance_name, on_error),
+          tuning
         )
         @original_client = @client = Client.new(@native, @flags)
         # Only redis-rb's deprecated `queue`/`commit` still use these.

@@ -54,7 +54,10 @@ module Gitlab
         # @return [BackfillProgress] the final report
         def backfill(match: nil, count: 1000, rate: nil)
           native = GitlabMultistore::NativeBackfill.new(@primary_options, @secondary_options, match, Integer(count))
-          run_steps(native, BackfillProgress, rate) { |progress| yield progress if block_given? }
+          report = run_steps(native, BackfillProgress, rate) { |progress| yield progress if block_given? }
+          # A full, clean copy accounts for earlier store restarts and journal overflows.
+          @native._acknowledge_full_copy if report.ok? && match.nil?
+          report
         end
 
         # Compares the stores key by key (type, a digest of the value, TTL within a second):
@@ -70,7 +73,35 @@ module Gitlab
         def verify(match: nil, sample: nil, repair: false, count: 1000)
           native = GitlabMultistore::NativeVerify.new(@primary_options, @secondary_options, match, Integer(count),
                                                       sample && Integer(sample), repair ? true : false)
-          run_steps(native, VerifyProgress, nil) { |progress| yield progress if block_given? }
+          report = run_steps(native, VerifyProgress, nil) { |progress| yield progress if block_given? }
+          full = match.nil? && sample.nil?
+          @native._acknowledge_full_copy if full && repair && report.in_agreement?
+          @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full, at: Time.now }
+          report
+        end
+
+        # Is it safe to switch the default store to the primary? A yes needs: the primary's
+        # circuit breaker closed, no write failure on it in the last 5 minutes, the re-sync
+        # journal empty (and nothing it could not record), no store restart since the last full
+        # backfill, and a full verify in agreement run by this instance.
+        #
+        # @return [Hash] :safe_to_switch, :reasons (why not), and the facts behind them
+        def migration_status
+          status = @native._status
+          reasons = []
+          reasons << "the primary's circuit breaker is #{status[:breaker][:primary]}" unless status[:breaker][:primary] == :closed
+          if status[:recent_write_failures].positive?
+            reasons << "#{status[:recent_write_failures]} write failures on the non-default store in the last 5 minutes"
+          end
+          reasons << "#{status[:journal_keys]} keys wait for re-sync" if status[:journal_keys].positive?
+          reasons << "some missed writes could not be journaled: run verify with repair" if status[:full_verify_needed]
+          reasons << "a store restarted since the last full backfill: backfill again" if status[:backfill_needed]
+          if @last_verify.nil? || !@last_verify[:full]
+            reasons << "no full verify has run"
+          elsif !@last_verify[:in_agreement]
+            reasons << format("the last verify found the stores different (readiness %.2f%%)", @last_verify[:readiness])
+          end
+          status.merge(last_verify: @last_verify, safe_to_switch: reasons.empty?, reasons: reasons)
         end
 
         private
