@@ -89,9 +89,12 @@ module Gitlab
       #   skipped for a cool-down (default 3)
       # @param breaker_cool_down [Numeric] seconds the non-default store is skipped (default 5)
       # @param journal_capacity [Integer] keys the re-sync journal holds at most (default 100,000)
+      # @param flag_cache_seconds [Numeric] reuse flag values for this long (default 0: ask the
+      #   flag source on every call)
       def initialize(primary_store, secondary_store, instance_name, feature_flags: nil, on_error: nil,
                      read_strategy: :primary_with_fallback, strict: nil, pool_size: nil,
-                     breaker_threshold: nil, breaker_cool_down: nil, journal_capacity: nil)
+                     breaker_threshold: nil, breaker_cool_down: nil, journal_capacity: nil,
+                     flag_cache_seconds: 0)
         validate_arguments!(primary_store, secondary_store, instance_name)
         unless READ_STRATEGIES.include?(read_strategy)
           raise ArgumentError, "invalid read_strategy #{read_strategy.inspect} (one of #{READ_STRATEGIES.inspect})"
@@ -105,8 +108,10 @@ module Gitlab
         tuning = { breaker_threshold: breaker_threshold, breaker_cool_down: breaker_cool_down,
                    journal_capacity: journal_capacity }.compact
         @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
-                                 strict: strict, pool_size: pool_size, **tuning }
-        @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict)
+                                 strict: strict, pool_size: pool_size, flag_cache_seconds: flag_cache_seconds,
+                                 **tuning }
+        @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict,
+                                                  cache_seconds: flag_cache_seconds)
         @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size)
         @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size)
         @native = GitlabMultistore::NativeStore.new(

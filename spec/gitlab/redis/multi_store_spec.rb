@@ -67,6 +67,20 @@ RSpec.describe Gitlab::Redis::MultiStore do
       expect(store.default_store).to eq(secondary_server.url)
     end
 
+    it "reuses flag values for flag_cache_seconds when asked to, then reads them again" do
+      calls = 0
+      counting = ->(_flag) { calls += 1; false }
+      cached = described_class.new(primary_server.url, secondary_server.url, instance_name,
+                                   feature_flags: counting, flag_cache_seconds: 0.2)
+
+      5.times { cached.ping }
+      expect(calls).to eq(2) # both flags, once
+
+      sleep 0.25
+      cached.ping
+      expect(calls).to eq(4)
+    end
+
     it "accepts a flag source answering enabled? and a global one" do
       source = Struct.new(:on) { def enabled?(flag) = on.include?(flag) }.new([dual_write])
       expect(described_class.new(primary_server.url, secondary_server.url, instance_name, feature_flags: source)

@@ -22,7 +22,9 @@ module Gitlab
 
         attr_reader :dual_write_flag, :primary_default_flag
 
-        def initialize(instance_name, callable:, strict:)
+        # @param cache_seconds [Numeric] reuse the flags read for this long (0, the default: read
+        #   them on every call, so a flip takes effect on the very next command)
+        def initialize(instance_name, callable:, strict:, cache_seconds: 0)
           underscored = self.class.underscore(instance_name)
           @dual_write_flag = :"use_primary_and_secondary_stores_for_#{underscored}"
           @primary_default_flag = :"use_primary_store_as_default_for_#{underscored}"
@@ -31,6 +33,9 @@ module Gitlab
           @callable = callable
           @strict = strict
           @guard_key = :"__gitlab_multistore_flags_#{object_id}"
+          @cache_seconds = Float(cache_seconds)
+          @cached_bits = nil
+          @cached_until = 0.0
         end
 
         def dual_write?
@@ -47,11 +52,15 @@ module Gitlab
 
         # The flags as the bit set the native core takes.
         def bits
-          bits = 0
-          bits |= DUAL_WRITE if dual_write?
-          bits |= PRIMARY_DEFAULT if primary_default?
-          bits |= STRICT if strict?
-          bits
+          return read_bits unless @cache_seconds.positive?
+
+          now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          return @cached_bits if @cached_bits && now < @cached_until
+
+          # Threads racing here each read the flags and store a correct value.
+          @cached_bits = read_bits
+          @cached_until = now + @cache_seconds
+          @cached_bits
         end
 
         # As ActiveSupport's `underscore` (GitLab builds the flag names with it): "SharedState"
@@ -69,6 +78,14 @@ module Gitlab
         end
 
         private
+
+        def read_bits
+          bits = 0
+          bits |= DUAL_WRITE if dual_write?
+          bits |= PRIMARY_DEFAULT if primary_default?
+          bits |= STRICT if strict?
+          bits
+        end
 
         def env_name(flag)
           self.class.env_name(flag)
