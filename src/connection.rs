@@ -153,23 +153,13 @@ impl Connection {
 
     /// Sends one command and reads its reply.
     pub fn request(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
-        let _watch = cancel
-            .watch(self.stream.as_raw_fd())
-            .ok_or(Error::Interrupted)?;
-        self.write_buf.clear();
-        cmd.pack_into(&mut self.write_buf);
-        self.flush_write_buf(cancel)?;
-        self.read_reply(cancel)
+        self.send(cmd, cancel)?;
+        self.receive(cancel)
     }
 
     /// Sends a command without waiting for its reply.
     pub fn send(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
-        let _watch = cancel
-            .watch(self.stream.as_raw_fd())
-            .ok_or(Error::Interrupted)?;
-        self.write_buf.clear();
-        cmd.pack_into(&mut self.write_buf);
-        self.flush_write_buf(cancel)
+        self.send_batch(std::slice::from_ref(cmd), cancel)
     }
 
     /// Sends a batch without waiting for the replies; `receive` reads them.
@@ -194,19 +184,8 @@ impl Connection {
 
     /// Sends every command before reading any reply: one round trip for the batch.
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
-        let _watch = cancel
-            .watch(self.stream.as_raw_fd())
-            .ok_or(Error::Interrupted)?;
-        self.write_buf.clear();
-        for cmd in cmds {
-            cmd.pack_into(&mut self.write_buf);
-        }
-        self.flush_write_buf(cancel)?;
-        let mut replies = Vec::with_capacity(cmds.len());
-        for _ in cmds {
-            replies.push(self.read_reply(cancel)?);
-        }
-        Ok(replies)
+        self.send_batch(cmds, cancel)?;
+        cmds.iter().map(|_| self.receive(cancel)).collect()
     }
 
     /// Runs `f` with a different read timeout (a blocking command's), then restores the

@@ -212,27 +212,22 @@ impl MultiStore {
     pub fn call(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
         let spec = command_table::lookup(cmd);
         let name = || cmd.name();
-        let mut ctx = CallContext {
-            cmd_name: &name,
-            cancel,
-            events: Vec::new(),
+        let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
+            Ok(ctx) => ctx,
+            Err(refused) => return refused,
         };
-        if let Err(err) = self.check_known(cmd, spec, flags, &mut ctx) {
-            return self.outcome(ctx, Err(err));
-        }
         let default = default_role(flags);
         let kind = request_kind(spec);
-        let result = match routing::route(spec, flags, self.read_strategy, self.same_store) {
-            Route::Default => self.timed(default, kind, |s| {
-                s.call(cmd, ReadTimeout::Configured, cancel)
-            }),
-            Route::Both => self.write_both(cmd, default, kind, &mut ctx),
-            Route::PrimaryWithFallback => match spec {
-                Some(spec) => self.read_with_fallback(cmd, spec, default, &mut ctx),
-                None => self.timed(default, kind, |s| {
-                    s.call(cmd, ReadTimeout::Configured, cancel)
-                }),
-            },
+        let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
+        let result = match (
+            routing::route(spec, flags, self.read_strategy, self.same_store),
+            spec,
+        ) {
+            (Route::Both, _) => self.write_both(cmd, default, kind, &mut ctx),
+            (Route::PrimaryWithFallback, Some(spec)) => {
+                self.read_with_fallback(cmd, spec, default, &mut ctx)
+            }
+            _ => self.timed(default, kind, on_default),
         };
         self.outcome(ctx, result)
     }
@@ -249,14 +244,10 @@ impl MultiStore {
     ) -> Outcome<Reply> {
         let spec = command_table::lookup(cmd);
         let name = || cmd.name();
-        let mut ctx = CallContext {
-            cmd_name: &name,
-            cancel,
-            events: Vec::new(),
+        let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
+            Ok(ctx) => ctx,
+            Err(refused) => return refused,
         };
-        if let Err(err) = self.check_known(cmd, spec, flags, &mut ctx) {
-            return self.outcome(ctx, Err(err));
-        }
         let default = default_role(flags);
         let result = self.timed(default, request_kind(spec), |s| {
             s.call(cmd, blocking_read_timeout(s.config(), timeout), cancel)
@@ -357,24 +348,32 @@ impl MultiStore {
         result
     }
 
-    fn check_known(
+    /// The context of a call, or the outcome of refusing it: a command not in the command
+    /// table is counted and reported, and refused before anything is sent in strict mode.
+    fn begin<'a>(
         &self,
         cmd: &Command,
         spec: Option<&CommandSpec>,
         flags: Flags,
-        ctx: &mut CallContext,
-    ) -> Result<()> {
+        name: &'a dyn Fn() -> String,
+        cancel: &'a CancelToken,
+    ) -> std::result::Result<CallContext<'a>, Outcome<Reply>> {
+        let mut ctx = CallContext {
+            cmd_name: name,
+            cancel,
+            events: Vec::new(),
+        };
         if spec.is_some() {
-            return Ok(());
+            return Ok(ctx);
         }
-        let name = cmd.name();
-        self.metrics.method_missing(&name);
-        tracing::debug!(instance_name = %self.instance_name, command_name = %name, "command not in the command table");
+        let command_name = cmd.name();
+        self.metrics.method_missing(&command_name);
+        tracing::debug!(instance_name = %self.instance_name, command_name = %command_name, "command not in the command table");
         ctx.events.push(Event::MethodMissing);
         if flags.strict {
-            return Err(Error::MethodMissing(name));
+            return Err(self.outcome(ctx, Err(Error::MethodMissing(command_name))));
         }
-        Ok(())
+        Ok(ctx)
     }
 
     fn outcome<T>(&self, ctx: CallContext, result: Result<T>) -> Outcome<T> {

@@ -139,22 +139,24 @@ module Gitlab
           !thread_state&.session.nil?
         end
 
+        # Returns this thread's pinned connection to the pool.
         def unpin
-          state = thread_state
-          return unless state&.session
-
-          session = state.session
-          state.session = nil
-          session._release
+          release_pin(&:_release)
         end
 
+        # Closes this thread's pinned connection instead: it may be in a state (MONITOR, a
+        # subscription, an exception half-way) no other caller should inherit.
         def discard_pin
+          release_pin(&:_discard)
+        end
+
+        def release_pin
           state = thread_state
           return unless state&.session
 
           session = state.session
           state.session = nil
-          session._discard
+          yield session
         end
 
         def thread_state
