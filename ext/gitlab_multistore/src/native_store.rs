@@ -44,12 +44,14 @@ impl NativeStore {
         let strategy = match read_strategy.name()?.as_ref() {
             "primary_with_fallback" => ReadStrategy::PrimaryWithFallback,
             "default_only" => ReadStrategy::DefaultOnly,
-            other => return Err(Error::new(
-                ruby.exception_arg_error(),
-                format!(
+            other => {
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!(
                     "unknown read_strategy :{other} (use :primary_with_fallback or :default_only)"
                 ),
-            )),
+                ))
+            }
         };
         let primary = store_config(ruby, primary)?;
         let secondary = store_config(ruby, secondary)?;
