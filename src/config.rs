@@ -39,6 +39,8 @@ pub struct StoreConfig {
     pub reconnect_attempts: u32,
     /// Idle connections kept per store; more are opened when more threads call at once.
     pub pool_size: usize,
+    /// Behind Redis Sentinel: `address` is then only where the last resolution pointed.
+    pub sentinel: Option<crate::sentinel::SentinelConfig>,
 }
 
 impl StoreConfig {
@@ -67,6 +69,7 @@ impl StoreConfig {
             write_timeout: five_seconds,
             reconnect_attempts: 1,
             pool_size: 16,
+            sentinel: None,
         }
     }
 
@@ -85,7 +88,12 @@ impl StoreConfig {
 
     /// Two configs reach the same data when they name the same server and database.
     pub fn same_data_as(&self, other: &StoreConfig) -> bool {
-        self.address == other.address && self.db == other.db
+        let same_server = match (&self.sentinel, &other.sentinel) {
+            (Some(a), Some(b)) => a.master_name == b.master_name && a.sentinels == b.sentinels,
+            (None, None) => self.address == other.address,
+            _ => false,
+        };
+        same_server && self.db == other.db
     }
 }
 

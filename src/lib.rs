@@ -20,6 +20,7 @@ pub mod reply;
 pub mod resync;
 pub mod routing;
 pub mod scripts;
+pub mod sentinel;
 pub mod session;
 pub mod store;
 pub mod verify;

@@ -48,6 +48,8 @@ pub struct Store {
     run_id: Mutex<Option<String>>,
     resets: AtomicU64,
     on_reset: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Behind Sentinel: the address the sentinels last gave.
+    resolved: Mutex<Option<crate::config::Address>>,
 }
 
 impl Store {
@@ -65,6 +67,7 @@ impl Store {
             run_id: Mutex::new(None),
             resets: AtomicU64::new(0),
             on_reset: None,
+            resolved: Mutex::new(None),
         }
     }
 
@@ -90,6 +93,9 @@ impl Store {
     pub fn id(&self) -> String {
         let mut config = self.config.clone();
         config.db = self.db();
+        if let Some(address) = self.resolved.lock().clone() {
+            config.address = address;
+        }
         config.id()
     }
 
@@ -219,7 +225,15 @@ impl Store {
     fn open(&self, cancel: &CancelToken) -> Result<Connection> {
         let mut config = self.config.clone();
         config.db = self.db();
-        let conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
+        if let Some(sentinel) = &self.config.sentinel {
+            // Asked on every new connection: after a failover the next reconnect follows it.
+            config.address = crate::sentinel::resolve(&config, sentinel, cancel)?;
+            *self.resolved.lock() = Some(config.address.clone());
+        }
+        let mut conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
+        if let Some(sentinel) = &self.config.sentinel {
+            crate::sentinel::check_role(&mut conn, sentinel, cancel)?;
+        }
         self.connected.store(true, Ordering::Release);
         self.note_run_id(conn.run_id.as_deref());
         Ok(conn)

@@ -1,8 +1,9 @@
 //! A store's options Hash (already normalised by redis-rb's own option parser on the Ruby side)
 //! as the core's `StoreConfig`.
 
+use gitlab_multistore::sentinel::{SentinelConfig, SentinelNode, SentinelRole};
 use gitlab_multistore::StoreConfig;
-use magnus::{prelude::*, Error, RHash, Ruby, TryConvert};
+use magnus::{prelude::*, Error, RArray, RHash, Ruby, TryConvert};
 use std::time::Duration;
 
 pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
@@ -39,6 +40,14 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
     if let Some(size) = fetch("pool_size")? {
         config.pool_size = usize::try_convert(size)?;
     }
+    if let Some(sentinels) = fetch("sentinels")? {
+        config.sentinel = Some(sentinel_config(
+            ruby,
+            RArray::try_convert(sentinels)?,
+            &config,
+            string("role")?,
+        )?);
+    }
     if config.pool_size == 0 {
         return Err(Error::new(
             ruby.exception_arg_error(),
@@ -46,6 +55,59 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
         ));
     }
     Ok(config)
+}
+
+/// redis-rb's sentinel options: `sentinels: [{ host:, port:, password: }]`, the master's name in
+/// `host`, `role: :master` (default) or `:slave`/`:replica`.
+fn sentinel_config(
+    ruby: &Ruby,
+    sentinels: RArray,
+    config: &StoreConfig,
+    role: Option<String>,
+) -> Result<SentinelConfig, Error> {
+    let master_name = match &config.address {
+        gitlab_multistore::Address::Tcp { host, .. } => host.clone(),
+        gitlab_multistore::Address::Unix { path } => path.clone(),
+    };
+    let mut nodes = Vec::with_capacity(sentinels.len());
+    for i in 0..sentinels.len() {
+        let node: RHash = sentinels.entry(i as isize)?;
+        let field = |key: &str| -> Result<Option<magnus::Value>, Error> {
+            let value = node
+                .get(ruby.to_symbol(key))
+                .or_else(|| node.get(ruby.str_new(key)));
+            Ok(value.filter(|v| !v.is_nil()))
+        };
+        let host = field("host")?
+            .map(String::try_convert)
+            .transpose()?
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = field("port")?
+            .map(u16::try_convert)
+            .transpose()?
+            .unwrap_or(26379);
+        nodes.push(SentinelNode {
+            host,
+            port,
+            username: field("username")?.map(String::try_convert).transpose()?,
+            password: field("password")?.map(String::try_convert).transpose()?,
+        });
+    }
+    let role = match role.as_deref() {
+        None | Some("master") => SentinelRole::Master,
+        Some("slave") | Some("replica") => SentinelRole::Replica,
+        Some(other) => {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                format!("Unknown instance role {other}"),
+            ));
+        }
+    };
+    Ok(SentinelConfig {
+        sentinels: nodes,
+        master_name,
+        role,
+    })
 }
 
 /// redis-rb treats a timeout of 0 as "wait forever".

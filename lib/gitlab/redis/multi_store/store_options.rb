@@ -11,6 +11,7 @@ module Gitlab
         PASSED_TO_CORE = %i[
           host port path db username password id ssl
           connect_timeout read_timeout write_timeout reconnect_attempts
+          sentinels role
         ].freeze
 
         module_function
@@ -21,13 +22,11 @@ module Gitlab
 
         def normalize(store, pool_size: nil)
           options = parsed_options(store)
-          if options[:sentinels]
-            raise ArgumentError, "Sentinel stores are not supported by gitlab_multistore yet"
-          end
-
           raise ArgumentError, "TLS stores (rediss://, ssl: true) are not supported by gitlab_multistore yet" if options[:ssl]
 
           normalized = options.slice(*PASSED_TO_CORE)
+          # redis-rb names the role with a Symbol; the master's name travels in :host.
+          normalized[:role] = normalized[:role].to_s if normalized[:role]
           normalized[:pool_size] = Integer(pool_size) if pool_size
           normalized
         end
