@@ -30,6 +30,8 @@ pub struct StoreConfig {
     /// redis-rb's `:id`: sent as CLIENT SETNAME and used as the store's id.
     pub client_name: Option<String>,
     pub ssl: bool,
+    /// Certificates for `ssl` (defaults: verify against the Mozilla roots).
+    pub tls: crate::tls::TlsConfig,
     /// `None` waits forever, as redis-rb does for a timeout of 0.
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -64,6 +66,10 @@ impl StoreConfig {
             password: None,
             client_name: None,
             ssl: false,
+            tls: crate::tls::TlsConfig {
+                verify: true,
+                ..Default::default()
+            },
             connect_timeout: five_seconds,
             read_timeout: five_seconds,
             write_timeout: five_seconds,

@@ -9,6 +9,7 @@ use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
 pub use crate::reply::Reply;
 use crate::reply::ReplyReader;
+use crate::tls::TlsStream;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,6 +19,7 @@ use std::time::Duration;
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -25,6 +27,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(timeout),
             Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tls(s) => s.sock.set_read_timeout(timeout),
         }
     }
 
@@ -32,6 +35,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(timeout),
             Stream::Unix(s) => s.set_write_timeout(timeout),
+            Stream::Tls(s) => s.sock.set_write_timeout(timeout),
         }
     }
 }
@@ -41,6 +45,7 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.sock.as_raw_fd(),
         }
     }
 }
@@ -50,6 +55,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -59,11 +65,15 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -82,11 +92,6 @@ pub struct Connection {
 impl Connection {
     /// Connects and runs the handshake redis-rb runs: AUTH, SELECT, CLIENT SETNAME.
     pub fn open(config: &StoreConfig, cancel: &CancelToken, epoch: u64) -> Result<Connection> {
-        if config.ssl {
-            return Err(Error::InvalidConfig(
-                "TLS (rediss://, ssl: true) is not supported by gitlab_multistore yet".into(),
-            ));
-        }
         let location = config.address.location();
         let stream = match &config.address {
             Address::Tcp { host, port } => {
@@ -95,7 +100,19 @@ impl Connection {
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::cannot_connect(&location, &e))?;
-                Stream::Tcp(stream)
+                if config.ssl {
+                    // redis-rb lets OpenSSL's error through; here it is a failure to connect that
+                    // names it, so `rescue Redis::BaseConnectionError` covers it.
+                    let tls = crate::tls::connect(stream, host, &config.tls).map_err(|e| {
+                        Error::CannotConnect {
+                            location: location.clone(),
+                            cause: format!("OpenSSL::SSL::SSLError: {e}"),
+                        }
+                    })?;
+                    Stream::Tls(Box::new(tls))
+                } else {
+                    Stream::Tcp(stream)
+                }
             }
             Address::Unix { path } => Stream::Unix(
                 UnixStream::connect(path).map_err(|e| Error::cannot_connect(&location, &e))?,
@@ -226,7 +243,8 @@ impl Connection {
                 Err(e) => return Err(Error::from_io(&e)),
             }
         }
-        Ok(())
+        // TLS buffers records: make sure they left.
+        self.stream.flush().map_err(|e| Error::from_io(&e))
     }
 
     fn read_reply(&mut self, cancel: &CancelToken) -> Result<Reply> {

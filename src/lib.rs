@@ -23,6 +23,7 @@ pub mod scripts;
 pub mod sentinel;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod verify;
 
 pub use cancel::CancelToken;

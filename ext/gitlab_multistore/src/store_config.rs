@@ -3,7 +3,7 @@
 
 use gitlab_multistore::sentinel::{SentinelConfig, SentinelNode, SentinelRole};
 use gitlab_multistore::StoreConfig;
-use magnus::{prelude::*, Error, RArray, RHash, Ruby, TryConvert};
+use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, TryConvert};
 use std::time::Duration;
 
 pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
@@ -39,6 +39,24 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
     }
     if let Some(size) = fetch("pool_size")? {
         config.pool_size = usize::try_convert(size)?;
+    }
+    if let Some(params) = fetch("ssl_params")? {
+        let params = RHash::try_convert(params)?;
+        let pem = |key: &str| -> Result<Option<Vec<u8>>, Error> {
+            match params.get(ruby.to_symbol(key)).filter(|v| !v.is_nil()) {
+                // SAFETY: copied at once.
+                Some(v) => Ok(Some(
+                    unsafe { RString::try_convert(v)?.as_slice() }.to_vec(),
+                )),
+                None => Ok(None),
+            }
+        };
+        config.tls.ca_pem = pem("ca_pem")?;
+        config.tls.cert_pem = pem("cert_pem")?;
+        config.tls.key_pem = pem("key_pem")?;
+        if let Some(verify) = params.get(ruby.to_symbol("verify")) {
+            config.tls.verify = verify.to_bool();
+        }
     }
     if let Some(sentinels) = fetch("sentinels")? {
         config.sentinel = Some(sentinel_config(

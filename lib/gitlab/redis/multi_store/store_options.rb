@@ -22,13 +22,33 @@ module Gitlab
 
         def normalize(store, pool_size: nil)
           options = parsed_options(store)
-          raise ArgumentError, "TLS stores (rediss://, ssl: true) are not supported by gitlab_multistore yet" if options[:ssl]
-
           normalized = options.slice(*PASSED_TO_CORE)
           # redis-rb names the role with a Symbol; the master's name travels in :host.
           normalized[:role] = normalized[:role].to_s if normalized[:role]
           normalized[:pool_size] = Integer(pool_size) if pool_size
+          normalized[:ssl_params] = tls_params(options[:ssl_params] || {}) if options[:ssl]
           normalized
+        end
+
+        # redis-rb's ssl_params (OpenSSL objects or file names) as PEM for the native TLS client:
+        # ca_file/ca_path, cert, key, verify_mode.
+        def tls_params(params)
+          ca = [params[:ca_file] && File.read(params[:ca_file]),
+                params[:ca_path] && Dir[File.join(params[:ca_path], "*.{pem,crt}")].map { |f| File.read(f) }.join("\n")]
+               .compact.join("\n")
+          {
+            ca_pem: ca.empty? ? nil : ca,
+            cert_pem: pem(params[:cert]),
+            key_pem: pem(params[:key], private_key: true),
+            verify: !(defined?(OpenSSL::SSL::VERIFY_NONE) && params[:verify_mode] == OpenSSL::SSL::VERIFY_NONE)
+          }
+        end
+
+        def pem(value, private_key: false)
+          return nil if value.nil?
+          return value.to_s unless value.respond_to?(:to_pem)
+
+          private_key && value.respond_to?(:private_to_pem) ? value.private_to_pem : value.to_pem
         end
 
         def parsed_options(store)
