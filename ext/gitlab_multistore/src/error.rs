@@ -21,15 +21,18 @@ static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
 /// MultiStore's errors before loading the extension).
 pub fn init(ruby: &Ruby) -> Result<(), Error> {
     let redis: RClass = ruby.class_object().const_get("Redis")?;
-    let fetch = |name: &str| -> Result<Opaque<ExceptionClass>, Error> {
-        Ok(Opaque::from(redis.const_get::<_, ExceptionClass>(name)?))
+    // Registered with the GC: it then keeps them alive and never moves them, which
+    // `GC.compact` would otherwise do under these stored references.
+    let keep = |class: ExceptionClass| -> Opaque<ExceptionClass> {
+        ruby.gc_register_mark_object(class);
+        Opaque::from(class)
     };
     let classes = RedisErrorClasses {
-        command: fetch("CommandError")?,
-        cannot_connect: fetch("CannotConnectError")?,
-        connection: fetch("ConnectionError")?,
-        timeout: fetch("TimeoutError")?,
-        method_missing: Opaque::from(
+        command: keep(redis.const_get("CommandError")?),
+        cannot_connect: keep(redis.const_get("CannotConnectError")?),
+        connection: keep(redis.const_get("ConnectionError")?),
+        timeout: keep(redis.const_get("TimeoutError")?),
+        method_missing: keep(
             ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
         ),
     };
