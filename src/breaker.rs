@@ -43,7 +43,9 @@ impl Default for BreakerSettings {
 struct Inner {
     consecutive_failures: u32,
     opened_at: Option<Instant>,
-    probing: bool,
+    /// When the current probe was let through; a probe that never reported (its caller was
+    /// interrupted) stops blocking the next one after a cool-down.
+    probing: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -76,7 +78,7 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 consecutive_failures: 0,
                 opened_at: None,
-                probing: false,
+                probing: None,
             }),
         }
     }
@@ -94,8 +96,13 @@ impl Breaker {
         let mut inner = self.inner.lock();
         match inner.opened_at {
             None => Admission::Allowed,
-            Some(at) if at.elapsed() >= self.settings.cool_down && !inner.probing => {
-                inner.probing = true;
+            Some(at)
+                if at.elapsed() >= self.settings.cool_down
+                    && inner
+                        .probing
+                        .is_none_or(|p| p.elapsed() >= self.settings.cool_down) =>
+            {
+                inner.probing = Some(Instant::now());
                 Admission::Probe
             }
             Some(_) => Admission::Skipped,
@@ -105,7 +112,7 @@ impl Breaker {
     pub fn record_success(&self) -> Transition {
         let mut inner = self.inner.lock();
         inner.consecutive_failures = 0;
-        inner.probing = false;
+        inner.probing = None;
         if inner.opened_at.take().is_some() {
             Transition::Closed
         } else {
@@ -116,7 +123,7 @@ impl Breaker {
     pub fn record_failure(&self) -> Transition {
         let mut inner = self.inner.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        let was_probing = std::mem::take(&mut inner.probing);
+        let was_probing = inner.probing.take().is_some();
         if was_probing {
             // The probe failed: another full cool-down.
             inner.opened_at = Some(Instant::now());
@@ -162,14 +169,25 @@ mod tests {
 
     #[test]
     fn probes_once_after_the_cool_down_and_closes_on_success() {
-        let b = breaker(0);
+        let b = breaker(50);
         b.record_failure();
         b.record_failure();
+        std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(b.admit(), Admission::Probe);
         assert_eq!(b.admit(), Admission::Skipped, "one probe at a time");
         assert_eq!(b.record_success(), Transition::Closed);
         assert_eq!(b.admit(), Admission::Allowed);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_stops_blocking_after_a_cool_down() {
+        let b = breaker(0);
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.admit(), Admission::Probe);
+        // Its caller was interrupted and never reported; a cool-down later another may try.
+        assert_eq!(b.admit(), Admission::Probe);
     }
 
     #[test]

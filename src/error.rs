@@ -20,7 +20,7 @@ impl ServerErrorReply {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The connection could not be established. `cause` names the failure the way redis-rb
     /// does (`Errno::ECONNREFUSED`, `Redis::TimeoutError`, `SocketError`).

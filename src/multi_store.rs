@@ -400,6 +400,19 @@ impl MultiStore {
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
+        let in_flight_journaled = self.journaled_keys(std::slice::from_ref(cmd));
+        let reply = self.write_both_unguarded(cmd, default, kind, ctx);
+        self.rejournal(in_flight_journaled);
+        reply
+    }
+
+    fn write_both_unguarded(
+        &self,
+        cmd: &Command,
+        default: Role,
+        kind: RequestKind,
+        ctx: &mut CallContext,
+    ) -> Result<Reply> {
         let other = other_role(default);
         let cancel = ctx.cancel;
         self.scripts.observe(cmd);
@@ -419,6 +432,11 @@ impl MultiStore {
             .and_then(|f| self.store(other).receive(f, cancel))
             .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
         self.metrics.request(other, kind, other_started);
+        if reply.as_ref().is_err_and(Error::is_connection_error) && other_reply.is_ok() {
+            // The other store may now hold a write the default store never applied: re-sync it
+            // from the default store, and meanwhile read the key from the default store only.
+            self.journal_missed(std::slice::from_ref(cmd), other);
+        }
         match other_reply {
             Err(error) => self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx),
             Ok(replies) => {
@@ -453,9 +471,33 @@ impl MultiStore {
         Ok(recovered.pop().into_iter().collect())
     }
 
+    /// Runs a round trip on `role`, through its circuit breaker when it is the non-default
+    /// store: `None` when the breaker skips it. The outcome feeds the breaker.
+    fn ask<T>(
+        &self,
+        role: Role,
+        default: Role,
+        round_trip: impl FnOnce() -> Result<T>,
+    ) -> Option<Result<T>> {
+        if role == default {
+            return Some(round_trip());
+        }
+        if self.breaker(role).admit() == Admission::Skipped {
+            return None;
+        }
+        let result = round_trip();
+        match &result {
+            Err(error) if error.is_connection_error() => self.breaker_failure(role),
+            Err(Error::Interrupted) => {}
+            _ => self.breaker_success(role),
+        }
+        Some(result)
+    }
+
     /// Reads the primary and falls back to the secondary on a miss or an error -- unless the key
-    /// is journaled (one store missed its latest write: only the store that got it is read), or
-    /// the primary is the non-default store and its breaker is open (it is not asked).
+    /// is journaled (one store missed its latest write: only the store that got it is read).
+    /// Whichever of the two is the non-default store is asked through its breaker, and its
+    /// failures never reach the caller; the default store's failures do, as with redis-rb.
     fn read_with_fallback(
         &self,
         cmd: &Command,
@@ -472,35 +514,38 @@ impl MultiStore {
         if let Some(lagging) = self.journaled(cmd, spec) {
             return read(other_role(lagging));
         }
-        if default == Role::Secondary && self.breaker(Role::Primary).admit() == Admission::Skipped {
-            return read(Role::Secondary);
-        }
-        match read(Role::Primary) {
-            Ok(Reply::Error(line)) => {
+        let primary = match self.ask(Role::Primary, default, || read(Role::Primary)) {
+            Some(Ok(reply)) if !reply.is_error() && !is_miss(spec, &reply) => return Ok(reply),
+            Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
+            Some(Ok(Reply::Error(line))) => {
                 self.read_failed_on_primary(Error::Server(ServerErrorReply::from_line(&line)), ctx);
+                Some(Ok(Reply::Error(line)))
             }
-            Ok(reply) if !is_miss(spec, &reply) => {
-                self.breaker_success_if_non_default(Role::Primary, default);
-                return Ok(reply);
+            Some(Err(error)) => {
+                self.read_failed_on_primary(error.clone(), ctx);
+                Some(Err(error))
             }
-            Ok(_miss) => {
-                self.breaker_success_if_non_default(Role::Primary, default);
-                let fallback = read(Role::Secondary);
-                if matches!(&fallback, Ok(reply) if !is_miss(spec, reply)) {
+            missed_or_skipped => missed_or_skipped,
+        };
+        let primary_missed = matches!(&primary, Some(Ok(reply)) if !reply.is_error());
+        match (
+            self.ask(Role::Secondary, default, || read(Role::Secondary)),
+            primary,
+        ) {
+            (Some(Ok(reply)), _) => {
+                if primary_missed && !reply.is_error() && !is_miss(spec, &reply) {
                     self.metrics.read_fallback_miss();
                     ctx.events.push(Event::ReadFallback);
                 }
-                return fallback;
+                Ok(reply)
             }
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(error) => {
-                if default == Role::Secondary && error.is_connection_error() {
-                    self.breaker_failure(Role::Primary);
-                }
-                self.read_failed_on_primary(error, ctx);
-            }
+            // The secondary is the default store: its failure is the caller's.
+            (Some(Err(error)), _) if default == Role::Secondary => Err(error),
+            // The primary is the default store; the secondary was only asked as a fallback.
+            (_, Some(primary)) => primary,
+            (Some(Err(error)), None) => Err(error),
+            (None, None) => Err(Error::Protocol("neither store could be asked".into())),
         }
-        read(Role::Secondary)
     }
 
     fn read_pipeline_with_fallback(
@@ -516,42 +561,58 @@ impl MultiStore {
             && cmds.iter().any(|c| {
                 command_table::lookup(c).is_some_and(|spec| self.journaled(c, spec).is_some())
             });
-        let primary_skipped =
-            default == Role::Secondary && self.breaker(Role::Primary).admit() == Admission::Skipped;
-        if any_journaled || primary_skipped {
+        if any_journaled {
             return read(default);
         }
-        let primary = match read(Role::Primary) {
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(error) => {
-                if default == Role::Secondary && error.is_connection_error() {
-                    self.breaker_failure(Role::Primary);
-                }
-                self.read_failed_on_primary(error, ctx);
-                return read(Role::Secondary);
-            }
-            Ok(replies) => replies,
-        };
-        let missed =
-            primary
+        let missed = |replies: &[Reply]| {
+            replies
                 .iter()
                 .zip(cmds)
                 .any(|(reply, cmd)| match command_table::lookup(cmd) {
                     Some(spec) => is_miss(spec, reply) || reply.is_error(),
                     None => false,
-                });
-        if !missed {
-            return Ok(primary);
+                })
+        };
+        let primary = match self.ask(Role::Primary, default, || read(Role::Primary)) {
+            Some(Ok(replies)) if !missed(&replies) => return Ok(replies),
+            Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
+            Some(Err(error)) => {
+                self.read_failed_on_primary(error.clone(), ctx);
+                Some(Err(error))
+            }
+            missed_or_skipped => missed_or_skipped,
+        };
+        match (
+            self.ask(Role::Secondary, default, || read(Role::Secondary)),
+            primary,
+        ) {
+            (Some(Ok(secondary)), primary) => {
+                if matches!(&primary, Some(Ok(p)) if *p != secondary) {
+                    self.metrics.read_fallback_miss();
+                    ctx.events.push(Event::ReadFallback);
+                }
+                Ok(secondary)
+            }
+            (Some(Err(error)), _) if default == Role::Secondary => Err(error),
+            (_, Some(primary)) => primary,
+            (Some(Err(error)), None) => Err(error),
+            (None, None) => Err(Error::Protocol("neither store could be asked".into())),
         }
-        let secondary = read(Role::Secondary)?;
-        if secondary != primary {
-            self.metrics.read_fallback_miss();
-            ctx.events.push(Event::ReadFallback);
-        }
-        Ok(secondary)
     }
 
     fn pipeline_both(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        ctx: &mut CallContext,
+    ) -> Result<Vec<Reply>> {
+        let in_flight_journaled = self.journaled_keys(cmds);
+        let replies = self.pipeline_both_unguarded(cmds, default, ctx);
+        self.rejournal(in_flight_journaled);
+        replies
+    }
+
+    fn pipeline_both_unguarded(
         &self,
         cmds: &[Command],
         default: Role,
@@ -570,6 +631,9 @@ impl MultiStore {
         let other_replies = in_flight.and_then(|f| self.store(other).receive(f, cancel));
         self.metrics
             .request(other, RequestKind::Pipeline, other_started);
+        if replies.as_ref().is_err_and(Error::is_connection_error) && other_replies.is_ok() {
+            self.journal_missed(cmds, other);
+        }
         match other_replies {
             Err(error) => self.non_default_failed(cmds, other, error, ctx),
             Ok(other_replies) => {
@@ -648,6 +712,34 @@ impl MultiStore {
         self.ensure_resync();
     }
 
+    /// The journaled keys among the writes of `cmds`, with the store that lags on each. A write
+    /// to such a key may race with its re-sync (the copy lands between the write reaching one
+    /// store and the other); recording the key again once the write is done on both makes the
+    /// re-sync look at it once more instead of settling it on a stale comparison.
+    fn journaled_keys(&self, cmds: &[Command]) -> Vec<(Vec<u8>, Role)> {
+        if self.journal.is_empty() {
+            return Vec::new();
+        }
+        let mut found = Vec::new();
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                if let Some(lagging) = self.journal.lagging(key) {
+                    found.push((key.to_vec(), lagging));
+                }
+            }
+        }
+        found
+    }
+
+    fn rejournal(&self, keys: Vec<(Vec<u8>, Role)>) {
+        for (key, lagging) in keys {
+            self.journal.record(Some([key.as_slice()]), lagging);
+        }
+    }
+
     /// The store that missed the latest write of the command's key, if it is journaled.
     fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
         if self.journal.is_empty() {
@@ -683,13 +775,10 @@ impl MultiStore {
         }
     }
 
-    fn breaker_success_if_non_default(&self, role: Role, default: Role) {
-        if role != default {
-            self.breaker_success(role);
-        }
-    }
-
     fn breaker_failure(&self, role: Role) {
+        // Its pooled connections are most likely dead too (restart, reset): the next attempt,
+        // the breaker's probe included, gets a fresh one instead of the next dead one.
+        self.store(role).disconnect();
         if self.breaker(role).record_failure() == Transition::Opened {
             self.metrics.breaker_opened(role);
             tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker opened: not waiting on the store for a cool-down");

@@ -99,6 +99,8 @@ fn run(ctx: ResyncContext) {
                 Err(error) => {
                     if error.is_connection_error() {
                         ctx.breaker(lagging).record_failure();
+                    } else {
+                        ctx.breaker(lagging).record_success();
                     }
                     tracing::debug!(instance_name = %ctx.instance_name, store = lagging.name(), error = %error, "re-sync failed, will retry");
                 }
