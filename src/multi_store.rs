@@ -528,12 +528,26 @@ impl MultiStore {
             missed_or_skipped => missed_or_skipped,
         };
         let primary_missed = matches!(&primary, Some(Ok(reply)) if !reply.is_error());
-        match (
-            self.ask(Role::Secondary, default, || read(Role::Secondary)),
-            primary,
-        ) {
+        let read_secondary = || read(Role::Secondary);
+        self.fall_back(default, primary, read_secondary, ctx, |reply| {
+            primary_missed && !reply.is_error() && !is_miss(spec, reply)
+        })
+    }
+
+    /// The second half of a read with fallback, for single reads and read-only pipelines: asks
+    /// the secondary and decides whose answer the caller gets. `found_more` says whether the
+    /// secondary's answer is a fallback worth reporting.
+    fn fall_back<T>(
+        &self,
+        default: Role,
+        primary: Option<Result<T>>,
+        read_secondary: impl FnOnce() -> Result<T>,
+        ctx: &mut CallContext,
+        found_more: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
+        match (self.ask(Role::Secondary, default, read_secondary), primary) {
             (Some(Ok(reply)), _) => {
-                if primary_missed && !reply.is_error() && !is_miss(spec, &reply) {
+                if found_more(&reply) {
                     self.metrics.read_fallback_miss();
                     ctx.events.push(Event::ReadFallback);
                 }
@@ -582,22 +596,17 @@ impl MultiStore {
             }
             missed_or_skipped => missed_or_skipped,
         };
-        match (
-            self.ask(Role::Secondary, default, || read(Role::Secondary)),
+        let primary_replies = match &primary {
+            Some(Ok(replies)) => Some(replies.clone()),
+            _ => None,
+        };
+        self.fall_back(
+            default,
             primary,
-        ) {
-            (Some(Ok(secondary)), primary) => {
-                if matches!(&primary, Some(Ok(p)) if *p != secondary) {
-                    self.metrics.read_fallback_miss();
-                    ctx.events.push(Event::ReadFallback);
-                }
-                Ok(secondary)
-            }
-            (Some(Err(error)), _) if default == Role::Secondary => Err(error),
-            (_, Some(primary)) => primary,
-            (Some(Err(error)), None) => Err(error),
-            (None, None) => Err(Error::Protocol("neither store could be asked".into())),
-        }
+            || read(Role::Secondary),
+            ctx,
+            |secondary| primary_replies.as_ref().is_some_and(|p| p != secondary),
+        )
     }
 
     fn pipeline_both(
