@@ -46,13 +46,19 @@ module Bench
     counts.sum / ROUND_SECONDS
   end
 
-  # Runs the contenders in alternating rounds; returns { name => [ops/s per round] }.
+  # Runs the contenders in alternating rounds; returns { name => [ops/s per round] }. A short
+  # unmeasured round first warms each one up (connections opened, caches filled).
   def race(contenders, threads, op)
+    contenders.each_value { |clients| warm_up(clients, threads, op) }
     results = Hash.new { |h, k| h[k] = [] }
     ROUNDS.times do
       contenders.each { |name, clients| results[name] << ops_per_second(clients, threads, op) }
     end
     results
+  end
+
+  def warm_up(clients, threads, op)
+    Array.new(threads) { Thread.new { clients.call { |client| 50.times { op.call(client) } } } }.each(&:join)
   end
 
   def median(values)
