@@ -104,7 +104,6 @@ module Gitlab
         @secondary_store = secondary_store
         @instance_name = instance_name.to_s
         @read_strategy = read_strategy
-        @pool_size = pool_size
         tuning = { breaker_threshold: breaker_threshold, breaker_cool_down: breaker_cool_down,
                    journal_capacity: journal_capacity }.compact
         @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
