@@ -4,6 +4,7 @@ $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "gitlab_multistore"
 require_relative "support/redis_servers"
 require_relative "support/multi_store_helpers"
+require_relative "support/call_outcome"
 require_relative "support/sentinel_cluster"
 
 Redis.silence_deprecations = true

@@ -24,32 +24,7 @@ module MultiStoreRobustness
     Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 
-  # What a call came to, comparable between redis-rb and the MultiStore: the value with the
-  # class and encoding of everything in it, or the exception's class and message.
-  module Outcome
-    module_function
-
-    def capture
-      value = yield
-      [:ok, value, shape(value)]
-    rescue StandardError => e
-      [:raised, e.class, e.message, e.message.encoding]
-    end
-
-    def shape(value)
-      case value
-      when String then "String(#{value.encoding})"
-      when Array then value.map { |element| shape(element) }
-      when Hash then value.map { |key, element| [shape(key), shape(element)] }
-      else value.class.name
-      end
-    end
-
-    def brief(outcome)
-      text = outcome.inspect
-      text.length > 300 ? "#{text[0, 300]}... (#{text.length} characters)" : text
-    end
-  end
+  Outcome = ::CallOutcome
 
   # A thread's own keys, written and read back: any reply that is not the one this thread
   # expects is a mixed-up reply.
