@@ -50,8 +50,20 @@ fn push_arg(cmd: &mut Command, arg: RValue) -> Result<(), Error> {
         cmd.push_with(|buf| buf.extend_from_slice(n.to_string().as_bytes()));
     } else {
         // Floats, nil, true, big integers and anything else: exactly what Ruby's to_s says.
-        let s: RString = arg.funcall("to_s", ())?;
-        cmd.push(unsafe { s.as_slice() });
+        let text: RValue = arg.funcall("to_s", ())?;
+        match RString::from_value(text) {
+            // SAFETY: the bytes are copied before any other Ruby code can run.
+            Some(s) => cmd.push(unsafe { s.as_slice() }),
+            None => {
+                // redis-rb asks the to_s result for its encoding next: a to_s that returns no
+                // String fails there with Ruby's own NoMethodError, and so it does here.
+                let _: RValue = text.funcall("encoding", ())?;
+                return Err(Error::new(
+                    magnus::Ruby::get_with(arg).exception_type_error(),
+                    "to_s returned something other than a String",
+                ));
+            }
+        }
     }
     Ok(())
 }
