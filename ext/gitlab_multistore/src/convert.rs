@@ -121,3 +121,12 @@ pub fn replies_to_ruby(ruby: &Ruby, replies: Vec<Reply>) -> Result<RArray, Error
 fn default_external(ruby: &Ruby) -> EncodingIndex {
     EncodingIndex::from(ruby.default_external_encoding())
 }
+
+/// A Hash with Symbol keys, for the reports the native objects return to Ruby.
+pub fn symbol_hash(ruby: &Ruby, entries: &[(&str, RValue)]) -> Result<magnus::RHash, Error> {
+    let hash = ruby.hash_new();
+    for (key, value) in entries {
+        hash.aset(ruby.to_symbol(key), *value)?;
+    }
+    Ok(hash)
+}

@@ -2,13 +2,14 @@
 //! progress, advanced one SCAN page per `_step` call (each without the GVL), so the Ruby side
 //! can yield progress, honour a rate limit and be interrupted between pages.
 
+use crate::convert::symbol_hash;
 use crate::error::to_ruby_error;
 use crate::nogvl::{cancel_token, without_gvl};
 use crate::store_config::store_config;
 use gitlab_multistore::backfill::{Backfill, BackfillReport};
 use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
 use gitlab_multistore::Store;
-use magnus::{function, method, prelude::*, Error, RHash, RModule, RString, Ruby};
+use magnus::{function, method, prelude::*, Error, IntoValue, RHash, RModule, RString, Ruby};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -62,16 +63,20 @@ impl NativeBackfill {
 }
 
 fn backfill_hash(ruby: &Ruby, report: &BackfillReport) -> Result<RHash, Error> {
-    let hash = ruby.hash_new();
-    hash.aset(ruby.to_symbol("scanned"), report.scanned)?;
-    hash.aset(ruby.to_symbol("copied"), report.copied)?;
-    hash.aset(ruby.to_symbol("already_present"), report.already_present)?;
-    hash.aset(ruby.to_symbol("expired"), report.expired)?;
-    hash.aset(ruby.to_symbol("failed"), report.failed)?;
-    hash.aset(ruby.to_symbol("undone"), report.undone)?;
-    hash.aset(ruby.to_symbol("total"), report.total)?;
-    hash.aset(ruby.to_symbol("done"), report.done)?;
-    Ok(hash)
+    let v = |value: u64| value.into_value_with(ruby);
+    symbol_hash(
+        ruby,
+        &[
+            ("scanned", v(report.scanned)),
+            ("copied", v(report.copied)),
+            ("already_present", v(report.already_present)),
+            ("expired", v(report.expired)),
+            ("failed", v(report.failed)),
+            ("undone", v(report.undone)),
+            ("total", v(report.total)),
+            ("done", report.done.into_value_with(ruby)),
+        ],
+    )
 }
 
 #[magnus::wrap(class = "GitlabMultistore::NativeVerify", free_immediately, size)]
@@ -110,22 +115,23 @@ impl NativeVerify {
 }
 
 fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
-    let hash = ruby.hash_new();
-    hash.aset(ruby.to_symbol("checked"), report.checked)?;
-    hash.aset(ruby.to_symbol("agree"), report.agree)?;
-    hash.aset(
-        ruby.to_symbol("missing_on_primary"),
-        report.missing_on_primary,
-    )?;
-    hash.aset(ruby.to_symbol("different"), report.different)?;
-    hash.aset(ruby.to_symbol("only_on_primary"), report.only_on_primary)?;
-    hash.aset(ruby.to_symbol("repaired"), report.repaired)?;
-    hash.aset(ruby.to_symbol("repair_failed"), report.repair_failed)?;
-    hash.aset(ruby.to_symbol("total"), report.total)?;
-    hash.aset(ruby.to_symbol("readiness"), report.readiness())?;
-    hash.aset(ruby.to_symbol("in_agreement"), report.in_agreement())?;
-    hash.aset(ruby.to_symbol("done"), report.done)?;
-    Ok(hash)
+    let v = |value: u64| value.into_value_with(ruby);
+    symbol_hash(
+        ruby,
+        &[
+            ("checked", v(report.checked)),
+            ("agree", v(report.agree)),
+            ("missing_on_primary", v(report.missing_on_primary)),
+            ("different", v(report.different)),
+            ("only_on_primary", v(report.only_on_primary)),
+            ("repaired", v(report.repaired)),
+            ("repair_failed", v(report.repair_failed)),
+            ("total", v(report.total)),
+            ("readiness", report.readiness().into_value_with(ruby)),
+            ("in_agreement", report.in_agreement().into_value_with(ruby)),
+            ("done", report.done.into_value_with(ruby)),
+        ],
+    )
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {

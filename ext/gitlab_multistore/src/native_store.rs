@@ -2,7 +2,9 @@
 //! its arguments under the GVL, runs the round trips without it, converts the reply back, and
 //! hands the side events to the Ruby reporter.
 
-use crate::convert::{command_from_ruby, commands_from_ruby, replies_to_ruby, reply_or_raise};
+use crate::convert::{
+    command_from_ruby, commands_from_ruby, replies_to_ruby, reply_or_raise, symbol_hash,
+};
 use crate::error::to_ruby_error;
 use crate::events;
 use crate::native_session::NativeSession;
@@ -12,8 +14,8 @@ use gitlab_multistore::breaker::BreakerSettings;
 use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Role, Store};
 use magnus::value::Opaque;
 use magnus::{
-    function, gc, method, prelude::*, DataTypeFunctions, Error, RArray, RHash, RModule, Ruby,
-    Symbol, TypedData, Value,
+    function, gc, method, prelude::*, DataTypeFunctions, Error, IntoValue, RArray, RHash, RModule,
+    Ruby, Symbol, TypedData, Value,
 };
 use std::time::Duration;
 
@@ -83,40 +85,35 @@ impl NativeStore {
     /// The core's cutover-readiness facts; the Ruby side adds the last verify and the verdict.
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let status = rb_self.inner.status();
-        let hash = ruby.hash_new();
-        let breakers = ruby.hash_new();
-        breakers.aset(
-            ruby.to_symbol("primary"),
-            ruby.to_symbol(status.breakers[0].name()),
+        let sym = |name: &str| ruby.to_symbol(name).into_value_with(ruby);
+        let v = |value: u64| value.into_value_with(ruby);
+        let per_store = |primary: Value, secondary: Value| {
+            symbol_hash(ruby, &[("primary", primary), ("secondary", secondary)])
+        };
+        let breakers = per_store(
+            sym(status.breakers[0].name()),
+            sym(status.breakers[1].name()),
         )?;
-        breakers.aset(
-            ruby.to_symbol("secondary"),
-            ruby.to_symbol(status.breakers[1].name()),
-        )?;
-        hash.aset(ruby.to_symbol("breaker"), breakers)?;
-        hash.aset(
-            ruby.to_symbol("recent_write_failures"),
-            status.recent_write_failures,
-        )?;
-        hash.aset(ruby.to_symbol("journal_keys"), status.journal_keys)?;
-        hash.aset(ruby.to_symbol("journal_peak"), status.journal_peak)?;
-        hash.aset(
-            ruby.to_symbol("journal_overflows"),
-            status.journal_overflows,
-        )?;
-        hash.aset(
-            ruby.to_symbol("full_verify_needed"),
-            status.full_verify_needed,
-        )?;
-        let resets = ruby.hash_new();
-        resets.aset(ruby.to_symbol("primary"), status.resets[0])?;
-        resets.aset(ruby.to_symbol("secondary"), status.resets[1])?;
-        hash.aset(ruby.to_symbol("store_resets"), resets)?;
-        hash.aset(
-            ruby.to_symbol("backfill_needed"),
-            rb_self.inner.reset_seen(),
-        )?;
-        Ok(hash)
+        let resets = per_store(v(status.resets[0]), v(status.resets[1]))?;
+        symbol_hash(
+            ruby,
+            &[
+                ("breaker", breakers.as_value()),
+                ("recent_write_failures", v(status.recent_write_failures)),
+                ("journal_keys", v(status.journal_keys as u64)),
+                ("journal_peak", v(status.journal_peak as u64)),
+                ("journal_overflows", v(status.journal_overflows)),
+                (
+                    "full_verify_needed",
+                    status.full_verify_needed.into_value_with(ruby),
+                ),
+                ("store_resets", resets.as_value()),
+                (
+                    "backfill_needed",
+                    rb_self.inner.reset_seen().into_value_with(ruby),
+                ),
+            ],
+        )
     }
 
     fn acknowledge_full_copy(&self) {

@@ -296,10 +296,11 @@ module Gitlab
       # are recorded into it, as redis-rb does by swapping its client -- but per thread, so other
       # threads sharing this instance are not captured.
       def send_command(command, &block)
-        recorder = @client.thread_state&.recorder
-        return recorder.call(command, &block) if recorder
+        state = @client.thread_state
+        return state.recorder.call(command, &block) if state&.recorder
 
-        @client.call(command, &block)
+        # The state is handed on so the hot path looks the thread-local up once.
+        @client.call(command, state, &block)
       end
 
       def send_blocking_command(command, timeout, &block)

@@ -27,8 +27,8 @@ module Gitlab
           @state_key = :"__gitlab_multistore_#{object_id}"
         end
 
-        def call(command, &block)
-          state = Thread.current[@state_key]
+        # @param state [ThreadState, nil] this thread's state when the caller already looked it up
+        def call(command, state = thread_state, &block)
           reply =
             if state&.session
               state.queued << command if state.queued && !TRANSACTION_CONTROL.include?(command.first)
