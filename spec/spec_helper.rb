@@ -6,6 +6,7 @@ require_relative "support/redis_servers"
 require_relative "support/multi_store_helpers"
 require_relative "support/call_outcome"
 require_relative "support/sentinel_cluster"
+require_relative "support/local_redis_cluster"
 
 Redis.silence_deprecations = true
 # Reports from instances built without an on_error would only clutter the output.

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
     Tcp { host: String, port: u16 },
     Unix { path: String },
@@ -43,6 +43,8 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Behind Redis Sentinel: `address` is then only where the last resolution pointed.
     pub sentinel: Option<crate::sentinel::SentinelConfig>,
+    /// A Redis Cluster: `address` is then its first configured node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl StoreConfig {
@@ -76,6 +78,7 @@ impl StoreConfig {
             reconnect_attempts: 1,
             pool_size: 16,
             sentinel: None,
+            cluster: None,
         }
     }
 
@@ -83,6 +86,22 @@ impl StoreConfig {
     pub fn id(&self) -> String {
         if let Some(name) = &self.client_name {
             return name.clone();
+        }
+        if let Some(cluster) = &self.cluster {
+            // redis-rb's `Cluster#id`: its nodes' ids, sorted, joined by a space.
+            let mut ids: Vec<String> = cluster
+                .seeds
+                .iter()
+                .map(|address| {
+                    let mut node = self.clone();
+                    node.cluster = None;
+                    node.address = address.clone();
+                    node.db = 0;
+                    node.id()
+                })
+                .collect();
+            ids.sort();
+            return ids.join(" ");
         }
         let scheme = match (&self.address, self.ssl) {
             (Address::Unix { .. }, _) => "unix",
@@ -94,9 +113,18 @@ impl StoreConfig {
 
     /// Two configs reach the same data when they name the same server and database.
     pub fn same_data_as(&self, other: &StoreConfig) -> bool {
-        let same_server = match (&self.sentinel, &other.sentinel) {
-            (Some(a), Some(b)) => a.master_name == b.master_name && a.sentinels == b.sentinels,
-            (None, None) => self.address == other.address,
+        let same_server = match (
+            &self.sentinel,
+            &other.sentinel,
+            &self.cluster,
+            &other.cluster,
+        ) {
+            (Some(a), Some(b), _, _) => {
+                a.master_name == b.master_name && a.sentinels == b.sentinels
+            }
+            // Any node in common is the same cluster.
+            (None, None, Some(a), Some(b)) => a.seeds.iter().any(|s| b.seeds.contains(s)),
+            (None, None, None, None) => self.address == other.address,
             _ => false,
         };
         same_server && self.db == other.db

@@ -51,6 +51,11 @@ pub enum Error {
     #[error("Method missing {0}. Add it to the command table or route it explicitly.")]
     MethodMissing(String),
 
+    /// A pipelined transaction whose keys live on several cluster nodes (redis-rb's
+    /// `Redis::Cluster::CrossSlotPipeliningError`, which lists them).
+    #[error("Cluster client couldn't send pipelining to single node. The commands include cross slot keys.")]
+    CrossSlot { keys: Vec<Vec<u8>> },
+
     /// A store configuration the core cannot use.
     #[error("{0}")]
     InvalidConfig(String),

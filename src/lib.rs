@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod blocking;
 pub mod breaker;
 pub mod cancel;
+pub mod cluster;
 pub mod command;
 pub mod command_table;
 pub mod config;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 pub struct Session {
     store: Arc<Store>,
-    conn: Option<Connection>,
+    /// The pinned connection and the store (for a cluster: the node) it belongs to.
+    conn: Option<(Arc<Store>, Connection)>,
     fork_generation: u64,
 }
 
@@ -36,24 +37,24 @@ impl Session {
         timeout: ReadTimeout,
         cancel: &CancelToken,
     ) -> Result<Reply> {
-        self.with_connection(cancel, |conn| match timeout {
+        self.with_connection(Some(cmd), cancel, |conn| match timeout {
             ReadTimeout::Configured => conn.request(cmd, cancel),
             ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
         })
     }
 
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
-        self.with_connection(cancel, |conn| conn.pipeline(cmds, cancel))
+        self.with_connection(cmds.first(), cancel, |conn| conn.pipeline(cmds, cancel))
     }
 
     /// Sends without reading: the reply arrives among the messages `read` returns.
     pub fn write(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
-        self.with_connection(cancel, |conn| conn.send(cmd, cancel))
+        self.with_connection(Some(cmd), cancel, |conn| conn.send(cmd, cancel))
     }
 
     /// Reads the next reply; `None` waits forever.
     pub fn read(&mut self, timeout: Option<Duration>, cancel: &CancelToken) -> Result<Reply> {
-        self.with_connection(cancel, |conn| {
+        self.with_connection(None, cancel, |conn| {
             conn.with_read_timeout(timeout, |c| c.receive(cancel))
         })
     }
@@ -61,9 +62,9 @@ impl Session {
     /// Returns the connection to the pool: the caller has left every connection-bound state
     /// (EXEC, DISCARD or UNWATCH ran, the subscription ended).
     pub fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some((node, conn)) = self.conn.take() {
             if self.fork_generation == fork::generation() {
-                self.store.checkin(conn);
+                node.checkin(conn);
             } else {
                 std::mem::forget(conn);
             }
@@ -73,15 +74,18 @@ impl Session {
     /// Closes the connection: it may be left in a state (MONITOR, a subscription) no other
     /// caller should inherit.
     pub fn discard(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some((_, conn)) = self.conn.take() {
             if self.fork_generation != fork::generation() {
                 std::mem::forget(conn);
             }
         }
     }
 
+    /// Runs `f` on the pinned connection, first taking one from the pool of the store (or
+    /// cluster node) `first` is for.
     fn with_connection<T>(
         &mut self,
+        first: Option<&Command>,
         cancel: &CancelToken,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
@@ -92,14 +96,18 @@ impl Session {
             }
             self.fork_generation = fork::generation();
         }
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.store.checkout(cancel)?,
+        let (node, mut conn) = match self.conn.take() {
+            Some(pinned) => pinned,
+            None => {
+                let node = self.store.node_for(first, cancel)?;
+                let conn = node.checkout(cancel)?;
+                (node, conn)
+            }
         };
         // A connection that failed is dropped: what it was watching or queueing is gone on the
         // server too, so reusing it would only hide that.
         let result = f(&mut conn)?;
-        self.conn = Some(conn);
+        self.conn = Some((node, conn));
         Ok(result)
     }
 }

@@ -4,15 +4,16 @@
 //! carried across a fork.
 
 use crate::cancel::CancelToken;
+use crate::cluster::{Cluster, ClusterInFlight};
 use crate::command::Command;
 use crate::config::StoreConfig;
 use crate::connection::{Connection, Reply};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fork;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long to wait for a reply: the configured read timeout, or a blocking command's own.
@@ -29,10 +30,29 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// Commands sent on a connection whose replies have not been read yet.
-pub struct InFlight {
-    conn: Connection,
-    expected: usize,
+/// Commands sent whose replies have not been read yet.
+pub struct InFlight(Sent);
+
+enum Sent {
+    Node { conn: Connection, expected: usize },
+    Cluster(Box<ClusterInFlight>),
+}
+
+/// Counts the server's restarts and tells the owner. Shared with a cluster's nodes, whose
+/// restarts are the cluster store's.
+#[derive(Default)]
+struct ResetSignal {
+    count: AtomicU64,
+    hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl ResetSignal {
+    fn fire(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(hook) = self.hook.get() {
+            hook();
+        }
+    }
 }
 
 pub struct Store {
@@ -46,15 +66,22 @@ pub struct Store {
     /// The server's run_id as first seen; a new connection finding another one means the
     /// server restarted (and may have lost its data).
     run_id: Mutex<Option<String>>,
-    resets: AtomicU64,
-    on_reset: Option<Box<dyn Fn() + Send + Sync>>,
+    reset: Arc<ResetSignal>,
     /// Behind Sentinel: the address the sentinels last gave.
     resolved: Mutex<Option<crate::config::Address>>,
+    /// A Redis Cluster: commands go to its nodes, each a standalone `Store`, and this store's
+    /// own pool stays unused.
+    cluster: Option<Cluster>,
 }
 
 impl Store {
     pub fn new(config: StoreConfig) -> Store {
         fork::install_handler();
+        let reset = Arc::new(ResetSignal::default());
+        let cluster = config.cluster.as_ref().map(|_| {
+            let reset = Arc::clone(&reset);
+            Cluster::new(&config, Arc::new(move || reset.fire()))
+        });
         Store {
             db: AtomicI64::new(config.db),
             config,
@@ -65,21 +92,38 @@ impl Store {
             }),
             connected: AtomicBool::new(false),
             run_id: Mutex::new(None),
-            resets: AtomicU64::new(0),
-            on_reset: None,
+            reset,
             resolved: Mutex::new(None),
+            cluster,
         }
     }
 
     /// Called (without the GVL, from whichever thread noticed) when the server restarted.
-    pub fn with_reset_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_reset = Some(Box::new(hook));
+    pub fn with_reset_hook(self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        let _ = self.reset.hook.set(Box::new(hook));
         self
     }
 
-    /// Restarts noticed since this store was created.
+    /// Restarts noticed since this store was created (of any node, for a cluster).
     pub fn resets(&self) -> u64 {
-        self.resets.load(Ordering::Acquire)
+        self.reset.count.load(Ordering::Acquire)
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// The store a caller pins a connection of (WATCH … EXEC, a subscription): this one, or
+    /// for a cluster the node of `cmd`'s key.
+    pub fn node_for(
+        self: &Arc<Self>,
+        cmd: Option<&Command>,
+        cancel: &CancelToken,
+    ) -> Result<Arc<Store>> {
+        match &self.cluster {
+            Some(cluster) => cluster.node_for(cmd, cancel),
+            None => Ok(Arc::clone(self)),
+        }
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -100,12 +144,18 @@ impl Store {
     }
 
     pub fn is_connected(&self) -> bool {
+        if let Some(cluster) = &self.cluster {
+            return cluster.nodes().iter().any(|node| node.is_connected());
+        }
         self.connected.load(Ordering::Acquire)
             && self.current_pool().fork_generation == fork::generation()
     }
 
     /// Sends one command, reconnecting and retrying after a connection error as redis-rb does.
     pub fn call(&self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.call(cmd, timeout, cancel);
+        }
         self.with_retry(cancel, |conn| match timeout {
             ReadTimeout::Configured => conn.request(cmd, cancel),
             ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
@@ -118,6 +168,9 @@ impl Store {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(cluster) = &self.cluster {
+            return cluster.pipeline(cmds, cancel);
+        }
         self.with_retry(cancel, |conn| conn.pipeline(cmds, cancel))
     }
 
@@ -125,16 +178,31 @@ impl Store {
     /// other store's round trip) and then collects the replies with `receive`. Not retried: used
     /// for the non-default store, whose failures are reported rather than hidden.
     pub fn send(&self, cmds: &[Command], cancel: &CancelToken) -> Result<InFlight> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(InFlight(Sent::Cluster(Box::new(
+                cluster.send(cmds, cancel)?,
+            ))));
+        }
         let mut conn = self.checkout(cancel)?;
         conn.send_batch(cmds, cancel)?;
-        Ok(InFlight {
+        Ok(InFlight(Sent::Node {
             conn,
             expected: cmds.len(),
-        })
+        }))
     }
 
     pub fn receive(&self, in_flight: InFlight, cancel: &CancelToken) -> Result<Vec<Reply>> {
-        let InFlight { mut conn, expected } = in_flight;
+        let (mut conn, expected) = match in_flight.0 {
+            Sent::Node { conn, expected } => (conn, expected),
+            Sent::Cluster(sent) => {
+                return match &self.cluster {
+                    Some(cluster) => cluster.receive(*sent, cancel),
+                    None => Err(Error::InvalidConfig(
+                        "cluster replies read from a standalone store".into(),
+                    )),
+                }
+            }
+        };
         let mut replies = Vec::with_capacity(expected);
         for _ in 0..expected {
             replies.push(conn.receive(cancel)?);
@@ -144,7 +212,8 @@ impl Store {
     }
 
     /// Takes a connection out of the pool for a caller that needs the same connection across
-    /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`.
+    /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`. On a cluster,
+    /// ask `node_for` which node's connection to take.
     pub fn checkout(&self, cancel: &CancelToken) -> Result<Connection> {
         if let Some(conn) = self.take_idle() {
             return Ok(conn);
@@ -167,12 +236,19 @@ impl Store {
 
     /// Changes the database of every connection: later calls open connections on `db`.
     pub fn select(&self, db: i64) {
+        if self.cluster.is_some() {
+            // Redis Cluster has database 0 only; redis-rb's cluster client ignores `db=` too.
+            return;
+        }
         self.db.store(db, Ordering::Release);
         self.disconnect();
     }
 
     /// Closes the idle connections; connections in use are closed when they come back.
     pub fn disconnect(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.nodes().iter().for_each(|node| node.disconnect());
+        }
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.current_pool().idle.lock().clear();
         self.connected.store(false, Ordering::Release);
@@ -248,11 +324,8 @@ impl Store {
             Some(_) => {
                 *known = Some(seen.to_string());
                 drop(known);
-                self.resets.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!(store = %self.id(), "store restarted (run_id changed): its data may be gone");
-                if let Some(hook) = &self.on_reset {
-                    hook();
-                }
+                self.reset.fire();
             }
         }
     }

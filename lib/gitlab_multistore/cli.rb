@@ -60,8 +60,12 @@ module GitlabMultistore
 
     def parser(options)
       OptionParser.new do |o|
-        o.on("--primary URL", "the new store (redis://, unix://)") { |v| options[:primary] = v }
-        o.on("--secondary URL", "the store the data lives on today") { |v| options[:secondary] = v }
+        o.on("--primary URL", "the new store (redis://, unix://; URL,URL,… for a Redis Cluster's nodes)") do |v|
+          options[:primary] = store_argument(v)
+        end
+        o.on("--secondary URL", "the store the data lives on today (same forms)") do |v|
+          options[:secondary] = store_argument(v)
+        end
         o.on("--match GLOB", "only keys matching this pattern") { |v| options[:match] = v }
         o.on("--count N", Integer, "keys per SCAN page (default 1000)") { |v| options[:count] = v }
         o.on("--rate N", Float, "backfill: at most N keys per second") { |v| options[:rate] = v }
@@ -69,6 +73,12 @@ module GitlabMultistore
         o.on("--repair", "verify: copy differing keys from the secondary") { options[:repair] = true }
         o.on("--json", "print the final report as JSON") { options[:json] = true }
       end
+    end
+
+    # A comma-separated list names a Redis Cluster's nodes (a trailing comma makes one URL a
+    # cluster); commas cannot otherwise appear in a Redis URL's host.
+    def store_argument(value)
+      value.include?(",") ? value.split(",").reject(&:empty?) : value
     end
 
     def migrate(command, argv)

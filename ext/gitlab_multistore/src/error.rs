@@ -13,6 +13,7 @@ struct RedisErrorClasses {
     connection: Opaque<ExceptionClass>,
     timeout: Opaque<ExceptionClass>,
     method_missing: Opaque<ExceptionClass>,
+    cross_slot: Opaque<ExceptionClass>,
 }
 
 static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
@@ -35,6 +36,7 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
         method_missing: keep(
             ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
         ),
+        cross_slot: keep(ruby.eval::<ExceptionClass>("Redis::Cluster::CrossSlotPipeliningError")?),
     };
     let _ = CLASSES.set(classes);
     Ok(())
@@ -64,6 +66,7 @@ pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
         }
         CoreError::MethodMissing(_) => "Gitlab::Redis::MultiStore::MethodMissingError",
         CoreError::InvalidConfig(_) => "ArgumentError",
+        CoreError::CrossSlot { .. } => "Redis::Cluster::CrossSlotPipeliningError",
     }
 }
 
@@ -80,6 +83,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
             classes.connection
         }
         CoreError::MethodMissing(_) => classes.method_missing,
+        CoreError::CrossSlot { .. } => classes.cross_slot,
         CoreError::InvalidConfig(_) => {
             return Error::new(ruby.exception_arg_error(), err.to_string())
         }
@@ -89,6 +93,14 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         CoreError::Server(reply) => {
             let message = ruby.str_from_slice(&reply.message);
             match class.get_inner_with(ruby).new_instance((message,)) {
+                Ok(exception) => Error::from(exception),
+                Err(e) => e,
+            }
+        }
+        // redis-rb builds its message from the keys.
+        CoreError::CrossSlot { keys } => {
+            let keys = ruby.ary_from_iter(keys.iter().map(|k| ruby.str_from_slice(k)));
+            match class.get_inner_with(ruby).new_instance((keys,)) {
                 Ok(exception) => Error::from(exception),
                 Err(e) => e,
             }

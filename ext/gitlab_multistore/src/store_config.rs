@@ -1,6 +1,7 @@
 //! A store's options Hash (already normalised by redis-rb's own option parser on the Ruby side)
 //! as the core's `StoreConfig`.
 
+use gitlab_multistore::cluster::ClusterConfig;
 use gitlab_multistore::sentinel::{SentinelConfig, SentinelNode, SentinelRole};
 use gitlab_multistore::StoreConfig;
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, TryConvert};
@@ -66,6 +67,12 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
             string("role")?,
         )?);
     }
+    if let Some(nodes) = fetch("cluster")? {
+        config.cluster = Some(cluster_config(ruby, RArray::try_convert(nodes)?)?);
+        if let Some(first) = config.cluster.as_ref().and_then(|c| c.seeds.first()) {
+            config.address = first.clone();
+        }
+    }
     if config.pool_size == 0 {
         return Err(Error::new(
             ruby.exception_arg_error(),
@@ -126,6 +133,32 @@ fn sentinel_config(
         master_name,
         role,
     })
+}
+
+/// The cluster's nodes as the Ruby side normalised them: `[{ host:, port: }, …]`.
+fn cluster_config(ruby: &Ruby, nodes: RArray) -> Result<ClusterConfig, Error> {
+    let mut seeds = Vec::with_capacity(nodes.len());
+    for i in 0..nodes.len() {
+        let node: RHash = nodes.entry(i as isize)?;
+        let host: String = node
+            .get(ruby.to_symbol("host"))
+            .map(String::try_convert)
+            .transpose()?
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port: u16 = node
+            .get(ruby.to_symbol("port"))
+            .map(u16::try_convert)
+            .transpose()?
+            .unwrap_or(6379);
+        seeds.push(gitlab_multistore::Address::Tcp { host, port });
+    }
+    if seeds.is_empty() {
+        return Err(Error::new(
+            ruby.exception_arg_error(),
+            "a Redis Cluster store needs at least one node",
+        ));
+    }
+    Ok(ClusterConfig { seeds })
 }
 
 /// redis-rb treats a timeout of 0 as "wait forever".

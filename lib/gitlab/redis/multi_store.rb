@@ -289,7 +289,7 @@ module Gitlab
       end
 
       def default_connection_options
-        StoreOptions.parsed_options(default_store)
+        use_primary_store_as_default? ? @primary_options : @secondary_options
       end
 
       # Commands sent while a block-less (deprecated) pipelined/multi block runs on this thread

@@ -6,7 +6,8 @@ module Gitlab
       # Turns each accepted form of a store -- a `::Redis`, a URL, or a Hash of redis-rb options
       # -- into the options the native core connects with. redis-rb's own option parser does the
       # work, so URLs, defaults (`REDIS_URL`, port 6379, timeout 5.0) and `timeout:` expansion
-      # behave exactly as `Redis.new` would.
+      # behave exactly as `Redis.new` would. A Redis Cluster is a `::Redis` built with
+      # `cluster:`, a Hash with `cluster:`, or an Array of its nodes' URLs (or host/port Hashes).
       module StoreOptions
         PASSED_TO_CORE = %i[
           host port path db username password id ssl
@@ -17,10 +18,13 @@ module Gitlab
         module_function
 
         def valid?(store)
-          store.is_a?(::Redis) || store.is_a?(String) || store.is_a?(Hash)
+          store.is_a?(::Redis) || store.is_a?(String) || store.is_a?(Hash) || store.is_a?(Array)
         end
 
         def normalize(store, pool_size: nil)
+          cluster = cluster_options(store)
+          return normalize_cluster(cluster, pool_size: pool_size) if cluster
+
           options = parsed_options(store)
           normalized = options.slice(*PASSED_TO_CORE)
           # redis-rb names the role with a Symbol; the master's name travels in :host.
@@ -51,11 +55,38 @@ module Gitlab
           private_key && value.respond_to?(:private_to_pem) ? value.private_to_pem : value.to_pem
         end
 
+        # The options a cluster was (or is to be) built with, or nil for a single server.
+        def cluster_options(store)
+          case store
+          when Array then { cluster: store }
+          when Hash then store if store.key?(:cluster) || store.key?("cluster")
+          when ::Redis
+            # redis-rb 4.8's cluster client keeps its options to itself; the Redis object keeps
+            # the ones it was built with.
+            store.instance_variable_get(:@options) if store._client.is_a?(::Redis::Cluster)
+          end
+        end
+
+        # Each node's options through redis-rb's own parsers (node URLs, credentials shared
+        # from the first node, timeouts); the core takes the common ones and the node list.
+        def normalize_cluster(options, pool_size:)
+          options = options.transform_keys(&:to_sym)
+          nodes = ::Redis::Cluster::Option.new(options).per_node_key.values.map do |node|
+            [node[:scheme], ::Redis::Client.new(node).options]
+          end
+          scheme, first = nodes.first
+          # host and port (the first node's) only name the store, as `connection` shows it.
+          normalized = first.slice(*(PASSED_TO_CORE - %i[path db sentinels role]))
+          normalized[:ssl] = true if scheme == "rediss"
+          normalized[:ssl_params] = tls_params(first[:ssl_params] || {}) if normalized[:ssl]
+          normalized[:cluster] = nodes.map { |_, node| { host: node[:host], port: node[:port] } }
+          normalized[:pool_size] = Integer(pool_size) if pool_size
+          normalized
+        end
+
         def parsed_options(store)
           case store
           when ::Redis
-            raise ArgumentError, "Redis Cluster stores are not supported by gitlab_multistore yet" if store._client.is_a?(::Redis::Cluster)
-
             store._client.options
           when String then ::Redis::Client.new(url: store).options
           when Hash then ::Redis::Client.new(store).options

@@ -1,0 +1,110 @@
+# frozen_string_literal: true
+
+# A Redis Cluster for the specs: three masters, no replicas, throw-away processes on loopback,
+# joined by `redis-cli --cluster create` as an operator would.
+class LocalRedisCluster
+  SLOTS = 16_384
+
+  attr_reader :servers
+
+  def initialize(masters: 3)
+    @servers = Array.new(masters) do
+      # The cluster bus gets its own free port: the default (port + 10000) may not exist.
+      RedisServer.new("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                      "--cluster-node-timeout", "2000", "--cluster-port", RedisServers.free_port.to_s)
+    end
+    created = system("redis-cli", "--cluster", "create", *@servers.map { |s| "127.0.0.1:#{s.port}" },
+                     "--cluster-replicas", "0", "--cluster-yes", out: File::NULL, err: File::NULL)
+    raise "redis-cli --cluster create failed (Debian's redis-tools provides redis-cli)" unless created
+
+    wait_until_healthy
+  end
+
+  # Every node up, serving every slot and agreeing on who serves what (after a node restarted).
+  def wait_until_healthy
+    wait_until("every node to see the whole cluster") do
+      views = @servers.map do |s|
+        s.client.call(%w[cluster info]).include?("cluster_state:ok") && slot_owners(s).sort_by { |range, _| range.first }
+      rescue Redis::BaseConnectionError
+        false
+      end
+      views.all? && views.uniq.size == 1 && views.first.sum { |range, _| range.size } == SLOTS
+    end
+  end
+
+  # The nodes as redis-rb's `cluster:` option takes them.
+  def urls
+    @servers.map(&:url)
+  end
+
+  def slot(key)
+    @servers.first.client.cluster("keyslot", key)
+  end
+
+  # The server that serves a key's slot, as the cluster itself says.
+  def server_for(key)
+    port = slot_owners(@servers.first).find { |range, _| range.cover?(slot(key)) }&.last
+    @servers.find { |s| s.port == port }
+  end
+
+  # A key whose slot is served by `server` (keys named prefix0, prefix1, … until one fits).
+  def key_on(server, prefix = "k")
+    (0..).lazy.map { |i| "#{prefix}#{i}" }.find { |key| server_for(key) == server }
+  end
+
+  # Starts moving a key's slot to `target` and moves only that key: the source then answers ASK
+  # for it. `finish_migration` completes the move (MOVED from then on).
+  def start_migration(key, target)
+    source = server_for(key)
+    slot = slot(key)
+    target.client.cluster("setslot", slot, "importing", node_id(source))
+    source.client.cluster("setslot", slot, "migrating", node_id(target))
+    source.client.migrate(key, host: "127.0.0.1", port: target.port, db: 0, timeout: 5)
+    @migration = [slot, source, target]
+  end
+
+  def finish_migration
+    slot, source, target = @migration
+    source.client.cluster("getkeysinslot", slot, 1_000).each do |key|
+      source.client.migrate(key, host: "127.0.0.1", port: target.port, db: 0, timeout: 5)
+    end
+    @servers.each { |s| s.client.cluster("setslot", slot, "node", node_id(target)) }
+    wait_until("every node to agree on slot #{slot}") do
+      @servers.all? { |s| slot_owners(s).find { |range, _| range.cover?(slot) }&.last == target.port }
+    end
+  end
+
+  # Moves a key's slot to `target` in one go, keys and all.
+  def move_slot(key, target)
+    start_migration(key, target)
+    finish_migration
+  end
+
+  def flushall
+    @servers.each { |s| s.client.flushall }
+  end
+
+  def cleanup
+    @servers.each(&:cleanup)
+  end
+
+  private
+
+  def node_id(server)
+    server.client.cluster("myid")
+  end
+
+  # [[slot range, port], …] as `server` sees the cluster.
+  def slot_owners(server)
+    server.client.call(%w[cluster slots]).map { |first, last, master| [first..last, master[1]] }
+  end
+
+  def wait_until(what, timeout: 20)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    until yield
+      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.05
+    end
+  end
+end

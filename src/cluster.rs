@@ -1,0 +1,837 @@
+//! Redis Cluster as one store. The caller sees one Redis: each command goes to the master of its
+//! key's slot, MOVED and ASK redirections are followed, the slot map is reloaded when the
+//! cluster changes under it, and the commands redis-rb's cluster client spreads over the
+//! masters (SCAN, DBSIZE, KEYS, FLUSHDB, SCRIPT LOAD …) are spread the same way. Multi-key
+//! commands whose keys live in several slots are split by slot where redis-cluster-client
+//! splits them (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH); any other cross-slot command reaches
+//! the server, whose CROSSSLOT error is raised as redis-rb raises it.
+//!
+//! Each node is a standalone `Store` with its own pool, so connections, reconnects, fork safety
+//! and restart detection are the node's business, not repeated here.
+
+use crate::cancel::CancelToken;
+use crate::command::Command;
+use crate::command_table;
+use crate::config::{Address, StoreConfig};
+use crate::connection::Reply;
+use crate::error::{Error, Result, ServerErrorReply};
+use crate::store::{InFlight, ReadTimeout, Store};
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const SLOTS: usize = 16384;
+
+/// redis-rb follows at most this many redirections for one command (its `retry_count`, plus
+/// the first attempt); a slot still bouncing after that is reported with the server's error.
+const MAX_REDIRECTIONS: usize = 5;
+
+/// A burst of MOVED replies (a resharding in progress) reloads the slot map at most this often;
+/// in between, each MOVED patches the one slot it names.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The nodes given in the configuration: where the slot map is first asked for.
+    pub seeds: Vec<Address>,
+}
+
+/// The hash slot of a key: CRC16 (XMODEM) of the key, or of its `{hash tag}` when it has a
+/// non-empty one, modulo 16384 — Redis's own `keyHashSlot`.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            match rest.iter().position(|b| *b == b'}') {
+                Some(len) if len > 0 => Some(&rest[..len]),
+                _ => None,
+            }
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS as u16
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in data {
+        crc ^= (*byte as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Which master serves each slot, as one node last described it.
+struct Topology {
+    /// Index into `masters` per slot; `None` for a slot no master serves.
+    slots: Vec<Option<u16>>,
+    /// Sorted by location, so a SCAN cursor's node index means the same node on every call.
+    masters: Vec<Arc<Store>>,
+    refreshed_at: Instant,
+}
+
+impl Topology {
+    fn master_of(&self, slot: u16) -> Option<&Arc<Store>> {
+        self.slots[slot as usize].map(|i| &self.masters[i as usize])
+    }
+}
+
+/// How a command is run on a cluster.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// On the master of this slot; `None` (no key) on any master.
+    Slot(Option<u16>),
+    /// Split by slot and the replies combined.
+    Split(Split),
+    /// On every master, the replies combined.
+    AllMasters(Combine),
+    /// SCAN, one master after the other.
+    Scan,
+    /// RANDOMKEY: a master taken in turn, so samples cover the whole keyspace over time.
+    AnyMaster,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Split {
+    /// MGET: one array, in the caller's key order.
+    Values,
+    /// MSET: key-value pairs; OK once every part said OK.
+    Pairs,
+    /// DEL, UNLINK, EXISTS, TOUCH: the counts added up.
+    Count,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Combine {
+    /// The first master's reply (writes that every master must receive).
+    First,
+    Sum,
+    /// KEYS: the arrays joined and sorted, as redis-rb's cluster client returns them.
+    ConcatSorted,
+}
+
+fn plan(cmd: &Command) -> Plan {
+    let Some(spec) = command_table::lookup(cmd) else {
+        return Plan::Slot(None);
+    };
+    match spec.name {
+        "scan" => return Plan::Scan,
+        "dbsize" => return Plan::AllMasters(Combine::Sum),
+        "keys" => return Plan::AllMasters(Combine::ConcatSorted),
+        "randomkey" => return Plan::AnyMaster,
+        "flushdb" | "flushall" | "script|load" | "script|flush" | "function|load"
+        | "function|delete" | "function|flush" | "function|restore" | "config|set"
+        | "config|resetstat" | "config|rewrite" => return Plan::AllMasters(Combine::First),
+        _ => {}
+    }
+    let keys = command_table::keys(cmd, spec).unwrap_or_default();
+    let Some(first) = keys.first() else {
+        return Plan::Slot(None);
+    };
+    let slot = key_slot(first);
+    if keys.iter().all(|k| key_slot(k) == slot) {
+        return Plan::Slot(Some(slot));
+    }
+    match spec.name {
+        "mget" => Plan::Split(Split::Values),
+        "mset" => Plan::Split(Split::Pairs),
+        "del" | "unlink" | "exists" | "touch" => Plan::Split(Split::Count),
+        // The server answers CROSSSLOT, which is what the caller should see.
+        _ => Plan::Slot(Some(slot)),
+    }
+}
+
+enum Redirect {
+    Moved { slot: u16, location: String },
+    Ask { location: String },
+}
+
+/// `MOVED 3999 127.0.0.1:6381` / `ASK 3999 127.0.0.1:6381`.
+fn redirect(reply: &Reply) -> Option<Redirect> {
+    let Reply::Error(line) = reply else {
+        return None;
+    };
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_whitespace();
+    let code = words.next()?;
+    let slot = words.next()?.parse().ok()?;
+    let location = words.next()?.to_string();
+    match code {
+        "MOVED" => Some(Redirect::Moved { slot, location }),
+        "ASK" => Some(Redirect::Ask { location }),
+        _ => None,
+    }
+}
+
+/// Commands sent to the cluster's nodes whose replies have not been read yet.
+pub struct ClusterInFlight {
+    cmds: Vec<Command>,
+    /// Per node: what was sent there and the positions of those commands in `cmds`.
+    parts: Vec<(Arc<Store>, InFlight, Vec<usize>)>,
+    /// Commands run one by one when the replies are collected (split, spread over masters).
+    later: Vec<usize>,
+    transaction: bool,
+}
+
+pub struct Cluster {
+    /// The template for each node's configuration (its address is replaced).
+    node_config: StoreConfig,
+    seeds: Vec<Address>,
+    topology: ArcSwapOption<Topology>,
+    /// Every node seen, by location, so a reloaded slot map reuses the nodes' pools.
+    nodes: Mutex<HashMap<String, Arc<Store>>>,
+    /// One reload at a time. Only ever tried with a timeout: a lock held by a thread that did
+    /// not survive a fork must not hang the child.
+    refreshing: Mutex<()>,
+    next_master: AtomicUsize,
+    /// Called when a node restarted (its run_id changed).
+    on_node_reset: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Cluster {
+    pub fn new(config: &StoreConfig, on_node_reset: Arc<dyn Fn() + Send + Sync>) -> Cluster {
+        let seeds = config
+            .cluster
+            .as_ref()
+            .map(|c| c.seeds.clone())
+            .unwrap_or_default();
+        let mut node_config = config.clone();
+        node_config.cluster = None;
+        // Redis Cluster has only database 0 (redis-rb's cluster client ignores `db` as well).
+        node_config.db = 0;
+        Cluster {
+            node_config,
+            seeds,
+            topology: ArcSwapOption::empty(),
+            nodes: Mutex::new(HashMap::new()),
+            refreshing: Mutex::new(()),
+            next_master: AtomicUsize::new(0),
+            on_node_reset,
+        }
+    }
+
+    pub fn seeds(&self) -> &[Address] {
+        &self.seeds
+    }
+
+    pub fn nodes(&self) -> Vec<Arc<Store>> {
+        self.nodes
+            .try_lock_for(Duration::from_secs(1))
+            .map(|nodes| nodes.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn call(&self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
+        match plan(cmd) {
+            Plan::Slot(slot) => self.call_slot(cmd, slot, timeout, cancel),
+            Plan::AnyMaster => {
+                let topology = self.topology(cancel)?;
+                self.next_master.fetch_add(1, Ordering::Relaxed);
+                self.master_for(&topology, None)?.call(cmd, timeout, cancel)
+            }
+            Plan::Scan => self.scan(cmd, cancel),
+            Plan::AllMasters(combine) => self.call_all_masters(cmd, combine, cancel),
+            Plan::Split(split) => self.call_split(cmd, split, cancel),
+        }
+    }
+
+    pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
+        let in_flight = self.send(cmds, cancel)?;
+        self.receive(in_flight, cancel)
+    }
+
+    /// Sends each command to its node without waiting (one batch per node); a MULTI … EXEC
+    /// batch goes whole to the one node its keys live on.
+    pub fn send(&self, cmds: &[Command], cancel: &CancelToken) -> Result<ClusterInFlight> {
+        let topology = self.topology(cancel)?;
+        let transaction = cmds.len() >= 2
+            && cmds.first().is_some_and(|c| c.name_is("multi"))
+            && cmds.last().is_some_and(|c| c.name_is("exec"));
+        let mut groups: Vec<(Arc<Store>, Vec<usize>)> = Vec::new();
+        let mut later = Vec::new();
+        if transaction {
+            let node = self.transaction_node(&topology, cmds)?;
+            groups.push((node, (0..cmds.len()).collect()));
+        } else {
+            for (i, cmd) in cmds.iter().enumerate() {
+                match plan(cmd) {
+                    Plan::Slot(slot) => {
+                        let node = self.master_for(&topology, slot)?;
+                        match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                            Some((_, members)) => members.push(i),
+                            None => groups.push((node, vec![i])),
+                        }
+                    }
+                    _ => later.push(i),
+                }
+            }
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for (node, members) in groups {
+            let batch: Vec<Command> = members.iter().map(|&i| cmds[i].clone()).collect();
+            let in_flight = node.send(&batch, cancel)?;
+            parts.push((node, in_flight, members));
+        }
+        Ok(ClusterInFlight {
+            cmds: cmds.to_vec(),
+            parts,
+            later,
+            transaction,
+        })
+    }
+
+    pub fn receive(&self, in_flight: ClusterInFlight, cancel: &CancelToken) -> Result<Vec<Reply>> {
+        let ClusterInFlight {
+            cmds,
+            parts,
+            later,
+            transaction,
+        } = in_flight;
+        let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+        for (node, in_flight, members) in parts {
+            for (i, reply) in members.into_iter().zip(node.receive(in_flight, cancel)?) {
+                replies[i] = Some(reply);
+            }
+        }
+        for i in later {
+            replies[i] = Some(self.call(&cmds[i], ReadTimeout::Configured, cancel)?);
+        }
+        let mut replies: Vec<Reply> = replies
+            .into_iter()
+            .map(|r| r.unwrap_or(Reply::Nil))
+            .collect();
+        if transaction {
+            return self.retry_moved_transaction(&cmds, replies, cancel);
+        }
+        // A command that met a redirection is run again on its own, following it. It then runs
+        // after the batch's other commands, as redis-cluster-client does.
+        for (i, reply) in replies.iter_mut().enumerate() {
+            if let Some(redirect) = redirect(reply) {
+                if let Redirect::Moved { slot, location } = &redirect {
+                    self.moved(*slot, location, cancel);
+                }
+                *reply = self.call(&cmds[i], ReadTimeout::Configured, cancel)?;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// The connection a caller pins (WATCH … EXEC, a subscription) is on the node of the first
+    /// command's key, or any master when it names none.
+    pub fn node_for(&self, cmd: Option<&Command>, cancel: &CancelToken) -> Result<Arc<Store>> {
+        let topology = self.topology(cancel)?;
+        let slot = match cmd.map(plan) {
+            Some(Plan::Slot(slot)) => slot,
+            _ => None,
+        };
+        self.master_for(&topology, slot)
+    }
+
+    fn call_slot(
+        &self,
+        cmd: &Command,
+        slot: Option<u16>,
+        timeout: ReadTimeout,
+        cancel: &CancelToken,
+    ) -> Result<Reply> {
+        let mut node = self.master_for(&*self.topology(cancel)?, slot)?;
+        let mut asking = false;
+        let mut failed_over = false;
+        let mut reply = Reply::Nil;
+        for _ in 0..MAX_REDIRECTIONS {
+            let result = if asking {
+                // ASKING holds for the next command on the same connection only.
+                let batch = [Command::from_args(["asking"]), cmd.clone()];
+                node.pipeline(&batch, cancel)
+                    .map(|mut r| r.pop().unwrap_or(Reply::Nil))
+            } else {
+                node.call(cmd, timeout, cancel)
+            };
+            reply = match result {
+                Ok(reply) => reply,
+                // The node is gone (a failover, a node removed): nothing was sent, so after
+                // reloading the slot map the command can go to the slot's new master once.
+                Err(err @ Error::CannotConnect { .. }) if !failed_over => {
+                    failed_over = true;
+                    let Ok(topology) = self.refresh(cancel, Duration::ZERO) else {
+                        return Err(err);
+                    };
+                    let next = self.master_for(&topology, slot)?;
+                    if Arc::ptr_eq(&next, &node) {
+                        return Err(err);
+                    }
+                    node = next;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            match redirect(&reply) {
+                Some(Redirect::Moved { slot, location }) => {
+                    node = self.moved(slot, &location, cancel);
+                    asking = false;
+                }
+                Some(Redirect::Ask { location }) => {
+                    node = self.node_at(&location);
+                    asking = true;
+                }
+                None => return Ok(reply),
+            }
+        }
+        Ok(reply)
+    }
+
+    /// redis-rb's cluster SCAN: the cursor's low 8 bits name the master, the rest is that
+    /// master's own cursor; the scan moves to the next master when one is done.
+    fn scan(&self, cmd: &Command, cancel: &CancelToken) -> Result<Reply> {
+        let cursor: u64 = cmd
+            .arg(1)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| Error::Server(ServerErrorReply::from_line(b"ERR invalid cursor")))?;
+        let topology = self.topology(cancel)?;
+        let index = (cursor % 256) as usize;
+        let Some(node) = topology.masters.get(index) else {
+            return Ok(Reply::Array(vec![
+                Reply::Bulk(b"0".to_vec()),
+                Reply::Array(Vec::new()),
+            ]));
+        };
+        let mut on_node = Command::new();
+        for (i, arg) in cmd.args().enumerate() {
+            if i == 1 {
+                on_node.push((cursor >> 8).to_string().as_bytes());
+            } else {
+                on_node.push(arg);
+            }
+        }
+        let reply = node.call(&on_node, ReadTimeout::Configured, cancel)?;
+        let Reply::Array(mut parts) = reply else {
+            return Ok(reply);
+        };
+        let keys = parts.pop().unwrap_or(Reply::Array(Vec::new()));
+        let next: u64 = parts
+            .first()
+            .and_then(Reply::as_bytes)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let next = match (next, index + 1 < topology.masters.len()) {
+            (0, true) => (index + 1) as u64,
+            // The last master is done: 0 ends the caller's loop.
+            (0, false) => 0,
+            (n, _) => n.checked_shl(8).map_or(0, |n| n | index as u64),
+        };
+        Ok(Reply::Array(vec![
+            Reply::Bulk(next.to_string().into_bytes()),
+            keys,
+        ]))
+    }
+
+    fn call_all_masters(
+        &self,
+        cmd: &Command,
+        combine: Combine,
+        cancel: &CancelToken,
+    ) -> Result<Reply> {
+        let topology = self.topology(cancel)?;
+        let mut replies = Vec::with_capacity(topology.masters.len());
+        for node in &topology.masters {
+            let reply = node.call(cmd, ReadTimeout::Configured, cancel)?;
+            if reply.is_error() {
+                return Ok(reply);
+            }
+            replies.push(reply);
+        }
+        Ok(match combine {
+            Combine::First => replies.into_iter().next().unwrap_or(Reply::Nil),
+            Combine::Sum => Reply::Integer(
+                replies
+                    .iter()
+                    .map(|r| if let Reply::Integer(n) = r { *n } else { 0 })
+                    .sum(),
+            ),
+            Combine::ConcatSorted => {
+                let mut all: Vec<Reply> = replies
+                    .into_iter()
+                    .flat_map(|r| match r {
+                        Reply::Array(items) => items,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                all.sort_by(|a, b| a.as_bytes().cmp(&b.as_bytes()));
+                Reply::Array(all)
+            }
+        })
+    }
+
+    /// One command per slot, sent as one pipeline (so one round trip per node), recombined.
+    fn call_split(&self, cmd: &Command, split: Split, cancel: &CancelToken) -> Result<Reply> {
+        let args: Vec<&[u8]> = cmd.args().collect();
+        let per_key = if split == Split::Pairs { 2 } else { 1 };
+        let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (n, chunk) in args[1..].chunks(per_key).enumerate() {
+            let slot = key_slot(chunk[0]);
+            match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(n),
+                None => by_slot.push((slot, vec![n])),
+            }
+        }
+        let parts: Vec<Command> = by_slot
+            .iter()
+            .map(|(_, members)| {
+                let mut part = Command::new();
+                part.push(args[0]);
+                for &n in members {
+                    for arg in &args[1 + n * per_key..1 + (n + 1) * per_key] {
+                        part.push(arg);
+                    }
+                }
+                part
+            })
+            .collect();
+        let replies = self.pipeline(&parts, cancel)?;
+        if let Some(error) = replies.iter().find(|r| r.is_error()) {
+            return Ok(error.clone());
+        }
+        Ok(match split {
+            Split::Pairs => Reply::Status(b"OK".to_vec()),
+            Split::Count => Reply::Integer(
+                replies
+                    .iter()
+                    .map(|r| if let Reply::Integer(n) = r { *n } else { 0 })
+                    .sum(),
+            ),
+            Split::Values => {
+                let mut values = vec![Reply::Nil; (args.len() - 1) / per_key];
+                for ((_, members), reply) in by_slot.iter().zip(replies) {
+                    let Reply::Array(items) = reply else { continue };
+                    for (&n, value) in members.iter().zip(items) {
+                        values[n] = value;
+                    }
+                }
+                Reply::Array(values)
+            }
+        })
+    }
+
+    /// MULTI … EXEC runs on one node: the one its keys live on. Keys on several nodes cannot be
+    /// in one transaction, which redis-rb reports as `CrossSlotPipeliningError`.
+    fn transaction_node(&self, topology: &Topology, cmds: &[Command]) -> Result<Arc<Store>> {
+        let mut chosen: Option<Arc<Store>> = None;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut spread = false;
+        for cmd in cmds {
+            let Plan::Slot(Some(slot)) = plan(cmd) else {
+                continue;
+            };
+            let node = self.master_for(topology, Some(slot))?;
+            if let Some(key) = command_table::lookup(cmd)
+                .and_then(|spec| command_table::keys(cmd, spec))
+                .and_then(|k| k.first().map(|k| k.to_vec()))
+            {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            match &chosen {
+                Some(c) if !Arc::ptr_eq(c, &node) => spread = true,
+                Some(_) => {}
+                None => chosen = Some(node),
+            }
+        }
+        if spread {
+            return Err(Error::CrossSlot { keys });
+        }
+        match chosen {
+            Some(node) => Ok(node),
+            None => self.master_for(topology, None),
+        }
+    }
+
+    /// A transaction whose commands met MOVED was refused whole (EXECABORT): nothing ran, so
+    /// after reloading the slot map it is sent once more.
+    fn retry_moved_transaction(
+        &self,
+        cmds: &[Command],
+        replies: Vec<Reply>,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Reply>> {
+        let aborted = replies
+            .last()
+            .and_then(Reply::error_code)
+            .is_some_and(|code| code == b"EXECABORT");
+        let moved = replies
+            .iter()
+            .any(|r| matches!(redirect(r), Some(Redirect::Moved { .. })));
+        if !(aborted && moved) {
+            return Ok(replies);
+        }
+        self.refresh(cancel, Duration::ZERO)?;
+        let in_flight = self.send(cmds, cancel)?;
+        let ClusterInFlight { parts, .. } = in_flight;
+        let mut again = vec![Reply::Nil; cmds.len()];
+        for (node, in_flight, members) in parts {
+            for (i, reply) in members.into_iter().zip(node.receive(in_flight, cancel)?) {
+                again[i] = reply;
+            }
+        }
+        Ok(again)
+    }
+
+    fn master_for(&self, topology: &Topology, slot: Option<u16>) -> Result<Arc<Store>> {
+        let node = match slot {
+            Some(slot) => topology.master_of(slot),
+            None => {
+                let turn = self.next_master.load(Ordering::Relaxed);
+                topology.masters.get(turn % topology.masters.len().max(1))
+            }
+        };
+        node.cloned().ok_or_else(|| {
+            Error::Server(ServerErrorReply::from_line(
+                b"CLUSTERDOWN Hash slot not served",
+            ))
+        })
+    }
+
+    /// The slot moved for good: reload the slot map (at most every 100 ms), and in any case
+    /// send that slot to the node that answered MOVED.
+    fn moved(&self, slot: u16, location: &str, cancel: &CancelToken) -> Arc<Store> {
+        let target = self.node_at(location);
+        if let Err(err) = self.refresh(cancel, MIN_REFRESH_INTERVAL) {
+            tracing::debug!(error = %err, "cluster slot map reload failed after MOVED");
+        }
+        if let Some(current) = self.topology.load_full() {
+            if current
+                .master_of(slot)
+                .is_none_or(|n| !Arc::ptr_eq(n, &target))
+            {
+                let mut masters = current.masters.clone();
+                let index = match masters.iter().position(|n| Arc::ptr_eq(n, &target)) {
+                    Some(i) => i,
+                    None => {
+                        masters.push(Arc::clone(&target));
+                        masters.len() - 1
+                    }
+                };
+                let mut slots = current.slots.clone();
+                slots[slot as usize] = Some(index as u16);
+                self.topology.store(Some(Arc::new(Topology {
+                    slots,
+                    masters,
+                    refreshed_at: current.refreshed_at,
+                })));
+            }
+        }
+        target
+    }
+
+    fn topology(&self, cancel: &CancelToken) -> Result<Arc<Topology>> {
+        match self.topology.load_full() {
+            Some(topology) => Ok(topology),
+            None => self.refresh(cancel, Duration::MAX),
+        }
+    }
+
+    /// Asks the known masters, then the configured nodes, for CLUSTER SLOTS until one answers.
+    /// A map younger than `min_age` (another thread just reloaded it) is kept as it is.
+    fn refresh(&self, cancel: &CancelToken, min_age: Duration) -> Result<Arc<Topology>> {
+        let wait = self
+            .node_config
+            .connect_timeout
+            .unwrap_or(Duration::from_secs(5));
+        let _guard = self.refreshing.try_lock_for(wait);
+        if let Some(current) = self.topology.load_full() {
+            if min_age == Duration::MAX || current.refreshed_at.elapsed() < min_age {
+                return Ok(current);
+            }
+        }
+        let mut candidates: Vec<Address> = self
+            .topology
+            .load_full()
+            .map(|t| {
+                t.masters
+                    .iter()
+                    .map(|n| n.config().address.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        candidates.extend(self.seeds.iter().cloned());
+        let mut last_error = Error::InvalidConfig("a cluster store needs at least one node".into());
+        let mut asked = Vec::new();
+        for address in candidates {
+            if asked.contains(&address) {
+                continue;
+            }
+            asked.push(address.clone());
+            let node = self.node(&address);
+            let slots = Command::from_args(["cluster", "slots"]);
+            match node.call(&slots, ReadTimeout::Configured, cancel) {
+                Ok(reply) => match self.parse_slots(&reply, &address) {
+                    Ok(topology) => {
+                        let topology = Arc::new(topology);
+                        self.topology.store(Some(Arc::clone(&topology)));
+                        return Ok(topology);
+                    }
+                    Err(err) => last_error = err,
+                },
+                Err(err) => last_error = err,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// CLUSTER SLOTS: `[[start, end, [host, port, id, …], replica…], …]`. An empty host means
+    /// the node that answered.
+    fn parse_slots(&self, reply: &Reply, asked: &Address) -> Result<Topology> {
+        let ranges = match reply {
+            Reply::Array(ranges) => ranges,
+            Reply::Error(line) => return Err(Error::Server(ServerErrorReply::from_line(line))),
+            _ => return Err(Error::Protocol("unexpected CLUSTER SLOTS reply".into())),
+        };
+        let asked_host = match asked {
+            Address::Tcp { host, .. } => host.clone(),
+            Address::Unix { .. } => String::from("127.0.0.1"),
+        };
+        let mut masters: Vec<Arc<Store>> = Vec::new();
+        let mut assigned: Vec<(i64, i64, String)> = Vec::new();
+        for range in ranges {
+            let Reply::Array(fields) = range else {
+                continue;
+            };
+            let (
+                Some(Reply::Integer(start)),
+                Some(Reply::Integer(end)),
+                Some(Reply::Array(master)),
+            ) = (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
+            let host = master
+                .first()
+                .and_then(Reply::as_bytes)
+                .map(|h| String::from_utf8_lossy(h).into_owned())
+                .filter(|h| !h.is_empty() && h != "?")
+                .unwrap_or_else(|| asked_host.clone());
+            let Some(Reply::Integer(port)) = master.get(1) else {
+                continue;
+            };
+            let location = format!("{host}:{port}");
+            assigned.push((*start, *end, location));
+        }
+        if assigned.is_empty() {
+            return Err(Error::Server(ServerErrorReply::from_line(
+                b"CLUSTERDOWN The cluster has no slots assigned",
+            )));
+        }
+        let mut locations: Vec<String> = assigned.iter().map(|(_, _, l)| l.clone()).collect();
+        locations.sort();
+        locations.dedup();
+        for location in &locations {
+            masters.push(self.node_at(location));
+        }
+        let mut slots = vec![None; SLOTS];
+        for (start, end, location) in assigned {
+            let Ok(index) = locations.binary_search(&location) else {
+                continue;
+            };
+            let range = start.clamp(0, SLOTS as i64 - 1)..=end.clamp(0, SLOTS as i64 - 1);
+            for slot in range {
+                slots[slot as usize] = Some(index as u16);
+            }
+        }
+        Ok(Topology {
+            slots,
+            masters,
+            refreshed_at: Instant::now(),
+        })
+    }
+
+    fn node_at(&self, location: &str) -> Arc<Store> {
+        let (host, port) = location.rsplit_once(':').unwrap_or((location, "6379"));
+        let host = if host.is_empty() { "127.0.0.1" } else { host };
+        let address = Address::Tcp {
+            host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            port: port.parse().unwrap_or(6379),
+        };
+        self.node(&address)
+    }
+
+    fn node(&self, address: &Address) -> Arc<Store> {
+        let location = address.location();
+        let new_node = || {
+            let mut config = self.node_config.clone();
+            config.address = address.clone();
+            let hook = Arc::clone(&self.on_node_reset);
+            Arc::new(Store::new(config).with_reset_hook(move || hook()))
+        };
+        // Waited for with a timeout, like `refreshing`: past it (the lock's holder did not
+        // survive a fork) the node works unregistered, only without a pool shared with others.
+        let Some(mut nodes) = self.nodes.try_lock_for(Duration::from_secs(1)) else {
+            return new_node();
+        };
+        if let Some(node) = nodes.get(&location) {
+            return Arc::clone(node);
+        }
+        let node = new_node();
+        nodes.insert(location, Arc::clone(&node));
+        node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_key_hash_slot() {
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // An empty tag, or an unclosed one, hashes the whole key.
+        assert_eq!(key_slot(b"{}foo"), crc16(b"{}foo") % 16384);
+        assert_eq!(key_slot(b"foo{"), crc16(b"foo{") % 16384);
+        assert_eq!(key_slot(b"{a}{b}"), key_slot(b"a"));
+    }
+
+    #[test]
+    fn plans_spread_split_and_single_slot_commands() {
+        let plan_of = |args: &[&str]| plan(&Command::from_args(args));
+        assert_eq!(plan_of(&["get", "foo"]), Plan::Slot(Some(12182)));
+        assert_eq!(plan_of(&["ping"]), Plan::Slot(None));
+        assert_eq!(
+            plan_of(&["mget", "{a}1", "{a}2"]),
+            Plan::Slot(Some(key_slot(b"a")))
+        );
+        assert_eq!(plan_of(&["mget", "foo", "bar"]), Plan::Split(Split::Values));
+        assert_eq!(
+            plan_of(&["mset", "foo", "1", "bar", "2"]),
+            Plan::Split(Split::Pairs)
+        );
+        assert_eq!(plan_of(&["DEL", "foo", "bar"]), Plan::Split(Split::Count));
+        assert_eq!(
+            plan_of(&["sunionstore", "foo", "bar"]),
+            Plan::Slot(Some(12182))
+        );
+        assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
+        assert_eq!(plan_of(&["dbsize"]), Plan::AllMasters(Combine::Sum));
+        assert_eq!(
+            plan_of(&["script", "load", "return 1"]),
+            Plan::AllMasters(Combine::First)
+        );
+        assert_eq!(
+            plan_of(&["eval", "return 1", "1", "foo"]),
+            Plan::Slot(Some(12182))
+        );
+    }
+}
