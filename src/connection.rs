@@ -9,6 +9,7 @@ use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
 pub use crate::reply::Reply;
 use crate::reply::ReplyReader;
+use crate::spin_wait::SpinWait;
 use crate::tls::TlsStream;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -82,6 +83,9 @@ pub struct Connection {
     reader: ReplyReader,
     write_buf: Vec<u8>,
     read_timeout: Option<Duration>,
+    spin: SpinWait,
+    /// A blocking command is waiting: its reply may take seconds, not worth spinning for.
+    awaiting_blocking_reply: bool,
     /// Which pool epoch opened it: a `select` or `disconnect` starts a new epoch and older
     /// connections are closed instead of being reused.
     pub(crate) epoch: u64,
@@ -128,6 +132,13 @@ impl Connection {
             reader: ReplyReader::new(),
             write_buf: Vec::with_capacity(256),
             read_timeout: config.read_timeout,
+            // TLS keeps decrypted bytes of its own, which a peek at the socket cannot see.
+            spin: SpinWait::new(if config.ssl {
+                Duration::ZERO
+            } else {
+                config.spin_wait
+            }),
+            awaiting_blocking_reply: false,
             epoch,
             run_id: None,
         };
@@ -218,7 +229,9 @@ impl Connection {
         self.stream
             .set_read_timeout(timeout)
             .map_err(|e| Error::from_io(&e))?;
+        self.awaiting_blocking_reply = true;
         let result = f(self);
+        self.awaiting_blocking_reply = false;
         if result.is_ok() {
             let configured = self.read_timeout;
             self.stream
@@ -248,13 +261,36 @@ impl Connection {
     }
 
     fn read_reply(&mut self, cancel: &CancelToken) -> Result<Reply> {
-        match self
-            .reader
-            .read(&mut self.stream, &|| cancel.stop_after_signal())
-        {
+        let mut waiting = ReplyWait {
+            cancel,
+            // A blocking command's reply may take seconds: not worth polling for.
+            spin: (!self.awaiting_blocking_reply)
+                .then_some((&mut self.spin, self.stream.as_raw_fd())),
+        };
+        match self.reader.read(&mut self.stream, &mut waiting) {
             Ok(reply) => Ok(reply),
             Err(_) if cancel.is_cancelled() => Err(Error::Interrupted),
             Err(e) => Err(Error::from_io(&e)),
+        }
+    }
+}
+
+/// While a reply is read: signals end the wait when the caller was interrupted, and each time
+/// the reader runs out of bytes (before the reply, and between the chunks of a long one) the
+/// connection polls briefly before sleeping.
+struct ReplyWait<'a> {
+    cancel: &'a CancelToken,
+    spin: Option<(&'a mut SpinWait, RawFd)>,
+}
+
+impl crate::reply::Waiting for ReplyWait<'_> {
+    fn stop(&self) -> bool {
+        self.cancel.stop_after_signal()
+    }
+
+    fn before_read(&mut self) {
+        if let Some((spin, fd)) = &mut self.spin {
+            spin.before_blocking_read(*fd);
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod routing;
 pub mod scripts;
 pub mod sentinel;
 pub mod session;
+pub mod spin_wait;
 pub mod store;
 pub mod tls;
 pub mod verify;

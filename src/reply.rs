@@ -53,6 +53,22 @@ pub fn error_message(line: &[u8]) -> &[u8] {
     &line[start..end.max(start)]
 }
 
+/// What the reader asks its caller while it waits on the socket.
+pub trait Waiting {
+    /// A read was interrupted by a signal: true gives up (`Interrupted`), false retries.
+    fn stop(&self) -> bool;
+
+    /// The reader is about to block for more bytes.
+    fn before_read(&mut self) {}
+}
+
+/// A plain closure answers `stop` and never waits in any other way.
+impl<F: Fn() -> bool> Waiting for F {
+    fn stop(&self) -> bool {
+        self()
+    }
+}
+
 /// Reads replies off a stream through its own buffer, keeping what is left over for the next.
 pub struct ReplyReader {
     buf: Vec<u8>,
@@ -83,23 +99,25 @@ impl ReplyReader {
     /// Reads one complete reply. `InvalidData` means the stream is not RESP. A read interrupted
     /// by a signal is retried unless `stop` says otherwise (then `Interrupted` is returned and
     /// the half-read reply is lost with the connection).
-    pub fn read<R: Read>(&mut self, stream: &mut R, stop: &dyn Fn() -> bool) -> io::Result<Reply> {
-        self.read_nested(stream, 0, stop)
+    pub fn read<R: Read>(&mut self, stream: &mut R, wait: &mut dyn Waiting) -> io::Result<Reply> {
+        self.read_nested(stream, 0, wait)
     }
 
     fn read_nested<R: Read>(
         &mut self,
         stream: &mut R,
         depth: usize,
-        stop: &dyn Fn() -> bool,
+        wait: &mut dyn Waiting,
     ) -> io::Result<Reply> {
         if depth > MAX_DEPTH {
             return Err(invalid("reply nested too deeply"));
         }
-        let line = self.read_line(stream, stop)?;
-        let (kind, rest) = line
-            .split_first()
-            .ok_or_else(|| invalid("empty reply line"))?;
+        // The line is looked at in place: only status and error lines are kept, so a bulk
+        // string's header costs no allocation.
+        let (start, end) = self.read_line(stream, wait)?;
+        let Some((&kind, rest)) = self.buf[start..end].split_first() else {
+            return Err(invalid("empty reply line"));
+        };
         match kind {
             b'+' => Ok(Reply::Status(rest.to_vec())),
             b'-' => Ok(Reply::Error(rest.to_vec())),
@@ -110,7 +128,7 @@ impl ReplyReader {
                     return Ok(Reply::Nil);
                 }
                 let len = usize::try_from(len).map_err(|_| invalid("bulk length"))?;
-                let mut data = self.read_exact(stream, len + 2, stop)?;
+                let mut data = self.read_exact(stream, len + 2, wait)?;
                 if data.get(len..) != Some(b"\r\n") {
                     return Err(invalid("bulk string not terminated by CRLF"));
                 }
@@ -125,38 +143,37 @@ impl ReplyReader {
                 let len = usize::try_from(len).map_err(|_| invalid("array length"))?;
                 let mut items = Vec::with_capacity(len.min(1024));
                 for _ in 0..len {
-                    items.push(self.read_nested(stream, depth + 1, stop)?);
+                    items.push(self.read_nested(stream, depth + 1, wait)?);
                 }
                 Ok(Reply::Array(items))
             }
             other => Err(invalid(&format!(
                 "unexpected reply type byte {:?}",
-                *other as char
+                other as char
             ))),
         }
     }
 
-    /// The next line without its CRLF.
+    /// Where the next line (without its CRLF) is in the buffer, valid until the next read.
     fn read_line<R: Read>(
         &mut self,
         stream: &mut R,
-        stop: &dyn Fn() -> bool,
-    ) -> io::Result<Vec<u8>> {
+        wait: &mut dyn Waiting,
+    ) -> io::Result<(usize, usize)> {
         let mut scanned = self.start;
         loop {
             if let Some(offset) = self.buf[scanned..self.end]
                 .windows(2)
                 .position(|w| w == b"\r\n")
             {
-                let line_end = scanned + offset;
-                let line = self.buf[self.start..line_end].to_vec();
-                self.start = line_end + 2;
+                let line = (self.start, scanned + offset);
+                self.start = line.1 + 2;
                 return Ok(line);
             }
             // Keep the last byte: it may be the CR of a CRLF split across reads.
             scanned = self.end.saturating_sub(1).max(self.start);
             let before = self.start;
-            self.fill(stream, stop)?;
+            self.fill(stream, wait)?;
             scanned -= before - self.start;
         }
     }
@@ -165,7 +182,7 @@ impl ReplyReader {
         &mut self,
         stream: &mut R,
         len: usize,
-        stop: &dyn Fn() -> bool,
+        wait: &mut dyn Waiting,
     ) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len);
         let buffered = (self.end - self.start).min(len);
@@ -176,13 +193,13 @@ impl ReplyReader {
             let missing = len - out.len();
             let filled = out.len();
             out.resize(len, 0);
-            read_fully(stream, &mut out[filled..filled + missing], stop)?;
+            read_fully(stream, &mut out[filled..filled + missing], wait)?;
         }
         Ok(out)
     }
 
     /// Reads more bytes, moving what is unread to the front first.
-    fn fill<R: Read>(&mut self, stream: &mut R, stop: &dyn Fn() -> bool) -> io::Result<()> {
+    fn fill<R: Read>(&mut self, stream: &mut R, wait: &mut dyn Waiting) -> io::Result<()> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -191,6 +208,7 @@ impl ReplyReader {
         if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
+        wait.before_read();
         loop {
             match stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
@@ -198,7 +216,7 @@ impl ReplyReader {
                     self.end += n;
                     return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && !stop() => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && !wait.stop() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -208,24 +226,48 @@ impl ReplyReader {
 fn read_fully<R: Read>(
     stream: &mut R,
     mut out: &mut [u8],
-    stop: &dyn Fn() -> bool,
+    wait: &mut dyn Waiting,
 ) -> io::Result<()> {
     while !out.is_empty() {
         match stream.read(out) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             Ok(n) => out = &mut out[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted && !stop() => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && !wait.stop() => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn parse_int(digits: &[u8]) -> io::Result<i64> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid("malformed integer"))
+/// A decimal integer as `str::parse::<i64>` reads it (optional sign, overflow refused),
+/// without going through `str`.
+fn parse_int(text: &[u8]) -> io::Result<i64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return Err(invalid("malformed integer"));
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(invalid("malformed integer"));
+        }
+        let digit = i64::from(d - b'0');
+        n = n
+            .checked_mul(10)
+            .and_then(|n| {
+                if negative {
+                    n.checked_sub(digit)
+                } else {
+                    n.checked_add(digit)
+                }
+            })
+            .ok_or_else(|| invalid("malformed integer"))?;
+    }
+    Ok(n)
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -252,7 +294,7 @@ mod tests {
         let mut reader = ReplyReader::new();
         let mut stream = Trickle(input, step);
         let mut out = Vec::new();
-        while let Ok(reply) = reader.read(&mut stream, &|| false) {
+        while let Ok(reply) = reader.read(&mut stream, &mut || false) {
             out.push(reply);
         }
         out
@@ -289,10 +331,30 @@ mod tests {
     }
 
     #[test]
+    fn parses_integers_as_str_parse_does() {
+        for text in [
+            "0",
+            "-42",
+            "+7",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ] {
+            assert_eq!(
+                parse_int(text.as_bytes()).ok(),
+                text.parse::<i64>().ok(),
+                "{text}"
+            );
+        }
+        for text in ["", "-", "1x", "9223372036854775808", " 1"] {
+            assert!(parse_int(text.as_bytes()).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn rejects_what_is_not_resp() {
         let mut reader = ReplyReader::new();
         let err = reader
-            .read(&mut &b"HTTP/1.1 200 OK\r\n"[..], &|| false)
+            .read(&mut &b"HTTP/1.1 200 OK\r\n"[..], &mut || false)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }

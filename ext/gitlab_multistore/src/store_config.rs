@@ -41,6 +41,16 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
     if let Some(size) = fetch("pool_size")? {
         config.pool_size = usize::try_convert(size)?;
     }
+    if let Some(seconds) = fetch("spin_wait")? {
+        let seconds = f64::try_convert(seconds)?;
+        if !(0.0..=0.01).contains(&seconds) {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                "spin_wait must be between 0 and 0.01 seconds",
+            ));
+        }
+        config.spin_wait = Duration::from_secs_f64(seconds);
+    }
     if let Some(params) = fetch("ssl_params")? {
         let params = RHash::try_convert(params)?;
         let pem = |key: &str| -> Result<Option<Vec<u8>>, Error> {

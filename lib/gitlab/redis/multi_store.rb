@@ -85,6 +85,8 @@ module Gitlab
       #   behaviour); :default_only reads the default store only (GitLab's later behaviour)
       # @param strict [Boolean] raise for commands not in the command table
       # @param pool_size [Integer] idle connections kept per store (default 16)
+      # @param spin_wait [Numeric] seconds a connection may poll for a reply before sleeping on
+      #   it, adaptively (default 0.00005; 0 never polls)
       # @param breaker_threshold [Integer] failures in a row after which the non-default store is
       #   skipped for a cool-down (default 3)
       # @param breaker_cool_down [Numeric] seconds the non-default store is skipped (default 5)
@@ -92,7 +94,7 @@ module Gitlab
       # @param flag_cache_seconds [Numeric] reuse flag values for this long (default 0: ask the
       #   flag source on every call)
       def initialize(primary_store, secondary_store, instance_name, feature_flags: nil, on_error: nil,
-                     read_strategy: :primary_with_fallback, strict: nil, pool_size: nil,
+                     read_strategy: :primary_with_fallback, strict: nil, pool_size: nil, spin_wait: nil,
                      breaker_threshold: nil, breaker_cool_down: nil, journal_capacity: nil,
                      flag_cache_seconds: 0)
         validate_arguments!(primary_store, secondary_store, instance_name)
@@ -107,12 +109,13 @@ module Gitlab
         tuning = { breaker_threshold: breaker_threshold, breaker_cool_down: breaker_cool_down,
                    journal_capacity: journal_capacity }.compact
         @constructor_options = { feature_flags: feature_flags, on_error: on_error, read_strategy: read_strategy,
-                                 strict: strict, pool_size: pool_size, flag_cache_seconds: flag_cache_seconds,
+                                 strict: strict, pool_size: pool_size, spin_wait: spin_wait,
+                                 flag_cache_seconds: flag_cache_seconds,
                                  **tuning }
         @flags = FeatureFlags.new(@instance_name, callable: feature_flags, strict: strict,
                                                   cache_seconds: flag_cache_seconds)
-        @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size)
-        @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size)
+        @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size, spin_wait: spin_wait)
+        @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size, spin_wait: spin_wait)
         @native = GitlabMultistore::NativeStore.new(
           @instance_name,
           @primary_options,

@@ -58,6 +58,27 @@ RSpec.describe Gitlab::Redis::MultiStore, "connections" do
     end
   end
 
+  describe "waiting for replies (spin_wait)" do
+    it "returns the same replies polling first (the default), sleeping at once, or with a long budget" do
+      [{}, { spin_wait: 0 }, { spin_wait: 0.001 }].each do |options|
+        store = multi_store(secondary_server.url, **options)
+
+        expect(store.set("k", "v")).to eq("OK")
+        # Slower than any budget: the poll gives up and the read sleeps until the reply comes.
+        expect(store.call(%i[debug sleep 0.02])).to eq("OK")
+        expect(Array.new(200) { store.get("k") }.uniq).to eq(["v"])
+        expect(store.blpop("empty", timeout: 0.05)).to be_nil
+        store.close
+      end
+    end
+
+    it "refuses a budget that is negative or longer than 10 ms" do
+      [-0.001, 0.5].each do |budget|
+        expect { multi_store(secondary_server.url, spin_wait: budget) }.to raise_error(ArgumentError, /spin_wait/)
+      end
+    end
+  end
+
   describe "connecting" do
     it "connects lazily: building a MultiStore for a server that is down does not raise" do
       closed_port = RedisServers.free_port

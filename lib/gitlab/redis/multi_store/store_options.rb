@@ -21,9 +21,9 @@ module Gitlab
           store.is_a?(::Redis) || store.is_a?(String) || store.is_a?(Hash) || store.is_a?(Array)
         end
 
-        def normalize(store, pool_size: nil)
+        def normalize(store, pool_size: nil, spin_wait: nil)
           cluster = cluster_options(store)
-          return normalize_cluster(cluster, pool_size: pool_size) if cluster
+          return normalize_cluster(cluster, pool_size: pool_size).merge(tuning(spin_wait)) if cluster
 
           options = parsed_options(store)
           normalized = options.slice(*PASSED_TO_CORE)
@@ -31,7 +31,11 @@ module Gitlab
           normalized[:role] = normalized[:role].to_s if normalized[:role]
           normalized[:pool_size] = Integer(pool_size) if pool_size
           normalized[:ssl_params] = tls_params(options[:ssl_params] || {}) if options[:ssl]
-          normalized
+          normalized.merge(tuning(spin_wait))
+        end
+
+        def tuning(spin_wait)
+          spin_wait.nil? ? {} : { spin_wait: Float(spin_wait) }
         end
 
         # redis-rb's ssl_params (OpenSSL objects or file names) as PEM for the native TLS client:
