@@ -10,10 +10,11 @@
 use crate::error::command_error_class;
 use gitlab_multistore::reply::error_message;
 use gitlab_multistore::{Command, Reply};
-use magnus::encoding::Index as EncodingIndex;
+use magnus::rb_sys::FromRawValue;
 use magnus::{
     prelude::*, Error, Exception, Fixnum, IntoValue, RArray, RString, Ruby, Symbol, Value as RValue,
 };
+use std::os::raw::c_long;
 
 pub fn command_from_ruby(args: RArray) -> Result<Command, Error> {
     let mut cmd = Command::with_capacity(args.len(), 16 * args.len());
@@ -74,21 +75,64 @@ pub fn reply_to_ruby(ruby: &Ruby, reply: Reply) -> Result<RValue, Error> {
     convert(ruby, reply, default_external(ruby))
 }
 
-fn convert(ruby: &Ruby, reply: Reply, bulk_encoding: EncodingIndex) -> Result<RValue, Error> {
+/// The encoding bulk strings are tagged with, looked up once per reply.
+#[derive(Clone, Copy)]
+enum BulkEncoding {
+    /// The usual `default_external`, which Ruby sets on a new string for free.
+    Utf8,
+    Other(*mut rb_sys::rb_encoding),
+}
+
+fn convert(ruby: &Ruby, reply: Reply, bulk_encoding: BulkEncoding) -> Result<RValue, Error> {
     Ok(match reply {
         Reply::Nil => ruby.qnil().as_value(),
         Reply::Integer(n) => n.into_value_with(ruby),
-        Reply::Bulk(bytes) => ruby.enc_str_new(&bytes, bulk_encoding).as_value(),
+        Reply::Bulk(bytes) => bulk_string(&bytes, bulk_encoding),
         Reply::Status(line) => ruby.str_from_slice(&line).as_value(),
         Reply::Error(line) => command_error(ruby, &line)?.as_value(),
-        Reply::Array(items) => {
-            let ary = ruby.ary_new_capa(items.len());
-            for item in items {
-                ary.push(convert(ruby, item, bulk_encoding)?)?;
-            }
-            ary.as_value()
-        }
+        // Filled in batches from a buffer on the stack (where the GC sees the new strings),
+        // not one protected push per element.
+        Reply::Array(items) => ruby
+            .ary_try_from_iter(
+                items
+                    .into_iter()
+                    .map(|item| convert(ruby, item, bulk_encoding)),
+            )?
+            .as_value(),
     })
+}
+
+fn bulk_string(bytes: &[u8], encoding: BulkEncoding) -> RValue {
+    // SAFETY: called with the GVL held (every conversion is); rb_enc_str_new copies the bytes
+    // and cannot raise for a valid encoding, which `default_external` always is.
+    unsafe {
+        let (ptr, len) = (bytes.as_ptr().cast(), bytes.len() as c_long);
+        RValue::from_raw(match encoding {
+            BulkEncoding::Utf8 => rb_sys::rb_utf8_str_new(ptr, len),
+            BulkEncoding::Other(encoding) => rb_sys::rb_enc_str_new(ptr, len, encoding),
+        })
+    }
+}
+
+/// The reply of a command redis-rb turns into a Hash with `Redis::Commands::Hashify` (HGETALL,
+/// CONFIG GET …), built here as `each_slice(2).to_h` would build it: same keys (frozen copies,
+/// as `Hash#[]=` makes them), same order, the last of duplicate keys winning. Anything else
+/// (nil, an odd-length array) is returned as it is, for the caller to hand to Hashify.
+pub fn reply_to_hash(ruby: &Ruby, reply: Reply) -> Result<RValue, Error> {
+    let items = match reply {
+        Reply::Array(items) if items.len() % 2 == 0 => items,
+        other => return reply_to_ruby(ruby, other),
+    };
+    let encoding = default_external(ruby);
+    let hash = ruby.hash_new();
+    let mut items = items.into_iter();
+    while let (Some(key), Some(value)) = (items.next(), items.next()) {
+        hash.aset(
+            convert(ruby, key, encoding)?,
+            convert(ruby, value, encoding)?,
+        )?;
+    }
+    Ok(hash.as_value())
 }
 
 /// A `Redis::CommandError` whose message is the stripped error line as a binary string,
@@ -118,8 +162,16 @@ pub fn replies_to_ruby(ruby: &Ruby, replies: Vec<Reply>) -> Result<RArray, Error
 
 /// redis-rb tags bulk replies with `Encoding.default_external`, read at each reply since an
 /// application may change it.
-fn default_external(ruby: &Ruby) -> EncodingIndex {
-    EncodingIndex::from(ruby.default_external_encoding())
+fn default_external(_ruby: &Ruby) -> BulkEncoding {
+    // SAFETY: the GVL is held (the `Ruby` handle proves it).
+    unsafe {
+        let external = rb_sys::rb_default_external_encoding();
+        if external == rb_sys::rb_utf8_encoding() {
+            BulkEncoding::Utf8
+        } else {
+            BulkEncoding::Other(external)
+        }
+    }
 }
 
 /// A Hash with Symbol keys, for the reports the native objects return to Ruby.

@@ -244,6 +244,13 @@ module MultiStoreDifferential
       it_matches_redis_rb("MAPPED_HMGET") { |r| r.hset("h", "a", 1); [r.mapped_hmget("h", "a", "missing"), r.mapped_hmget("missing", "a")] }
       it_matches_redis_rb("HMSET and MAPPED_HMSET") { |r| [r.hmset("h", "a", 1, :b, 2), r.mapped_hmset("h", "c" => 3, d: nil), r.hgetall("h")] }
       it_matches_redis_rb("HGETALL") { |r| r.hset("h", MULTIBYTE, BINARY, "n", 1); [r.hgetall("h"), r.hgetall("missing")] }
+      # The Hash is built natively for speed: its keys must still be frozen and interned (the
+      # same object as `-key`) as `each_slice(2).to_h` makes them, and its values left unfrozen.
+      it_matches_redis_rb("HGETALL keys frozen and interned, values not") do |r|
+        r.hset("h", "field", "value")
+        r.hgetall("h").map { |key, value| [key.frozen?, key.equal?(-key), value.frozen?] }
+      end
+      it_matches_redis_rb("HGETALL of a string key", raises: Redis::CommandError) { |r| r.set("s", "x"); r.hgetall("s") }
       it_matches_redis_rb("HDEL and HEXISTS") { |r| r.hset("h", "a", 1, "b", 2, "c", 3); [r.hexists("h", "a"), r.hdel("h", "a"), r.hexists("h", "a"), r.hdel("h", %w[b c missing]), r.exists?("h")] }
       it_matches_redis_rb("HINCRBY and HINCRBYFLOAT") { |r| [r.hincrby("h", "n", 5), r.hincrby("h", "n", -7), r.hincrbyfloat("h", "f", 1.5), r.hincrbyfloat("h", "f", 1e20), r.hincrbyfloat("h", "g", 2)] }
       it_matches_redis_rb("HINCRBY on a non-integer", raises: Redis::CommandError) { |r| r.hset("h", "f", "x"); r.hincrby("h", "f", 1) }
@@ -548,7 +555,11 @@ module MultiStoreDifferential
         previous = Encoding.default_external
         verbose, $VERBOSE = $VERBOSE, nil
         Encoding.default_external = Encoding::ISO_8859_1
-        expected, actual = outcomes { |r| r.set("k", "v"); [r.get("k"), r.ping, r.keys("*"), r.hgetall("k2"), r.mget("k", "missing")] }
+        expected, actual = outcomes do |r|
+          r.set("k", "v")
+          r.hset("h", "f\xE9".b, "v\xE9".b)
+          [r.get("k"), r.ping, r.keys("*"), r.hgetall("k2"), r.hgetall("h"), r.mget("k", "missing")]
+        end
         expect(expected.first).to eq(:ok)
         expect(actual).to be_the_same_outcome_as(expected)
       ensure

@@ -12,6 +12,8 @@ module Gitlab
         QUEUED = "QUEUED"
         REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
         TRANSACTION_CONTROL = %i[multi exec discard watch unwatch].freeze
+        # redis-rb's reply-to-Hash block (HGETALL, CONFIG GET …): the native side builds the Hash.
+        HASHIFY = ::Redis::Commands::Hashify
 
         # What one thread has pinned: a session, a pipeline recording calls made on the
         # MultiStore itself, the subscribed client of a running subscription, and whether a
@@ -29,6 +31,11 @@ module Gitlab
 
         # @param state [ThreadState, nil] this thread's state when the caller already looked it up
         def call(command, state = thread_state, &block)
+          if block.equal?(HASHIFY) && !state&.session
+            reply = @native._call_hashify(command, @flags.bits)
+            return reply.is_a?(Hash) ? reply : block.call(reply)
+          end
+
           reply =
             if state&.session
               state.queued << command if state.queued && !TRANSACTION_CONTROL.include?(command.first)
