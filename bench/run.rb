@@ -15,6 +15,8 @@ require_relative "sequential_multi_store"
 module Bench
   ROUND_SECONDS = Float(ENV.fetch("BENCH_ROUND_SECONDS", "0.4"))
   ROUNDS = Integer(ENV.fetch("BENCH_ROUNDS", "5"))
+  # A pattern to race only some operations (BENCH_ONLY=HGETALL): a quick check while profiling.
+  ONLY = ENV["BENCH_ONLY"] && Regexp.new(ENV["BENCH_ONLY"])
   THREADS = 8
 
   HIREDIS =
@@ -140,6 +142,8 @@ ratios = []
   flag_states.each do |state, on|
     flags.replace(on)
     ops.each do |op_name, op|
+      next if Bench::ONLY && !op_name.match?(Bench::ONLY)
+
       # The plain clients and the sequential store do not look at flags: in the "primary only"
       # state they still talk to the old store, which is the same work.
       results = Bench.race(contenders, threads, op)
