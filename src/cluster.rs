@@ -151,6 +151,16 @@ fn plan(cmd: &Command) -> Plan {
     }
 }
 
+/// The integer replies of several nodes added up (DBSIZE, DEL over slots).
+fn sum_of(replies: &[Reply]) -> Reply {
+    Reply::Integer(
+        replies
+            .iter()
+            .map(|r| if let Reply::Integer(n) = r { *n } else { 0 })
+            .sum(),
+    )
+}
+
 enum Redirect {
     Moved { slot: u16, location: String },
     Ask { location: String },
@@ -454,12 +464,7 @@ impl Cluster {
         }
         Ok(match combine {
             Combine::First => replies.into_iter().next().unwrap_or(Reply::Nil),
-            Combine::Sum => Reply::Integer(
-                replies
-                    .iter()
-                    .map(|r| if let Reply::Integer(n) = r { *n } else { 0 })
-                    .sum(),
-            ),
+            Combine::Sum => sum_of(&replies),
             Combine::ConcatSorted => {
                 let mut all: Vec<Reply> = replies
                     .into_iter()
@@ -505,12 +510,7 @@ impl Cluster {
         }
         Ok(match split {
             Split::Pairs => Reply::Status(b"OK".to_vec()),
-            Split::Count => Reply::Integer(
-                replies
-                    .iter()
-                    .map(|r| if let Reply::Integer(n) = r { *n } else { 0 })
-                    .sum(),
-            ),
+            Split::Count => sum_of(&replies),
             Split::Values => {
                 let mut values = vec![Reply::Nil; (args.len() - 1) / per_key];
                 for ((_, members), reply) in by_slot.iter().zip(replies) {

@@ -1,13 +1,11 @@
 mod support;
 
 use gitlab_multistore::cluster::{key_slot, ClusterConfig};
-use gitlab_multistore::{
-    Address, CancelToken, Command, Error, ReadTimeout, Reply, Store, StoreConfig,
-};
+use gitlab_multistore::{Address, CancelToken, Command, Reply, Store, StoreConfig};
 use redis::Value;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-use support::{bulk, status, RedisServer};
+use support::{bulk, call, status, RedisServer};
 
 /// Three masters splitting the slots in thirds, joined with CLUSTER MEET (what `redis-cli
 /// --cluster create` does, without needing it here).
@@ -92,14 +90,6 @@ impl Cluster {
             sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn call(store: &Store, args: &[&str]) -> Result<Reply, Error> {
-    store.call(
-        &Command::from_args(args),
-        ReadTimeout::Configured,
-        &CancelToken::new(),
-    )
 }
 
 #[test]

@@ -5,15 +5,7 @@ use redis::Value;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{bulk, status, RedisServer};
-
-fn call(store: &Store, args: &[&str]) -> Result<Reply, Error> {
-    store.call(
-        &Command::from_args(args),
-        ReadTimeout::Configured,
-        &CancelToken::new(),
-    )
-}
+use support::{bulk, call, status, RedisServer};
 
 #[test]
 fn round_trips_commands_and_keeps_error_replies_as_values() {

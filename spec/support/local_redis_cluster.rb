@@ -3,6 +3,8 @@
 # A Redis Cluster for the specs: three masters, no replicas, throw-away processes on loopback,
 # joined by `redis-cli --cluster create` as an operator would.
 class LocalRedisCluster
+  include Waiting
+
   SLOTS = 16_384
 
   attr_reader :servers
@@ -97,14 +99,5 @@ class LocalRedisCluster
   # [[slot range, port], …] as `server` sees the cluster.
   def slot_owners(server)
     server.client.call(%w[cluster slots]).map { |first, last, master| [first..last, master[1]] }
-  end
-
-  def wait_until(what, timeout: 20)
-    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
-    until yield
-      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-
-      sleep 0.05
-    end
   end
 end

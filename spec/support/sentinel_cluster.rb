@@ -3,6 +3,8 @@
 # A Redis Sentinel deployment for the specs: a master, a replica and three sentinels watching
 # them as "mymaster", all throw-away processes on loopback.
 class SentinelCluster
+  include Waiting
+
   MASTER_NAME = "mymaster"
 
   attr_reader :master, :replica, :sentinel_ports
@@ -78,14 +80,5 @@ class SentinelCluster
     pid = Process.spawn(RedisServer.binary, config, "--sentinel", out: File::NULL, err: File::NULL)
     wait_until("sentinel #{index} to start") { (TCPSocket.new("127.0.0.1", port).close || true) rescue false }
     pid
-  end
-
-  def wait_until(what, timeout: 20)
-    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
-    until yield
-      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-
-      sleep 0.05
-    end
   end
 end

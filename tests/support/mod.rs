@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use gitlab_multistore::{Reply, StoreConfig};
+use gitlab_multistore::{CancelToken, Command, Error, ReadTimeout, Reply, Store, StoreConfig};
 use redis::Value;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -107,4 +107,13 @@ pub fn bulk(s: &str) -> Reply {
 
 pub fn status(s: &str) -> Reply {
     Reply::Status(s.as_bytes().to_vec())
+}
+
+/// One command through a store, waiting the configured read timeout.
+pub fn call(store: &Store, args: &[&str]) -> Result<Reply, Error> {
+    store.call(
+        &Command::from_args(args),
+        ReadTimeout::Configured,
+        &CancelToken::new(),
+    )
 }

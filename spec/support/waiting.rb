@@ -1,0 +1,13 @@
+# frozen_string_literal: true
+
+# Polls until a deployment the specs started (sentinels, a cluster) reaches the state asked for.
+module Waiting
+  def wait_until(what, timeout: 20)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    until yield
+      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.05
+    end
+  end
+end
