@@ -289,7 +289,9 @@ impl Cluster {
         let mut parts = Vec::with_capacity(groups.len());
         for (node, members) in groups {
             let batch: Vec<Command> = members.iter().map(|&i| cmds[i].clone()).collect();
-            let in_flight = node.send(&batch, cancel)?;
+            let in_flight = node
+                .send(&batch, cancel)
+                .map_err(|err| self.after_node_failure(err, cancel))?;
             parts.push((node, in_flight, members));
         }
         Ok(ClusterInFlight {
@@ -309,7 +311,10 @@ impl Cluster {
         } = in_flight;
         let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
         for (node, in_flight, members) in parts {
-            for (i, reply) in members.into_iter().zip(node.receive(in_flight, cancel)?) {
+            let node_replies = node
+                .receive(in_flight, cancel)
+                .map_err(|err| self.after_node_failure(err, cancel))?;
+            for (i, reply) in members.into_iter().zip(node_replies) {
                 replies[i] = Some(reply);
             }
         }
@@ -581,11 +586,26 @@ impl Cluster {
         let ClusterInFlight { parts, .. } = in_flight;
         let mut again = vec![Reply::Nil; cmds.len()];
         for (node, in_flight, members) in parts {
-            for (i, reply) in members.into_iter().zip(node.receive(in_flight, cancel)?) {
+            let node_replies = node
+                .receive(in_flight, cancel)
+                .map_err(|err| self.after_node_failure(err, cancel))?;
+            for (i, reply) in members.into_iter().zip(node_replies) {
                 again[i] = reply;
             }
         }
         Ok(again)
+    }
+
+    /// A node that cannot be reached may have failed over: the slot map is reloaded so the
+    /// next command finds the new master, and the error goes to the caller as redis-rb raises
+    /// it (some of a pipeline's commands may have run on other nodes).
+    fn after_node_failure(&self, err: Error, cancel: &CancelToken) -> Error {
+        if matches!(err, Error::CannotConnect { .. }) {
+            if let Err(refresh) = self.refresh(cancel, MIN_REFRESH_INTERVAL) {
+                tracing::debug!(error = %refresh, "cluster slot map reload failed");
+            }
+        }
+        err
     }
 
     fn master_for(&self, topology: &Topology, slot: Option<u16>) -> Result<Arc<Store>> {

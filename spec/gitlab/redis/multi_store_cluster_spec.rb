@@ -242,6 +242,8 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
       begin
         expect { store.get(down_key) }.to raise_error(Redis::CannotConnectError, /#{lost.port}/)
         expect(store.get(up_key)).to eq("1")
+        expect { store.pipelined { |pl| pl.get(up_key); pl.get(down_key) } }.to raise_error(Redis::CannotConnectError)
+        expect(store.pipelined { |pl| pl.get(up_key); pl.incr("{#{up_key}}:n") }).to eq(["1", 1])
       ensure
         lost.start(port: lost.port)
         cluster.wait_until_healthy
