@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
-# A Redis Cluster for the specs: three masters, no replicas, throw-away processes on loopback,
-# joined by `redis-cli --cluster create` as an operator would.
+# A Redis Cluster for the specs: three masters (and optionally replicas of them), throw-away
+# processes on loopback, joined by `redis-cli --cluster create` as an operator would.
 class LocalRedisCluster
   include Waiting
 
@@ -9,17 +9,40 @@ class LocalRedisCluster
 
   attr_reader :servers
 
-  def initialize(masters: 3)
-    @servers = Array.new(masters) do
+  def initialize(masters: 3, replicas: 0)
+    @servers = Array.new(masters * (1 + replicas)) do
       # The cluster bus gets its own free port: the default (port + 10000) may not exist.
       RedisServer.new("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                       "--cluster-node-timeout", "2000", "--cluster-port", RedisServers.free_port.to_s)
     end
     created = system("redis-cli", "--cluster", "create", *@servers.map { |s| "127.0.0.1:#{s.port}" },
-                     "--cluster-replicas", "0", "--cluster-yes", out: File::NULL, err: File::NULL)
+                     "--cluster-replicas", replicas.to_s, "--cluster-yes", out: File::NULL, err: File::NULL)
     raise "redis-cli --cluster create failed (Debian's redis-tools provides redis-cli)" unless created
 
     wait_until_healthy
+    wait_until("every replica to sync with its master") do
+      @servers.all? { |s| s.client.info("replication").values_at("role", "master_link_status") != %w[slave down] }
+    end
+  end
+
+  # Waits until every node that is up names `owner` as the master of `key`'s slot.
+  def wait_until_serving(key, owner)
+    wait_until("every node to agree that #{owner.port} serves #{key}") do
+      @servers.select(&:pid).all? do |s|
+        slot = s.client.cluster("keyslot", key)
+        slot_owners(s).find { |range, _| range.cover?(slot) }&.last == owner.port
+      rescue Redis::BaseConnectionError
+        false
+      end
+    end
+  end
+
+  # The server replicating `master`.
+  def replica_of(master)
+    @servers.find do |s|
+      role = s.client.call(%w[role])
+      role.first == "slave" && role[2] == master.port
+    end
   end
 
   # Every node up, serving every slot and agreeing on who serves what (after a node restarted).

@@ -272,6 +272,31 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
     end
   end
 
+  describe "a failover inside the cluster" do
+    before(:all) { @replicated = LocalRedisCluster.new(masters: 3, replicas: 1) }
+    after(:all) { @replicated&.cleanup }
+
+    it "sends the command to the promoted replica once the old master stops answering" do
+      flags.enable(:use_primary_store_as_default_for_cluster_store)
+      store = store_onto_cluster(@replicated.urls)
+      store.set("failover", "before")
+      old_master = @replicated.server_for("failover")
+      replica = @replicated.replica_of(old_master)
+      old_master.client.wait(1, 5_000)
+
+      old_master.stop
+      @replicated.wait_until_serving("failover", replica)
+
+      # The first call meets a refused connection, reloads the slot map and goes to the new
+      # master: nothing was sent to the old one, so nothing runs twice. (Until the cluster itself
+      # has agreed on the new master, the call fails as it does with redis-rb.)
+      expect(store.get("failover")).to eq("before")
+      expect(store.set("failover", "after")).to eq("OK")
+      expect(replica.client.get("failover")).to eq("after")
+      expect(reports).to be_empty
+    end
+  end
+
   describe "moving a partition from a single Redis to the cluster" do
     it "dual-writes, backfills, verifies, switches and drops the old store with nothing lost" do
       old = secondary_server.client
