@@ -16,6 +16,9 @@ pub struct Session {
     /// The pinned connection and the store (for a cluster: the node) it belongs to.
     conn: Option<(Arc<Store>, Connection)>,
     fork_generation: u64,
+    /// On a cluster, a MULTI that opened no connection yet: it is sent with the first command
+    /// that follows, on that command's node, since a transaction must run where its keys are.
+    deferred_multi: bool,
 }
 
 impl Session {
@@ -24,6 +27,7 @@ impl Session {
             store,
             conn: None,
             fork_generation: fork::generation(),
+            deferred_multi: false,
         }
     }
 
@@ -37,10 +41,40 @@ impl Session {
         timeout: ReadTimeout,
         cancel: &CancelToken,
     ) -> Result<Reply> {
+        if self.conn.is_none() && self.store.cluster().is_some() {
+            if let Some(reply) = self.defer_multi(cmd, cancel)? {
+                return Ok(reply);
+            }
+        }
         self.with_connection(Some(cmd), cancel, |conn| match timeout {
             ReadTimeout::Configured => conn.request(cmd, cancel),
             ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
         })
+    }
+
+    /// A block-less MULTI on a cluster before any connection is pinned: answered OK at once and
+    /// sent ahead of the next command (DISCARD then sends nothing). `None`: not such a case.
+    fn defer_multi(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<Option<Reply>> {
+        let ok = || Reply::Status(b"OK".to_vec());
+        if !self.deferred_multi {
+            if cmd.name_is("multi") {
+                self.deferred_multi = true;
+                return Ok(Some(ok()));
+            }
+            return Ok(None);
+        }
+        self.deferred_multi = false;
+        if cmd.name_is("discard") {
+            return Ok(Some(ok()));
+        }
+        let batch = [Command::from_args(["multi"]), cmd.clone()];
+        let mut replies =
+            self.with_connection(Some(cmd), cancel, |conn| conn.pipeline(&batch, cancel))?;
+        let reply = replies.pop().unwrap_or(Reply::Nil);
+        match replies.pop() {
+            Some(multi) if multi.is_error() => Ok(Some(multi)),
+            _ => Ok(Some(reply)),
+        }
     }
 
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
@@ -62,6 +96,7 @@ impl Session {
     /// Returns the connection to the pool: the caller has left every connection-bound state
     /// (EXEC, DISCARD or UNWATCH ran, the subscription ended).
     pub fn release(&mut self) {
+        self.deferred_multi = false;
         if let Some((node, conn)) = self.conn.take() {
             if self.fork_generation == fork::generation() {
                 node.checkin(conn);
@@ -74,6 +109,7 @@ impl Session {
     /// Closes the connection: it may be left in a state (MONITOR, a subscription) no other
     /// caller should inherit.
     pub fn discard(&mut self) {
+        self.deferred_multi = false;
         if let Some((_, conn)) = self.conn.take() {
             if self.fork_generation != fork::generation() {
                 std::mem::forget(conn);

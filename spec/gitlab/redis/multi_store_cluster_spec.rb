@@ -128,6 +128,25 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
     expect(store.mget("a", "b", "c", "from-child")).to eq(%w[1 2 3 1])
   end
 
+  it "runs a block-less multi on the node of the first key it queues, and discards it unsent" do
+    store = cluster_only
+    key = cluster.key_on(cluster.servers.last, "tx")
+
+    expect(store.multi).to eq("OK")
+    expect(store.set(key, 1)).to eq("QUEUED")
+    expect(store.incr(key)).to eq("QUEUED")
+    expect(store.exec).to eq(["OK", 2])
+
+    store.multi
+    store.set(key, 5)
+    expect(store.discard).to eq("OK")
+    expect(cluster.servers.last.client.get(key)).to eq("2")
+
+    store.multi
+    expect(store.discard).to eq("OK")
+    expect(store.get(key)).to eq("2")
+  end
+
   describe "commands over every master" do
     it "scans, counts and lists the keys of all masters" do
       store = cluster_only
