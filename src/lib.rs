@@ -25,6 +25,7 @@ pub mod sentinel;
 pub mod session;
 pub mod spin_wait;
 pub mod store;
+pub mod stream_ids;
 pub mod tls;
 pub mod verify;
 

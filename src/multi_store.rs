@@ -424,13 +424,32 @@ impl MultiStore {
             });
         }
         let other_started = Instant::now();
-        let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
-        let reply = self.timed(default, kind, |s| {
-            s.call(cmd, ReadTimeout::Configured, cancel)
-        });
-        let other_reply = in_flight
-            .and_then(|f| self.store(other).receive(f, cancel))
-            .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
+        let (reply, other_reply) = match crate::stream_ids::auto_id_position(cmd) {
+            // The other store gets the stream entry under the ID the default store chose.
+            Some(id_at) => {
+                let reply = self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                });
+                let mirrored = match &reply {
+                    Ok(Reply::Bulk(id)) => crate::stream_ids::with_id(cmd, id_at, id),
+                    _ => cmd.clone(),
+                };
+                let other_reply = self
+                    .store(other)
+                    .pipeline(std::slice::from_ref(&mirrored), cancel);
+                (reply, other_reply)
+            }
+            None => {
+                let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
+                let reply = self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                });
+                let other_reply = in_flight
+                    .and_then(|f| self.store(other).receive(f, cancel))
+                    .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
+                (reply, other_reply)
+            }
+        };
         self.metrics.request(other, kind, other_started);
         if reply.as_ref().is_err_and(Error::is_connection_error) && other_reply.is_ok() {
             // The other store may now hold a write the default store never applied: re-sync it

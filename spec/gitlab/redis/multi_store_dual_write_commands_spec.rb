@@ -13,6 +13,32 @@ RSpec.describe Gitlab::Redis::MultiStore, "special commands during dual-write" d
                                                                             on_error: ->(e, c) { reports << [e, c] })
   end
 
+  describe "streams" do
+    it "stores an XADD * entry under the ID the default store chose, on both stores" do
+      # The old store's stream is ahead of the clock, the new one's is not: left to choose, the
+      # two servers would pick different IDs.
+      secondary.xadd("events", { "seed" => "1" }, id: "9999999999999-0")
+      primary.xadd("events", { "seed" => "1" }, id: "5-0")
+
+      ids = Array.new(3) { |i| store.xadd("events", { "n" => i.to_s }) }
+      trimmed = store.xadd("events", { "n" => "3" }, maxlen: ["~", 100])
+
+      expect(ids).to eq(%w[9999999999999-1 9999999999999-2 9999999999999-3])
+      expect(trimmed).to eq("9999999999999-4")
+      expect(primary.xrange("events").drop(1)).to eq(secondary.xrange("events").drop(1))
+      expect(reports).to be_empty
+    end
+
+    it "writes the new store's entry under the old store's ID even when the new store's stream is behind" do
+      secondary.xadd("events", { "seed" => "1" }, id: "9999999999999-0")
+
+      id = store.xadd("events", { "n" => "1" })
+
+      expect(id).to eq("9999999999999-1")
+      expect(primary.xrange("events").map(&:first)).to eq(["9999999999999-1"])
+    end
+  end
+
   describe "transactions" do
     it "applies a watched transaction to both stores once it commits" do
       [primary, secondary].each { |r| r.set("balance", 10) }
