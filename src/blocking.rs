@@ -1,13 +1,14 @@
 //! Keeping the non-default store consistent after a blocking pop. A blocking command runs on
 //! the default store only (sent to both it would block on both); when it took something, the
 //! same element is removed from the other store, by value rather than by position, so a list
-//! that already differs does not lose the wrong element.
+//! that already differs does not lose the wrong element. A blocking XREADGROUP that delivered
+//! new entries delivers as many on the other store, so its consumer group advances the same way.
 
 use crate::command::Command;
 use crate::reply::Reply;
 
 /// The commands that replay on the non-default store what a blocking command did on the
-/// default one, or nothing when it timed out or is not a pop (XREAD only reads).
+/// default one, or nothing when it timed out or changed nothing (XREAD only reads).
 pub fn mirror(cmd: &Command, reply: &Reply) -> Vec<Command> {
     if matches!(reply, Reply::Nil) {
         return Vec::new();
@@ -34,6 +35,7 @@ pub fn mirror(cmd: &Command, reply: &Reply) -> Vec<Command> {
                 Some(Command::from_args([&b"lrem"[..], key, count, bytes(item)?]))
             })
         }
+        ("xreadgroup", Reply::Array(streams)) => delivered_again(cmd, streams),
         ("bzmpop", Reply::Array(popped)) => multi_popped(popped, |key, item| match item {
             Reply::Array(pair) => Some(Command::from_args([
                 &b"zrem"[..],
@@ -44,6 +46,51 @@ pub fn mirror(cmd: &Command, reply: &Reply) -> Vec<Command> {
         }),
         _ => Vec::new(),
     }
+}
+
+/// XREADGROUP GROUP g c [COUNT n] [BLOCK ms] [NOACK] STREAMS k… id…: for each stream read with
+/// `>` that delivered entries, the same group and consumer read as many without blocking on the
+/// other store. Entries given again there by ID (a consumer re-reading its pending ones)
+/// change nothing and are not replayed.
+fn delivered_again(cmd: &Command, streams: &[Reply]) -> Vec<Command> {
+    let args: Vec<&[u8]> = cmd.args().collect();
+    let (Some(group), Some(consumer)) = (args.get(2), args.get(3)) else {
+        return Vec::new();
+    };
+    let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"streams")) else {
+        return Vec::new();
+    };
+    let noack = args[..at].iter().any(|a| a.eq_ignore_ascii_case(b"noack"));
+    let named = &args[at + 1..];
+    let (keys, ids) = named.split_at(named.len() / 2);
+    streams
+        .iter()
+        .filter_map(|stream| {
+            let Reply::Array(parts) = stream else {
+                return None;
+            };
+            let (Some(key), Some(Reply::Array(entries))) =
+                (parts.first().and_then(bytes), parts.get(1))
+            else {
+                return None;
+            };
+            let read_new = keys.iter().zip(ids).any(|(k, id)| *k == key && *id == b">");
+            if !read_new || entries.is_empty() {
+                return None;
+            }
+            let count = entries.len().to_string();
+            let mut again = Command::from_args([&b"xreadgroup"[..], b"GROUP", group, consumer]);
+            again.push(b"COUNT");
+            again.push(count.as_bytes());
+            if noack {
+                again.push(b"NOACK");
+            }
+            for arg in [&b"STREAMS"[..], key, b">"] {
+                again.push(arg);
+            }
+            Some(again)
+        })
+        .collect()
 }
 
 fn lrem_popped(key_and_value: &[Reply], count: &str) -> Vec<Command> {
@@ -136,6 +183,52 @@ mod tests {
                 Command::from_args(["lrem", "src", "-1", "x"]),
                 Command::from_args(["lpush", "dst", "x"])
             ]
+        );
+    }
+
+    #[test]
+    fn a_group_read_delivers_as_many_new_entries_on_the_other_store() {
+        let cmd = Command::from_args([
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c1",
+            "BLOCK",
+            "0",
+            "NOACK",
+            "STREAMS",
+            "a",
+            "b",
+            "c",
+            ">",
+            "0",
+            ">",
+        ]);
+        let entry =
+            |id: &str| Reply::Array(vec![bulk(id), Reply::Array(vec![bulk("f"), bulk("v")])]);
+        let reply = Reply::Array(vec![
+            Reply::Array(vec![
+                bulk("a"),
+                Reply::Array(vec![entry("1-0"), entry("2-0")]),
+            ]),
+            // Read by ID: the consumer's own pending entries, nothing changes.
+            Reply::Array(vec![bulk("b"), Reply::Array(vec![entry("1-0")])]),
+            Reply::Array(vec![bulk("c"), Reply::Array(vec![])]),
+        ]);
+        assert_eq!(
+            mirror(&cmd, &reply),
+            vec![Command::from_args([
+                "xreadgroup",
+                "GROUP",
+                "g",
+                "c1",
+                "COUNT",
+                "2",
+                "NOACK",
+                "STREAMS",
+                "a",
+                ">"
+            ])]
         );
     }
 

@@ -39,6 +39,30 @@ RSpec.describe Gitlab::Redis::MultiStore, "special commands during dual-write" d
     end
   end
 
+  describe "consumer groups" do
+    def pending_on(redis)
+      redis.xpending("jobs", "workers")["size"]
+    end
+
+    it "delivers as many entries on the other store after a blocking XREADGROUP, so the group advances on both" do
+      store.xgroup(:create, "jobs", "workers", "$", mkstream: true)
+      reader = Thread.new { store.xreadgroup("workers", "worker-1", "jobs", ">", block: 5_000, count: 10) }
+      sleep 0.02 until secondary.call(%w[client list]).include?("cmd=xreadgroup")
+      store.xadd("jobs", { "job" => "1" })
+
+      delivered = reader.value
+      expect(delivered.fetch("jobs").map { |_id, fields| fields }).to eq([{ "job" => "1" }])
+      expect([pending_on(primary), pending_on(secondary)]).to eq([1, 1])
+      # Neither store has anything new left for the group: after the switch nothing is delivered twice.
+      expect(primary.xreadgroup("workers", "worker-2", "jobs", ">")).to eq({})
+      expect(secondary.xreadgroup("workers", "worker-2", "jobs", ">")).to eq({})
+
+      store.xack("jobs", "workers", delivered.fetch("jobs").first.first)
+      expect([pending_on(primary), pending_on(secondary)]).to eq([0, 0])
+      expect(reports).to be_empty
+    end
+  end
+
   describe "transactions" do
     it "applies a watched transaction to both stores once it commits" do
       [primary, secondary].each { |r| r.set("balance", 10) }
