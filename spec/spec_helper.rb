@@ -5,7 +5,6 @@ require "gitlab_multistore"
 require_relative "support/redis_servers"
 require_relative "support/multi_store_helpers"
 require_relative "support/call_outcome"
-require_relative "support/waiting"
 require_relative "support/sentinel_cluster"
 require_relative "support/local_redis_cluster"
 

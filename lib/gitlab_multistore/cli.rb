@@ -17,6 +17,7 @@ module GitlabMultistore
         verify    compare the stores key by key; exit 0 only when they agree
         status    verify, then print whether switching the default is safe, and why not
         demo      start two throw-away redis-servers and walk through a whole migration
+                  (--cluster: the new store is a throw-away 3-master Redis Cluster; --quick)
 
       Options for backfill and verify:
     TEXT
@@ -143,7 +144,7 @@ module GitlabMultistore
 
     def demo(argv)
       require "gitlab_multistore/demo"
-      Demo.new(@out, quick: argv.include?("--quick")).run ? 0 : 1
+      Demo.new(@out, quick: argv.include?("--quick"), cluster: argv.include?("--cluster")).run ? 0 : 1
     end
 
     # A progress bar on a terminal; elsewhere (logs, CI) a plain line per 10 %.

@@ -2,7 +2,9 @@
 
 require "tmpdir"
 require "fileutils"
+require "yaml"
 require "gitlab_multistore/local_redis_server"
+require "gitlab_multistore/local_redis_cluster"
 
 module GitlabMultistore
   # `rake demo` / `gitlab-multistore demo`: a whole live migration on two throw-away
@@ -11,7 +13,8 @@ module GitlabMultistore
   # its session store while the demo flips the feature flags through every step of the runbook,
   # backfills, verifies, and rolls back once. It ends with what an operator needs to know:
   # errors seen by callers and keys lost (both must be 0). The servers are stopped at the end,
-  # Ctrl-C included.
+  # Ctrl-C included. With `cluster: true` the new store is a 3-master Redis Cluster: the
+  # standalone -> cluster move.
   class Demo
     # The old instance the partition is split off from.
     class SharedState < Gitlab::Redis::Wrapper; end
@@ -51,8 +54,9 @@ module GitlabMultistore
       end
     end
 
-    def initialize(out, quick: false)
+    def initialize(out, quick: false, cluster: false)
       @out = out
+      @cluster = cluster
       @step_seconds = quick ? 0.4 : 3.0
       @sessions = quick ? 200 : SESSIONS
       @flags = Flags.new
@@ -78,6 +82,7 @@ module GitlabMultistore
       stop_workload
       DemoSessions.reset_pool!
       @servers&.each(&:cleanup)
+      @new_cluster&.cleanup
       FileUtils.remove_entry(@config_dir) if @config_dir && File.directory?(@config_dir)
     end
 
@@ -86,8 +91,19 @@ module GitlabMultistore
     def start_servers
       @servers = []
       @servers << (@old = LocalRedisServer.new)
-      @servers << (@new = LocalRedisServer.new)
-      say "Started two redis-servers: the old store (secondary) #{@old.url}, the new store (primary) #{@new.url}"
+      if @cluster
+        @new_cluster = LocalRedisCluster.new(masters: 3)
+        say "Started the old store (secondary) #{@old.url} and the new store (primary), a Redis Cluster " \
+            "of 3 masters: #{@new_cluster.urls.join(' ')}"
+      else
+        @servers << (@new = LocalRedisServer.new)
+        say "Started two redis-servers: the old store (secondary) #{@old.url}, the new store (primary) #{@new.url}"
+      end
+    end
+
+    # A plain redis-rb client of the new store, to check what it holds independently.
+    def new_store_client
+      @cluster ? ::Redis.new(cluster: @new_cluster.urls) : @new.client
     end
 
     def configure_instances
@@ -95,7 +111,8 @@ module GitlabMultistore
       FileUtils.mkdir_p(File.join(@config_dir, "config"))
       env = Gitlab::Redis::Wrapper.rails_env
       File.write(File.join(@config_dir, "config", "redis.shared_state.yml"), "#{env}:\n  url: #{@old.url}\n")
-      File.write(File.join(@config_dir, "config", "redis.demo_sessions.yml"), "#{env}:\n  url: #{@new.url}\n")
+      new_config = @cluster ? { "cluster" => @new_cluster.urls } : { "url" => @new.url }
+      File.write(File.join(@config_dir, "config", "redis.demo_sessions.yml"), YAML.dump(env => new_config))
       [SharedState, DemoSessions].each { |klass| klass.rails_root = @config_dir }
       DemoSessions.flags = @flags
       # One more than the workers: the demo's own backfill and verify borrow a connection too.
@@ -252,7 +269,7 @@ module GitlabMultistore
       File.write(metrics_path, Gitlab::Redis::MultiStore.metrics_text)
       @summary = {
         keys_on_old_store: @old.client.dbsize,
-        keys_on_new_store: @new.client.dbsize,
+        keys_on_new_store: @cluster ? @new_cluster.dbsize : @new.client.dbsize,
         caller_errors: caller_errors.size,
         keys_lost: lost.size,
         verify_in_agreement: @verify.in_agreement?,
@@ -273,13 +290,13 @@ module GitlabMultistore
     # Every key written through the MultiStore since dual-write began, and the data the backfill
     # moved, must now be readable from the new store alone.
     def lost_keys
-      new_store = @new.client
+      new_store = new_store_client
       lost = []
       @written.each do |writes|
-        writes.each_slice(500) do |slice|
-          values = new_store.mget(*slice.map(&:first))
-          slice.zip(values).each { |(key, value), actual| lost << key unless actual == value }
-        end
+        # One GET each: redis-rb's cluster client refuses an MGET over several slots.
+        actual = new_store.pipelined { |p| writes.each_key { |key| p.get(key) } } unless @cluster
+        actual ||= writes.each_key.map { |key| new_store.get(key) }
+        writes.zip(actual).each { |(key, value), got| lost << key unless got == value }
       end
       lost << "feature_users" unless new_store.smembers("feature_users").sort == @seeded_without_ttl["feature_users"]
       lost << "settings" unless new_store.hgetall("settings") == @seeded_without_ttl["settings"]

@@ -20,6 +20,19 @@ RSpec.describe GitlabMultistore::Demo do
     File.delete(demo.summary[:metrics_path]) if demo&.summary && File.exist?(demo.summary[:metrics_path])
   end
 
+  it "moves the partition onto a Redis Cluster the same way with --cluster" do
+    out = StringIO.new
+    demo = described_class.new(out, quick: true, cluster: true)
+
+    expect(demo.run).to be(true)
+
+    expect(out.string).to include("a Redis Cluster of 3 masters", "Step 8: Primary only")
+    expect(demo.summary).to include(caller_errors: 0, keys_lost: 0, verify_in_agreement: true)
+    expect(demo.summary[:keys_on_new_store]).to eq(demo.summary[:keys_on_old_store])
+  ensure
+    File.delete(demo.summary[:metrics_path]) if demo&.summary && File.exist?(demo.summary[:metrics_path])
+  end
+
   it "stops its redis-servers when it ends" do
     out = StringIO.new
     demo = described_class.new(out, quick: true)

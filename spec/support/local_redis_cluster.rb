@@ -1,27 +1,29 @@
 # frozen_string_literal: true
 
-# A Redis Cluster for the specs: three masters (and optionally replicas of them), throw-away
-# processes on loopback, joined by `redis-cli --cluster create` as an operator would.
-class LocalRedisCluster
-  include Waiting
+require "gitlab_multistore/local_redis_cluster"
 
-  SLOTS = 16_384
+# The cluster the specs use, with what they need to look inside it and reshard it.
+class LocalRedisCluster < GitlabMultistore::LocalRedisCluster
+  def slot(key)
+    live_client.cluster("keyslot", key)
+  end
 
-  attr_reader :servers
+  # The server that serves a key's slot, as the cluster itself says.
+  def server_for(key)
+    port = slot_owners(live_server).find { |range, _| range.cover?(slot(key)) }&.last
+    @servers.find { |s| s.port == port }
+  end
 
-  def initialize(masters: 3, replicas: 0)
-    @servers = Array.new(masters * (1 + replicas)) do
-      # The cluster bus gets its own free port: the default (port + 10000) may not exist.
-      RedisServer.new("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                      "--cluster-node-timeout", "2000", "--cluster-port", RedisServers.free_port.to_s)
-    end
-    created = system("redis-cli", "--cluster", "create", *@servers.map { |s| "127.0.0.1:#{s.port}" },
-                     "--cluster-replicas", replicas.to_s, "--cluster-yes", out: File::NULL, err: File::NULL)
-    raise "redis-cli --cluster create failed (Debian's redis-tools provides redis-cli)" unless created
+  # A key whose slot is served by `server` (keys named prefix0, prefix1, … until one fits).
+  def key_on(server, prefix = "k")
+    (0..).lazy.map { |i| "#{prefix}#{i}" }.find { |key| server_for(key) == server }
+  end
 
-    wait_until_healthy
-    wait_until("every replica to sync with its master") do
-      @servers.all? { |s| s.client.info("replication").values_at("role", "master_link_status") != %w[slave down] }
+  # The server replicating `master`.
+  def replica_of(master)
+    @servers.find do |s|
+      role = s.client.call(%w[role])
+      role.first == "slave" && role[2] == master.port
     end
   end
 
@@ -35,46 +37,6 @@ class LocalRedisCluster
         false
       end
     end
-  end
-
-  # The server replicating `master`.
-  def replica_of(master)
-    @servers.find do |s|
-      role = s.client.call(%w[role])
-      role.first == "slave" && role[2] == master.port
-    end
-  end
-
-  # Every node up, serving every slot and agreeing on who serves what (after a node restarted).
-  def wait_until_healthy
-    wait_until("every node to see the whole cluster") do
-      views = @servers.map do |s|
-        s.client.call(%w[cluster info]).include?("cluster_state:ok") && slot_owners(s).sort_by { |range, _| range.first }
-      rescue Redis::BaseConnectionError
-        false
-      end
-      views.all? && views.uniq.size == 1 && views.first.sum { |range, _| range.size } == SLOTS
-    end
-  end
-
-  # The nodes as redis-rb's `cluster:` option takes them.
-  def urls
-    @servers.map(&:url)
-  end
-
-  def slot(key)
-    @servers.first.client.cluster("keyslot", key)
-  end
-
-  # The server that serves a key's slot, as the cluster itself says.
-  def server_for(key)
-    port = slot_owners(@servers.first).find { |range, _| range.cover?(slot(key)) }&.last
-    @servers.find { |s| s.port == port }
-  end
-
-  # A key whose slot is served by `server` (keys named prefix0, prefix1, … until one fits).
-  def key_on(server, prefix = "k")
-    (0..).lazy.map { |i| "#{prefix}#{i}" }.find { |key| server_for(key) == server }
   end
 
   # Starts moving a key's slot to `target` and moves only that key: the source then answers ASK
@@ -109,18 +71,17 @@ class LocalRedisCluster
     @servers.each { |s| s.client.flushall }
   end
 
-  def cleanup
-    @servers.each(&:cleanup)
+  private
+
+  def live_server
+    @servers.find(&:pid)
   end
 
-  private
+  def live_client
+    live_server.client
+  end
 
   def node_id(server)
     server.client.cluster("myid")
-  end
-
-  # [[slot range, port], …] as `server` sees the cluster.
-  def slot_owners(server)
-    server.client.call(%w[cluster slots]).map { |first, last, master| [first..last, master[1]] }
   end
 end

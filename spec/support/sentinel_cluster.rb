@@ -1,9 +1,11 @@
 # frozen_string_literal: true
 
+require "gitlab_multistore/waiting"
+
 # A Redis Sentinel deployment for the specs: a master, a replica and three sentinels watching
 # them as "mymaster", all throw-away processes on loopback.
 class SentinelCluster
-  include Waiting
+  include GitlabMultistore::Waiting
 
   MASTER_NAME = "mymaster"
 
