@@ -654,9 +654,23 @@ impl MultiStore {
             return self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
         }
         let other_started = Instant::now();
-        let in_flight = self.store(other).send(cmds, cancel);
-        let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
-        let other_replies = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        let (replies, other_replies) = if crate::stream_ids::has_auto_id(cmds) {
+            // The other store stores XADD * entries under the IDs the default store chose.
+            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            let mirrored = replies
+                .as_ref()
+                .ok()
+                .and_then(|r| crate::stream_ids::mirror_batch(cmds, r));
+            let other_cmds = mirrored.as_deref().unwrap_or(cmds);
+            (replies, self.store(other).pipeline(other_cmds, cancel))
+        } else {
+            let in_flight = self.store(other).send(cmds, cancel);
+            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            (
+                replies,
+                in_flight.and_then(|f| self.store(other).receive(f, cancel)),
+            )
+        };
         self.metrics
             .request(other, RequestKind::Pipeline, other_started);
         if replies.as_ref().is_err_and(Error::is_connection_error) && other_replies.is_ok() {

@@ -4,7 +4,7 @@
 //! entry, so the same write sent to both stores may be stored under two different IDs, and a
 //! consumer that remembers IDs would find other ones after the switch. The other store is
 //! therefore given the ID the default store chose: the two writes then run one after the
-//! other rather than at once, for XADD only.
+//! other rather than at once, for XADD and the batches (pipelines, transactions) holding one.
 
 use crate::command::Command;
 
@@ -37,6 +37,41 @@ pub fn auto_id_position(cmd: &Command) -> Option<usize> {
     }
     let id = cmd.arg(at)?;
     (id == b"*" || id.ends_with(b"-*")).then_some(at)
+}
+
+/// Whether a batch holds an XADD that lets the server choose the ID.
+pub fn has_auto_id(cmds: &[Command]) -> bool {
+    cmds.iter().any(|cmd| auto_id_position(cmd).is_some())
+}
+
+/// A batch as the other store should run it once the default store ran it: each XADD that let
+/// the server choose gets the ID the default store's reply holds (in a MULTI … EXEC batch,
+/// EXEC's reply holds them). `None` when the batch has no such XADD.
+pub fn mirror_batch(cmds: &[Command], replies: &[crate::reply::Reply]) -> Option<Vec<Command>> {
+    use crate::reply::Reply;
+    if !has_auto_id(cmds) {
+        return None;
+    }
+    let transaction = cmds.first().is_some_and(|c| c.name_is("multi"))
+        && cmds.last().is_some_and(|c| c.name_is("exec"));
+    let executed = match (transaction, replies.last()) {
+        (true, Some(Reply::Array(results))) => Some(results.as_slice()),
+        _ => None,
+    };
+    let reply_of = |i: usize| match executed {
+        Some(results) => i.checked_sub(1).and_then(|queued| results.get(queued)),
+        None if transaction => None,
+        None => replies.get(i),
+    };
+    Some(
+        cmds.iter()
+            .enumerate()
+            .map(|(i, cmd)| match (auto_id_position(cmd), reply_of(i)) {
+                (Some(at), Some(Reply::Bulk(id))) => with_id(cmd, at, id),
+                _ => cmd.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// The same command with the ID at `at` replaced by the one the default store returned.
@@ -98,6 +133,47 @@ mod tests {
         assert_eq!(position(&["xadd", "s", "5-1", "f", "v"]), None);
         assert_eq!(position(&["set", "*", "v"]), None);
         assert_eq!(position(&["xadd", "s"]), None);
+    }
+
+    #[test]
+    fn a_batch_takes_the_ids_from_its_replies_or_from_exec() {
+        use crate::reply::Reply;
+        let id = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
+        let xadd = Command::from_args(["xadd", "s", "*", "f", "v"]);
+        let set = Command::from_args(["set", "k", "v"]);
+
+        let pipelined = mirror_batch(
+            &[set.clone(), xadd.clone()],
+            &[Reply::Status(b"OK".to_vec()), id("7-1")],
+        );
+        assert_eq!(
+            pipelined,
+            Some(vec![
+                set.clone(),
+                Command::from_args(["xadd", "s", "7-1", "f", "v"])
+            ])
+        );
+
+        let multi = Command::from_args(["multi"]);
+        let exec = Command::from_args(["exec"]);
+        let queued = Reply::Status(b"QUEUED".to_vec());
+        let transaction = mirror_batch(
+            &[multi.clone(), xadd.clone(), exec.clone()],
+            &[
+                Reply::Status(b"OK".to_vec()),
+                queued,
+                Reply::Array(vec![id("8-0")]),
+            ],
+        );
+        assert_eq!(
+            transaction,
+            Some(vec![
+                multi,
+                Command::from_args(["xadd", "s", "8-0", "f", "v"]),
+                exec
+            ])
+        );
+        assert_eq!(mirror_batch(&[set], &[Reply::Nil]), None);
     }
 
     #[test]

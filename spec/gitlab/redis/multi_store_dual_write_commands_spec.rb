@@ -29,6 +29,17 @@ RSpec.describe Gitlab::Redis::MultiStore, "special commands during dual-write" d
       expect(reports).to be_empty
     end
 
+    it "does the same inside pipelines and transactions, with no pipeline diff to report" do
+      secondary.xadd("events", { "seed" => "1" }, id: "9999999999999-0")
+
+      store.pipelined { |p| p.set("k", "v"); p.xadd("events", { "n" => "1" }) }
+      store.multi { |tx| tx.xadd("events", { "n" => "2" }, maxlen: ["~", 10]); tx.incr("n") }
+
+      expect(primary.xrange("events").map(&:first)).to eq(%w[9999999999999-1 9999999999999-2])
+      expect(secondary.xrange("events").map(&:first)).to eq(%w[9999999999999-0 9999999999999-1 9999999999999-2])
+      expect(reports).to be_empty
+    end
+
     it "writes the new store's entry under the old store's ID even when the new store's stream is behind" do
       secondary.xadd("events", { "seed" => "1" }, id: "9999999999999-0")
 
