@@ -9,18 +9,27 @@
 //! - a key deleted through the MultiStore while it was being copied must not come back: a
 //!   restored key the secondary no longer has is deleted from the primary again — checked right
 //!   away, and once more after a settle delay (1 s), when a delete that was in flight during the
-//!   copy has landed on both stores.
+//!   copy has landed on both stores;
+//! - a write that changes a key in place (EXPIRE, PERSIST, HDEL, HINCRBY …) and is dual-written
+//!   between the DUMP and the RESTORE does nothing on the primary (the key is not there yet) and
+//!   is then overwritten by the stale snapshot: at the second look each restored key is read
+//!   again on the secondary (DUMP, one pipeline), and one that changed since its copy is
+//!   compared with the primary and, while the secondary is the default store, copied again
+//!   (REPLACE) until both agree;
+//! - an error reply (an ACL refusing DUMP or EXISTS) is a failed key, never "expired" or
+//!   "already present".
 //!
 //! Streaming: one SCAN page in memory at a time (plus the keys restored during the last settle
 //! delay), whatever the size of the store.
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::copy::{self, Snapshot};
+use crate::copy::{self, Fingerprint, Snapshot};
 use crate::error::{Error, Result};
 use crate::reply::Reply;
+use crate::routing::Role;
 use crate::store::Store;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +42,19 @@ pub struct BackfillReport {
     pub failed: u64,
     /// Copied keys deleted again because the secondary lost them during the copy.
     pub undone: u64,
+    /// Copied keys that a write changed in place during the copy, copied again.
+    pub recopied: u64,
+    /// Copied keys that still differ from the secondary after the second look (a write kept
+    /// changing them, or the primary is the default store, whose data is not overwritten):
+    /// verify reports them.
+    pub left_different: u64,
     /// Keys on the secondary when the backfill started (DBSIZE), for progress.
     pub total: u64,
     pub done: bool,
 }
+
+/// A key copied, with a fingerprint of what was copied.
+type Copied = (Vec<u8>, Fingerprint);
 
 pub struct Backfill {
     primary: Arc<Store>,
@@ -45,9 +63,14 @@ pub struct Backfill {
     count: usize,
     cursor: Vec<u8>,
     started: bool,
-    /// Pages of restored keys waiting for their second look, oldest first.
-    recheck: VecDeque<(Instant, Vec<Vec<u8>>)>,
+    /// Pages of restored keys waiting for their second look, oldest first, each key with a
+    /// fingerprint of what was copied (the value itself is not kept: a second of copying may be
+    /// gigabytes).
+    recheck: VecDeque<(Instant, Vec<Copied>)>,
     settle_delay: Duration,
+    /// The secondary is the default store: its data is the truth, and a copy that a write made
+    /// stale may be overwritten from it.
+    secondary_is_default: bool,
     report: BackfillReport,
 }
 
@@ -72,8 +95,15 @@ impl Backfill {
             started: false,
             recheck: VecDeque::new(),
             settle_delay: DEFAULT_SETTLE_DELAY,
+            secondary_is_default: true,
             report: BackfillReport::default(),
         }
+    }
+
+    /// Which store callers are answered from while the backfill runs (the secondary by default).
+    pub fn with_default_store(mut self, default: Role) -> Self {
+        self.secondary_is_default = default == Role::Secondary;
+        self
     }
 
     pub fn with_settle_delay(mut self, delay: Duration) -> Self {
@@ -108,7 +138,12 @@ impl Backfill {
         self.report.scanned += keys.len() as u64;
         let restored = self.copy_missing(&keys, cancel)?;
         // A first look right away catches deletes that landed during the copy...
-        self.undo_lost(&restored, cancel)?;
+        let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
+        let kept: HashSet<Vec<u8>> = self.undo_lost(&names, cancel)?.into_iter().collect();
+        let restored: Vec<Copied> = restored
+            .into_iter()
+            .filter(|(key, _)| kept.contains(key))
+            .collect();
         if !restored.is_empty() {
             self.recheck.push_back((Instant::now(), restored));
         }
@@ -123,15 +158,15 @@ impl Backfill {
                 std::thread::sleep(wait);
             }
             if let Some((_, keys)) = self.recheck.pop_front() {
-                self.undo_lost(&keys, cancel)?;
+                self.second_look(&keys, cancel)?;
             }
         }
         self.report.done = finished;
         Ok(&self.report)
     }
 
-    /// Returns the keys restored.
-    fn copy_missing(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Vec<u8>>> {
+    /// Returns the keys restored, each with a fingerprint of what was copied.
+    fn copy_missing(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Copied>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -140,13 +175,14 @@ impl Backfill {
             .map(|k| Command::from_args([&b"EXISTS"[..], k]))
             .collect();
         let on_primary = self.primary.pipeline(&exists, cancel)?;
-        let missing: Vec<Vec<u8>> = keys
-            .iter()
-            .zip(&on_primary)
-            .filter(|(_, reply)| **reply == Reply::Integer(0))
-            .map(|(key, _)| key.clone())
-            .collect();
-        self.report.already_present += (keys.len() - missing.len()) as u64;
+        let mut missing = Vec::with_capacity(keys.len());
+        for (key, reply) in keys.iter().zip(&on_primary) {
+            match reply {
+                Reply::Integer(0) => missing.push(key.clone()),
+                Reply::Integer(_) => self.report.already_present += 1,
+                _ => self.report.failed += 1,
+            }
+        }
         if missing.is_empty() {
             return Ok(Vec::new());
         }
@@ -160,9 +196,13 @@ impl Backfill {
                 Snapshot::Value { payload, expiry } => {
                     // No REPLACE: a key written through dual-write since is newer and wins.
                     restores.push(copy::restore(&key, &payload, expiry, false));
-                    restoring.push(key);
+                    restoring.push((key, copy::fingerprint(&payload, expiry)));
                 }
                 Snapshot::Missing => self.report.expired += 1,
+                Snapshot::Failed(error) => {
+                    self.report.failed += 1;
+                    tracing::debug!(error = %error, "backfill could not read a key");
+                }
             }
         }
         if restores.is_empty() {
@@ -170,11 +210,11 @@ impl Backfill {
         }
         let results = self.primary.pipeline(&restores, cancel)?;
         let mut restored = Vec::with_capacity(restoring.len());
-        for (key, result) in restoring.into_iter().zip(results) {
+        for (copied, result) in restoring.into_iter().zip(results) {
             match result {
                 Reply::Status(_) => {
                     self.report.copied += 1;
-                    restored.push(key);
+                    restored.push(copied);
                 }
                 Reply::Error(line) if line.starts_with(b"BUSYKEY") => {
                     self.report.already_present += 1
@@ -186,31 +226,89 @@ impl Backfill {
     }
 
     /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
-    /// (or expired) while being copied, and must not be resurrected.
-    fn undo_lost(&mut self, restored: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
+    /// (or expired) while being copied, and must not be resurrected. Returns the keys kept.
+    fn undo_lost(&mut self, restored: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Vec<u8>>> {
         if restored.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let exists: Vec<Command> = restored
             .iter()
             .map(|k| Command::from_args([&b"EXISTS"[..], k]))
             .collect();
         let on_secondary = self.secondary.pipeline(&exists, cancel)?;
-        let lost: Vec<Command> = restored
+        let (lost, kept): (Vec<_>, Vec<_>) = restored
             .iter()
             .zip(on_secondary)
-            .filter(|(_, reply)| *reply == Reply::Integer(0))
-            .map(|(key, _)| Command::from_args([&b"DEL"[..], key]))
-            .collect();
+            .partition(|(_, reply)| *reply == Reply::Integer(0));
+        let lost: Vec<Vec<u8>> = lost.into_iter().map(|(key, _)| key.clone()).collect();
+        self.delete_from_primary(&lost, cancel)?;
+        Ok(kept.into_iter().map(|(key, _)| key.clone()).collect())
+    }
+
+    fn delete_from_primary(&mut self, lost: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
         if lost.is_empty() {
             return Ok(());
         }
-        for reply in self.primary.pipeline(&lost, cancel)? {
+        let dels: Vec<Command> = lost
+            .iter()
+            .map(|key| Command::from_args([&b"DEL"[..], key]))
+            .collect();
+        for reply in self.primary.pipeline(&dels, cancel)? {
             if reply == Reply::Integer(1) {
                 self.report.undone += 1;
                 self.report.copied = self.report.copied.saturating_sub(1);
             }
         }
+        Ok(())
+    }
+
+    /// The second look at restored keys, once a delete or write that was in flight during the
+    /// copy has landed on both stores. Each key is read again on the secondary: gone, it is
+    /// deleted from the primary; changed since it was copied (a write that changed it in place
+    /// between the DUMP and the RESTORE did nothing on the primary, where the key was not yet),
+    /// it is compared with the primary and, while the secondary is the default store, copied
+    /// again until both agree.
+    fn second_look(
+        &mut self,
+        copied: &[(Vec<u8>, Fingerprint)],
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        let names: Vec<Vec<u8>> = copied.iter().map(|(key, _)| key.clone()).collect();
+        let now = copy::read(&self.secondary, &names, cancel)?;
+        let mut lost = Vec::new();
+        let mut changed = Vec::new();
+        for ((key, fingerprint), snapshot) in copied.iter().zip(now) {
+            match snapshot {
+                Snapshot::Missing => lost.push(key.clone()),
+                Snapshot::Value { payload, expiry } => {
+                    if copy::fingerprint(&payload, expiry) != *fingerprint {
+                        changed.push(key.clone());
+                    }
+                }
+                Snapshot::Failed(_) => changed.push(key.clone()),
+            }
+        }
+        self.delete_from_primary(&lost, cancel)?;
+        let tolerance = crate::verify::DEFAULT_TTL_TOLERANCE_MS;
+        // Changed through dual-write on both stores since: nothing to do for those.
+        let different =
+            copy::still_different(&self.secondary, &self.primary, &changed, tolerance, cancel)?;
+        if different.is_empty() {
+            return Ok(());
+        }
+        if !self.secondary_is_default {
+            self.report.left_different += different.len() as u64;
+            return Ok(());
+        }
+        let left = copy::reconcile(
+            &self.secondary,
+            &self.primary,
+            &different,
+            tolerance,
+            cancel,
+        )?;
+        self.report.recopied += (different.len() - left.len()) as u64;
+        self.report.left_different += left.len() as u64;
         Ok(())
     }
 }

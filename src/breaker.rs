@@ -4,7 +4,7 @@
 //! cool-down — writes go to the default store only and are journaled for re-sync — then one
 //! call probes it (half-open); success closes the breaker, failure opens it again.
 
-use parking_lot::Mutex;
+use crate::fork::ForkSafeMutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
-    inner: Mutex<Inner>,
+    inner: ForkSafeMutex<Inner>,
 }
 
 /// Whether a call may use the store now.
@@ -75,7 +75,7 @@ impl Breaker {
     pub fn new(settings: BreakerSettings) -> Self {
         Breaker {
             settings,
-            inner: Mutex::new(Inner {
+            inner: ForkSafeMutex::new(Inner {
                 consecutive_failures: 0,
                 opened_at: None,
                 probing: None,

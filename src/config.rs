@@ -77,6 +77,7 @@ impl StoreConfig {
             ssl: false,
             tls: crate::tls::TlsConfig {
                 verify: true,
+                verify_hostname: true,
                 ..Default::default()
             },
             connect_timeout: five_seconds,

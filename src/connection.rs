@@ -7,6 +7,7 @@ use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
+use crate::poll::Ready;
 pub use crate::reply::Reply;
 use crate::reply::ReplyReader;
 use crate::spin_wait::SpinWait;
@@ -15,7 +16,10 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// See `Connection::still_open`.
+const STILL_OPEN_CHECK_AFTER: Duration = Duration::from_millis(250);
 
 enum Stream {
     Tcp(TcpStream),
@@ -29,6 +33,18 @@ impl Stream {
             Stream::Tcp(s) => s.set_read_timeout(timeout),
             Stream::Unix(s) => s.set_read_timeout(timeout),
             Stream::Tls(s) => s.sock.set_read_timeout(timeout),
+        }
+    }
+
+    /// Bytes already received and decrypted that the reply reader has not seen yet (TLS keeps
+    /// its own buffer, which a look at the socket cannot see).
+    fn has_decrypted_input(&mut self) -> bool {
+        match self {
+            Stream::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0),
+            _ => false,
         }
     }
 
@@ -56,7 +72,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+            Stream::Tls(s) => crate::tls::read(s, buf),
         }
     }
 }
@@ -86,46 +102,75 @@ pub struct Connection {
     spin: SpinWait,
     /// A blocking command is waiting: its reply may take seconds, not worth spinning for.
     awaiting_blocking_reply: bool,
+    /// Replies read since the last batch was sent. A batch that fails after some of its
+    /// replies were read may have been applied in part: it must not be sent again.
+    replies_read: usize,
     /// Which pool epoch opened it: a `select` or `disconnect` starts a new epoch and older
     /// connections are closed instead of being reused.
     pub(crate) epoch: u64,
     /// The server's run_id when this connection was opened.
     pub(crate) run_id: Option<String>,
+    /// When it went back to the pool.
+    idle_since: Instant,
+    /// Left in a state the pool's other users must not inherit (another database after a
+    /// SELECT): closed instead of going back to the pool.
+    pub(crate) retired: bool,
 }
 
 impl Connection {
     /// Connects and runs the handshake redis-rb runs: AUTH, SELECT, CLIENT SETNAME.
     pub fn open(config: &StoreConfig, cancel: &CancelToken, epoch: u64) -> Result<Connection> {
         let location = config.address.location();
+        let failed_to_connect = |e: io::Error| {
+            if cancel.is_cancelled() || e.kind() == io::ErrorKind::Interrupted {
+                Error::Interrupted
+            } else {
+                Error::cannot_connect(&location, &e)
+            }
+        };
         let stream = match &config.address {
             Address::Tcp { host, port } => {
-                let stream = connect_tcp(host, *port, config.connect_timeout)
-                    .map_err(|e| Error::cannot_connect(&location, &e))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| Error::cannot_connect(&location, &e))?;
+                let stream = connect_tcp(host, *port, config.connect_timeout, cancel)
+                    .map_err(failed_to_connect)?;
+                stream.set_nodelay(true).map_err(failed_to_connect)?;
                 if config.ssl {
-                    // redis-rb lets OpenSSL's error through; here it is a failure to connect that
-                    // names it, so `rescue Redis::BaseConnectionError` covers it.
-                    let tls = crate::tls::connect(stream, host, &config.tls).map_err(|e| {
-                        Error::CannotConnect {
-                            location: location.clone(),
-                            cause: format!("OpenSSL::SSL::SSLError: {e}"),
-                        }
-                    })?;
+                    // The handshake is part of connecting: bounded by the connect timeout, as
+                    // redis-rb bounds its SSL connect, and interruptible.
+                    stream
+                        .set_read_timeout(config.connect_timeout)
+                        .and_then(|_| stream.set_write_timeout(config.connect_timeout))
+                        .map_err(failed_to_connect)?;
+                    let _watch = cancel.watch(stream.as_raw_fd()).ok_or(Error::Interrupted)?;
+                    let stop = || cancel.stop_after_signal();
+                    let tls =
+                        crate::tls::connect(stream, host, &config.tls, &stop).map_err(|e| {
+                            match e.kind() {
+                                // A hung server: a timeout while connecting, as redis-rb names it.
+                                io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted => failed_to_connect(e),
+                                // redis-rb lets OpenSSL's error through; here it is a failure to
+                                // connect that names it, so `rescue Redis::BaseConnectionError`
+                                // covers it.
+                                _ => Error::CannotConnect {
+                                    location: location.clone(),
+                                    cause: format!("OpenSSL::SSL::SSLError: {e}"),
+                                },
+                            }
+                        })?;
                     Stream::Tls(Box::new(tls))
                 } else {
                     Stream::Tcp(stream)
                 }
             }
-            Address::Unix { path } => Stream::Unix(
-                UnixStream::connect(path).map_err(|e| Error::cannot_connect(&location, &e))?,
-            ),
+            Address::Unix { path } => {
+                Stream::Unix(UnixStream::connect(path).map_err(failed_to_connect)?)
+            }
         };
         stream
             .set_read_timeout(config.read_timeout)
             .and_then(|_| stream.set_write_timeout(config.write_timeout))
-            .map_err(|e| Error::cannot_connect(&location, &e))?;
+            .map_err(failed_to_connect)?;
 
         let mut conn = Connection {
             stream,
@@ -139,8 +184,11 @@ impl Connection {
                 config.spin_wait
             }),
             awaiting_blocking_reply: false,
+            replies_read: 0,
             epoch,
             run_id: None,
+            idle_since: Instant::now(),
+            retired: false,
         };
         // As redis-rb: a timeout during AUTH/SELECT is a TimeoutError, not a failure to connect.
         conn.run_id = conn.handshake(config, cancel)?;
@@ -195,6 +243,7 @@ impl Connection {
         let _watch = cancel
             .watch(self.stream.as_raw_fd())
             .ok_or(Error::Interrupted)?;
+        self.replies_read = 0;
         self.write_buf.clear();
         for cmd in cmds {
             cmd.pack_into(&mut self.write_buf);
@@ -207,13 +256,86 @@ impl Connection {
         let _watch = cancel
             .watch(self.stream.as_raw_fd())
             .ok_or(Error::Interrupted)?;
-        self.read_reply(cancel)
+        let reply = self.read_reply(cancel)?;
+        self.replies_read += 1;
+        Ok(reply)
+    }
+
+    /// How many replies of the last batch sent were read: after a failure, zero means the
+    /// server may not have run any of it (redis-rb retries only then), more means it ran at
+    /// least those and the batch must not be sent again.
+    pub fn replies_read(&self) -> usize {
+        self.replies_read
     }
 
     /// Sends every command before reading any reply: one round trip for the batch.
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
         self.send_batch(cmds, cancel)?;
         cmds.iter().map(|_| self.receive(cancel)).collect()
+    }
+
+    /// The socket, for a caller that waits for it to become readable without holding the
+    /// connection (see `Session::next_message`).
+    pub fn socket(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Whether a reply (or the start of one, or the server closing) can be read without
+    /// waiting for the server.
+    pub fn input_ready(&mut self) -> bool {
+        if self.reader.has_buffered() || self.stream.has_decrypted_input() {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local buffer on a socket this connection owns.
+        let peeked = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        peeked >= 0
+            || !matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EINTR)
+            )
+    }
+
+    /// Marks the connection as going back to the pool.
+    pub(crate) fn set_idle(&mut self) {
+        self.idle_since = Instant::now();
+    }
+
+    /// Whether a connection taken from the pool can still be used. A server closes connections
+    /// idle longer than its `timeout` setting (and a proxy or firewall may drop them): a command
+    /// sent on such a connection would be lost with it, and on the non-default store that
+    /// counts as a failed write. One peek at the socket tells, without a round trip; it is only
+    /// taken after a pause longer than any server's idle timeout check could notice (the
+    /// server counts idle time in whole seconds).
+    pub(crate) fn still_open(&self) -> bool {
+        if self.idle_since.elapsed() < STILL_OPEN_CHECK_AFTER {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local buffer on a socket this connection owns; nothing
+        // is consumed.
+        let peeked = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0: the server closed it; > 0: bytes nobody asked for (a connection out of step);
+        // an error other than "nothing to read" (reset): unusable too.
+        peeked < 0
+            && matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EINTR)
+            )
     }
 
     /// Runs `f` with a different read timeout (a blocking command's), then restores the
@@ -295,20 +417,56 @@ impl crate::reply::Waiting for ReplyWait<'_> {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<TcpStream> {
+/// Connects to the first address of `host` that answers, each attempt bounded by `timeout` and
+/// interruptible (a plain blocking `connect` is neither when the timeout is 0, "forever").
+fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Option<Duration>,
+    cancel: &CancelToken,
+) -> io::Result<TcpStream> {
     let mut last_err = None;
     for addr in (host, port).to_socket_addrs()? {
-        let attempt = match timeout {
-            Some(t) => TcpStream::connect_timeout(&addr, t),
-            None => TcpStream::connect(addr),
-        };
-        match attempt {
+        match connect_addr(&addr, timeout, cancel) {
             Ok(stream) => return Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => last_err = Some(e),
         }
     }
     Err(last_err
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")))
+}
+
+fn connect_addr(
+    addr: &std::net::SocketAddr,
+    timeout: Option<Duration>,
+    cancel: &CancelToken,
+) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    let _watch = cancel
+        .watch(socket.as_raw_fd())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::Interrupted))?;
+    match socket.connect(&(*addr).into()) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINPROGRESS)
+                || e.kind() == io::ErrorKind::WouldBlock =>
+        {
+            crate::poll::wait(socket.as_raw_fd(), Ready::Writable, timeout, cancel)?;
+            if let Some(err) = socket.take_error()? {
+                return Err(err);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
 }
 
 fn run_id(info: &[u8]) -> Option<String> {

@@ -1,4 +1,7 @@
 //! Reading a key for a copy and writing it elsewhere, shared by backfill, repair and re-sync.
+//! An error reply to a read (an ACL refusing DUMP, a module type the server cannot serialise)
+//! is a failure, never "the key is gone": taking it for gone would report a key as expired
+//! while nothing was copied, or make re-sync delete the key from the other store.
 //! The expiry travels as an absolute time (PEXPIRETIME, RESTORE … ABSTTL), so a copy expires
 //! when the original does however long the copy takes; a relative TTL would be extended by
 //! the copy's own latency (a 10 MB value, a paused server). Servers older than Redis 7.0 lack
@@ -6,7 +9,8 @@
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::error::Result;
+use crate::error::{Result, ServerErrorReply};
+use crate::key_state;
 use crate::reply::Reply;
 use crate::store::Store;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +19,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub(crate) enum Snapshot {
     /// Gone (deleted or expired) by the time it was read.
     Missing,
+    /// The source answered a read of it with an error.
+    Failed(ServerErrorReply),
     Value {
         payload: Vec<u8>,
         expiry: Expiry,
@@ -47,6 +53,9 @@ pub(crate) fn read(
     Ok(replies
         .chunks(2)
         .map(|pair| match (&pair[0], &pair[1]) {
+            (Reply::Error(line), _) | (_, Reply::Error(line)) => {
+                Snapshot::Failed(ServerErrorReply::from_line(line))
+            }
             (Reply::Integer(at), Reply::Bulk(payload)) if *at != -2 => Snapshot::Value {
                 payload: payload.clone(),
                 expiry: if *at < 0 {
@@ -72,6 +81,9 @@ fn read_relative(source: &Store, keys: &[Vec<u8>], cancel: &CancelToken) -> Resu
     Ok(replies
         .chunks(2)
         .map(|pair| match (&pair[0], &pair[1]) {
+            (Reply::Error(line), _) | (_, Reply::Error(line)) => {
+                Snapshot::Failed(ServerErrorReply::from_line(line))
+            }
             (Reply::Integer(ttl), Reply::Bulk(payload)) if *ttl != -2 => Snapshot::Value {
                 payload: payload.clone(),
                 expiry: if *ttl < 0 {
@@ -96,6 +108,22 @@ impl Expiry {
     }
 }
 
+/// What a copy wrote, in 20 bytes: a later read of the source tells whether the key changed
+/// since (DUMP bytes are stable while a value is unchanged on its server).
+pub(crate) type Fingerprint = [u8; 20];
+
+pub(crate) fn fingerprint(payload: &[u8], expiry: Expiry) -> Fingerprint {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(payload);
+    match expiry {
+        Expiry::Never => sha.update(b"never"),
+        Expiry::At(at) => sha.update(&at.to_le_bytes()),
+        // A relative TTL (servers before 7.0) changes by the second: only the value is compared.
+        Expiry::In(_) => {}
+    }
+    sha.digest().bytes()
+}
+
 /// The RESTORE that writes a snapshot under `key`.
 pub(crate) fn restore(key: &[u8], payload: &[u8], expiry: Expiry, replace: bool) -> Command {
     let mut cmd = Command::from_args([&b"RESTORE"[..], key]);
@@ -112,6 +140,84 @@ pub(crate) fn restore(key: &[u8], payload: &[u8], expiry: Expiry, replace: bool)
         cmd.push(b"ABSTTL");
     }
     cmd
+}
+
+/// The write that makes `target` hold what `snapshot` read from the source: RESTORE REPLACE, or
+/// DEL when the source no longer has the key. `None` when the source could not be read.
+pub(crate) fn overwrite(key: &[u8], snapshot: Snapshot) -> Option<Command> {
+    match snapshot {
+        Snapshot::Value { payload, expiry } if !expiry.is_past() => {
+            Some(restore(key, &payload, expiry, true))
+        }
+        Snapshot::Value { .. } | Snapshot::Missing => Some(Command::from_args([&b"DEL"[..], key])),
+        Snapshot::Failed(_) => None,
+    }
+}
+
+/// How many times keys are copied again while a write in flight keeps making them differ.
+const RECONCILE_ROUNDS: usize = 5;
+const RECHECKS: usize = 3;
+const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Copies each key from `source` to `target` (RESTORE REPLACE, or DEL) until both hold the same.
+/// A write in flight while a copy happens (it reached the target before the RESTORE and the
+/// source after the read) leaves the key different again, so what still differs is looked at
+/// again a few milliseconds later and copied once more, a few rounds at most. Returns the keys
+/// that still differ.
+pub(crate) fn reconcile(
+    source: &Store,
+    target: &Store,
+    keys: &[Vec<u8>],
+    ttl_tolerance_ms: i64,
+    cancel: &CancelToken,
+) -> Result<Vec<Vec<u8>>> {
+    let mut pending = keys.to_vec();
+    for _ in 0..RECONCILE_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let snapshots = read(source, &pending, cancel)?;
+        let writes: Vec<Command> = pending
+            .iter()
+            .zip(snapshots)
+            .filter_map(|(key, snapshot)| overwrite(key, snapshot))
+            .collect();
+        if !writes.is_empty() {
+            target.pipeline(&writes, cancel)?;
+        }
+        pending = still_different(source, target, &pending, ttl_tolerance_ms, cancel)?;
+    }
+    Ok(pending)
+}
+
+/// The keys that differ between the stores, each looked at again a few times a few
+/// milliseconds apart, since a write in flight between the two reads makes a key differ for a
+/// moment.
+pub(crate) fn still_different(
+    a: &Store,
+    b: &Store,
+    keys: &[Vec<u8>],
+    ttl_tolerance_ms: i64,
+    cancel: &CancelToken,
+) -> Result<Vec<Vec<u8>>> {
+    let mut different = keys.to_vec();
+    for attempt in 0..RECHECKS {
+        if different.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            std::thread::sleep(RECHECK_PAUSE);
+        }
+        let on_a = key_state::read(a, &different, cancel)?;
+        let on_b = key_state::read(b, &different, cancel)?;
+        different = different
+            .into_iter()
+            .zip(on_a.iter().zip(&on_b))
+            .filter(|(_, (a, b))| !a.same_as(b, ttl_tolerance_ms))
+            .map(|(key, _)| key)
+            .collect();
+    }
+    Ok(different)
 }
 
 fn now_ms() -> i64 {

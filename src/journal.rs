@@ -5,8 +5,8 @@
 //! capacity it stops recording and says a full verify is needed, instead of growing without
 //! limit.
 
+use crate::fork::ForkSafeMutex;
 use crate::routing::Role;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -20,26 +20,31 @@ pub struct Entry {
 }
 
 pub struct Journal {
-    capacity: usize,
-    keys: Mutex<HashMap<Vec<u8>, Entry>>,
+    capacity: AtomicUsize,
+    keys: ForkSafeMutex<HashMap<Vec<u8>, Entry>>,
     len: AtomicUsize,
     peak: AtomicUsize,
     next_generation: std::sync::atomic::AtomicU64,
     /// Some miss could not be recorded (full, or a write without nameable keys such as
-    /// FLUSHDB): only a full verify can tell what differs.
+    /// FLUSHDB), or a store restarted and may have lost data: only a full verify can tell what
+    /// differs.
     full_verify_needed: AtomicBool,
+    /// Bumped each time a full verify becomes needed, so a verify that started before the
+    /// latest such event cannot clear it.
+    disturbances: std::sync::atomic::AtomicU64,
     overflows: std::sync::atomic::AtomicU64,
 }
 
 impl Journal {
     pub fn new(capacity: usize) -> Self {
         Journal {
-            capacity,
-            keys: Mutex::new(HashMap::new()),
+            capacity: AtomicUsize::new(capacity),
+            keys: ForkSafeMutex::new(HashMap::new()),
             len: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             full_verify_needed: AtomicBool::new(false),
+            disturbances: std::sync::atomic::AtomicU64::new(0),
             overflows: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -52,9 +57,10 @@ impl Journal {
         lagging: Role,
     ) -> u64 {
         let Some(keys) = keys else {
-            self.full_verify_needed.store(true, Ordering::Release);
+            self.require_full_verify();
             return 0;
         };
+        let capacity = self.capacity.load(Ordering::Relaxed);
         let mut map = self.keys.lock();
         let mut dropped = 0;
         for key in keys {
@@ -64,7 +70,7 @@ impl Journal {
                     lagging,
                     generation,
                 };
-            } else if map.len() < self.capacity {
+            } else if map.len() < capacity {
                 map.insert(
                     key.to_vec(),
                     Entry {
@@ -78,8 +84,9 @@ impl Journal {
         }
         self.len.store(map.len(), Ordering::Release);
         self.peak.fetch_max(map.len(), Ordering::Relaxed);
+        drop(map);
         if dropped > 0 {
-            self.full_verify_needed.store(true, Ordering::Release);
+            self.require_full_verify();
             self.overflows.fetch_add(dropped, Ordering::Relaxed);
         }
         dropped
@@ -113,9 +120,37 @@ impl Journal {
         self.full_verify_needed.load(Ordering::Acquire)
     }
 
-    /// A full verify (repair) ran: what could not be recorded is accounted for again.
-    pub fn clear_full_verify_needed(&self) {
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Something happened that the journal cannot account for (a miss it could not record, a
+    /// store that restarted): the stores may differ anywhere until a full verify says otherwise.
+    pub fn require_full_verify(&self) {
+        self.disturbances.fetch_add(1, Ordering::AcqRel);
+        self.full_verify_needed.store(true, Ordering::Release);
+    }
+
+    /// Taken when a full verify starts; `verified` accepts it only if nothing disturbed the
+    /// stores since.
+    pub fn verify_token(&self) -> u64 {
+        self.disturbances.load(Ordering::Acquire)
+    }
+
+    /// A full verify that started at `token` found the stores in agreement: if nothing happened
+    /// since that it could not have seen, no full verify is needed any more. Returns whether
+    /// that is so.
+    pub fn verified(&self, token: u64) -> bool {
+        if self.disturbances.load(Ordering::Acquire) != token {
+            return false;
+        }
         self.full_verify_needed.store(false, Ordering::Release);
+        // A disturbance that slipped in between the check and the store sets the flag again.
+        if self.disturbances.load(Ordering::Acquire) != token {
+            self.full_verify_needed.store(true, Ordering::Release);
+            return false;
+        }
+        true
     }
 
     /// Up to `n` recorded keys, still recorded until `settle`.
@@ -174,5 +209,19 @@ mod tests {
         assert!(journal.full_verify_needed());
         journal.record(None::<[&[u8]; 0]>, Role::Secondary);
         assert_eq!(journal.overflows(), 1);
+    }
+
+    #[test]
+    fn only_a_verify_that_began_after_the_last_disturbance_clears_the_need_for_one() {
+        let journal = Journal::new(1);
+        journal.record(Some([&b"a"[..], b"b"]), Role::Primary); // overflows
+        let before_restart = journal.verify_token();
+        journal.require_full_verify(); // a store restarted while that verify ran
+        assert!(!journal.verified(before_restart));
+        assert!(journal.full_verify_needed());
+
+        let token = journal.verify_token();
+        assert!(journal.verified(token));
+        assert!(!journal.full_verify_needed());
     }
 }

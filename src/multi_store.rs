@@ -11,6 +11,7 @@ use crate::config::StoreConfig;
 use crate::connection::Reply;
 use crate::error::{Error, Result, ServerErrorReply};
 use crate::fork;
+use crate::fork::ForkSafeMutex;
 use crate::journal::Journal;
 use crate::metrics::{InstanceMetrics, RequestKind};
 use crate::resync::{self, ResyncContext};
@@ -18,11 +19,16 @@ use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Rou
 use crate::scripts::ScriptCache;
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
-use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+const SAME_SERVER_UNKNOWN: u8 = 0;
+const SAME_SERVER: u8 = 1;
+const OTHER_SERVERS: u8 = 2;
+/// How often the run_ids are asked for again while a store does not answer.
+const SAME_SERVER_RETRY: Duration = Duration::from_secs(1);
 
 /// Keys journaled at most: past this a full verify is needed instead of more memory.
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
@@ -55,7 +61,14 @@ pub struct MultiStore {
     instance_name: String,
     primary: Arc<Store>,
     secondary: Arc<Store>,
-    same_store: bool,
+    /// The configurations name one server and database.
+    configured_same: bool,
+    /// Whether the two stores are one server under two names (`localhost` and `127.0.0.1`, a
+    /// socket and a port), told by the servers' run_ids: `SAME_SERVER_*`.
+    same_server: AtomicU8,
+    /// When the run_ids were last asked for without an answer, so a store that is down is not
+    /// asked on every call.
+    same_server_asked: ForkSafeMutex<Option<Instant>>,
     read_strategy: ReadStrategy,
     metrics: InstanceMetrics,
     scripts: ScriptCache,
@@ -63,10 +76,10 @@ pub struct MultiStore {
     breakers: Arc<[Breaker; 2]>,
     journal: Arc<Journal>,
     /// The fork generation the re-sync thread was started in (threads do not survive a fork).
-    resync_started: Mutex<Option<u64>>,
+    resync_started: ForkSafeMutex<Option<u64>>,
     shutdown: Arc<AtomicBool>,
     /// When non-default writes failed, for `status`.
-    recent_failures: Mutex<VecDeque<Instant>>,
+    recent_failures: ForkSafeMutex<VecDeque<Instant>>,
     reset_seen: Arc<AtomicBool>,
 }
 
@@ -100,16 +113,27 @@ impl MultiStore {
         let instance_name = instance_name.into();
         let metrics = InstanceMetrics::new(&instance_name);
         let reset_seen = Arc::new(AtomicBool::new(false));
+        let journal = Arc::new(Journal::new(DEFAULT_JOURNAL_CAPACITY));
+        // A store that restarted may have come back empty, or with data older than the other
+        // store's: a backfill is needed again, and until a full verify says otherwise the
+        // stores may differ anywhere.
         let reset_hook = |role: Role| {
-            let (metrics, seen) = (metrics.clone(), Arc::clone(&reset_seen));
+            let (metrics, seen, journal) = (
+                metrics.clone(),
+                Arc::clone(&reset_seen),
+                Arc::clone(&journal),
+            );
             move || {
                 metrics.store_reset(role);
                 seen.store(true, Ordering::Release);
+                journal.require_full_verify();
             }
         };
         let breaker = || Breaker::new(BreakerSettings::default());
         MultiStore {
-            same_store: primary.same_data_as(&secondary),
+            configured_same: primary.same_data_as(&secondary),
+            same_server: AtomicU8::new(SAME_SERVER_UNKNOWN),
+            same_server_asked: ForkSafeMutex::new(None),
             primary: Arc::new(Store::new(primary).with_reset_hook(reset_hook(Role::Primary))),
             secondary: Arc::new(Store::new(secondary).with_reset_hook(reset_hook(Role::Secondary))),
             metrics,
@@ -117,10 +141,10 @@ impl MultiStore {
             read_strategy: ReadStrategy::PrimaryWithFallback,
             scripts: ScriptCache::default(),
             breakers: Arc::new([breaker(), breaker()]),
-            journal: Arc::new(Journal::new(DEFAULT_JOURNAL_CAPACITY)),
-            resync_started: Mutex::new(None),
+            journal,
+            resync_started: ForkSafeMutex::new(None),
             shutdown: Arc::new(AtomicBool::new(false)),
-            recent_failures: Mutex::new(VecDeque::new()),
+            recent_failures: ForkSafeMutex::new(VecDeque::new()),
             reset_seen,
         }
     }
@@ -130,8 +154,8 @@ impl MultiStore {
         self
     }
 
-    pub fn with_journal_capacity(mut self, capacity: usize) -> Self {
-        self.journal = Arc::new(Journal::new(capacity));
+    pub fn with_journal_capacity(self, capacity: usize) -> Self {
+        self.journal.set_capacity(capacity);
         self
     }
 
@@ -169,11 +193,25 @@ impl MultiStore {
         self.reset_seen.load(Ordering::Acquire)
     }
 
-    /// A backfill (or a verify with repair) ran over everything: earlier resets and journal
-    /// overflows are accounted for.
-    pub fn acknowledge_full_copy(&self) {
+    /// A backfill ran over every key without a failure: what a restarted store lost has been
+    /// copied again. (It does not make the stores agree: it never overwrites a key the primary
+    /// has, such as a counter re-created from zero; only a full verify can say they agree.)
+    pub fn acknowledge_backfill(&self) {
         self.reset_seen.store(false, Ordering::Release);
-        self.journal.clear_full_verify_needed();
+    }
+
+    /// What a full verify takes when it starts, to hand back to `acknowledge_verify`.
+    pub fn verify_token(&self) -> u64 {
+        self.journal.verify_token()
+    }
+
+    /// A full verify that started at `token` found the stores in agreement. If no store restart
+    /// and no unrecorded miss happened since it started, the stores are known to agree: no
+    /// backfill or full verify is needed any more.
+    pub fn acknowledge_verify(&self, token: u64) {
+        if self.journal.verified(token) {
+            self.reset_seen.store(false, Ordering::Release);
+        }
     }
 
     pub fn with_read_strategy(mut self, strategy: ReadStrategy) -> Self {
@@ -193,9 +231,64 @@ impl MultiStore {
         &self.secondary
     }
 
-    /// True when both stores hold the same data (same server and db).
-    pub fn same_store(&self) -> bool {
-        self.same_store
+    /// True when both stores hold the same data: the same server (as configured, or as the
+    /// servers' run_ids show once both were reached) and the same database. Every write then
+    /// goes to one store only, so it is never applied twice.
+    pub fn same_store(&self, flags: Flags, cancel: &CancelToken) -> bool {
+        if self.configured_same {
+            return true;
+        }
+        let same_server = match self.same_server.load(Ordering::Acquire) {
+            SAME_SERVER_UNKNOWN => self.ask_same_server(flags, cancel),
+            known => known == SAME_SERVER,
+        };
+        same_server && self.primary.db() == self.secondary.db()
+    }
+
+    /// Compares the servers' run_ids (read by every connection's handshake), connecting to a
+    /// store not reached yet. Cached once both are known; while one cannot be reached the
+    /// stores count as different (a write then goes to both, as before sameness could be told)
+    /// and they are asked again a second later.
+    fn ask_same_server(&self, flags: Flags, cancel: &CancelToken) -> bool {
+        if self.primary.cluster().is_some() || self.secondary.cluster().is_some() {
+            // A cluster's nodes each have their own run_id: sameness is the configuration's.
+            self.same_server.store(OTHER_SERVERS, Ordering::Release);
+            return false;
+        }
+        {
+            let mut asked = self.same_server_asked.lock();
+            if asked.is_some_and(|at| at.elapsed() < SAME_SERVER_RETRY) {
+                return false;
+            }
+            *asked = Some(Instant::now());
+        }
+        let run_id = |role: Role| {
+            let store = self.store(role);
+            if let Some(id) = store.run_id() {
+                return Ok(Some(id));
+            }
+            // Reaching a store that does not answer costs its connect timeout; for the store
+            // that is not the default its breaker decides, and hears how it went.
+            let default = default_role(flags);
+            match self.ask(role, default, || store.learn_run_id(cancel)) {
+                Some(answer) => answer,
+                None => Err(Error::Interrupted),
+            }
+        };
+        let (Ok(primary), Ok(secondary)) = (run_id(Role::Primary), run_id(Role::Secondary)) else {
+            return false;
+        };
+        // A server that does not tell its run_id (INFO refused) can only be judged by the
+        // configuration.
+        let same = matches!((&primary, &secondary), (Some(p), Some(s)) if p == s);
+        self.same_server.store(
+            if same { SAME_SERVER } else { OTHER_SERVERS },
+            Ordering::Release,
+        );
+        if same {
+            tracing::warn!(instance_name = %self.instance_name, "both stores are the same server under two names: each write goes to it once");
+        }
+        same
     }
 
     pub fn store(&self, role: Role) -> &Arc<Store> {
@@ -210,7 +303,15 @@ impl MultiStore {
     }
 
     pub fn call(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
+        if cmd.name_is("select") {
+            return self.select(cmd, flags, cancel);
+        }
         let spec = command_table::lookup(cmd);
+        if spec.is_some_and(|spec| routing::blocks(cmd, spec)) {
+            // A blocking command sent with `call` waits for the configured read timeout only, as
+            // with redis-rb; what it takes is mirrored like any blocking command's.
+            return self.run_blocking(cmd, ReadTimeout::Configured, flags, cancel);
+        }
         let name = || cmd.name();
         let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
             Ok(ctx) => ctx,
@@ -219,8 +320,9 @@ impl MultiStore {
         let default = default_role(flags);
         let kind = request_kind(spec);
         let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
+        let same_store = flags.dual_write && self.same_store(flags, cancel);
         let result = match (
-            routing::route(spec, flags, self.read_strategy, self.same_store),
+            routing::route(cmd, spec, flags, self.read_strategy, same_store),
             spec,
         ) {
             (Route::Both, _) => self.write_both(cmd, default, kind, &mut ctx),
@@ -242,6 +344,17 @@ impl MultiStore {
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<Reply> {
+        let read_timeout = blocking_read_timeout(self.default_store(flags).config(), timeout);
+        self.run_blocking(cmd, read_timeout, flags, cancel)
+    }
+
+    fn run_blocking(
+        &self,
+        cmd: &Command,
+        read_timeout: ReadTimeout,
+        flags: Flags,
+        cancel: &CancelToken,
+    ) -> Outcome<Reply> {
         let spec = command_table::lookup(cmd);
         let name = || cmd.name();
         let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
@@ -250,15 +363,59 @@ impl MultiStore {
         };
         let default = default_role(flags);
         let result = self.timed(default, request_kind(spec), |s| {
-            s.call(cmd, blocking_read_timeout(s.config(), timeout), cancel)
+            s.call(cmd, read_timeout, cancel)
         });
-        if flags.dual_write && !self.same_store {
+        if flags.dual_write {
             if let Ok(reply) = &result {
                 let mirror = blocking::mirror(cmd, reply);
-                if !mirror.is_empty() {
+                if !mirror.is_empty() && !self.same_store(flags, cancel) {
                     self.mirror(&mirror, other_role(default), &mut ctx);
                 }
             }
+        }
+        self.outcome(ctx, result)
+    }
+
+    /// SELECT moves both stores to the database, as it moves redis-rb's one connection: the
+    /// dual-written commands that follow then land in the same database on each. It is asked
+    /// of the default store first; an index the server refuses raises and changes nothing, and
+    /// the client keeps working on the database it had. With dual-write on, the other store is
+    /// asked too, and a refusal there is reported, not raised.
+    fn select(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
+        let name = || "select".to_string();
+        let mut ctx = CallContext {
+            cmd_name: &name,
+            cancel,
+            events: Vec::new(),
+        };
+        let default = default_role(flags);
+        let result = self.timed(default, RequestKind::Other, |s| {
+            s.call(cmd, ReadTimeout::Configured, cancel)
+        });
+        let db = cmd
+            .arg(1)
+            .and_then(|db| std::str::from_utf8(db).ok())
+            .and_then(|db| db.parse::<i64>().ok());
+        if let (Ok(Reply::Status(_)), Some(db)) = (&result, db) {
+            let other = other_role(default);
+            if flags.dual_write && !self.same_store(flags, cancel) {
+                let checked = self.timed(other, RequestKind::Other, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                });
+                let refused = match checked {
+                    Ok(Reply::Error(line)) => {
+                        Some(Error::Server(ServerErrorReply::from_line(&line)))
+                    }
+                    Ok(_) => None,
+                    Err(error) => Some(error),
+                };
+                if let Some(error) = refused {
+                    self.metrics.non_default_write_failure();
+                    ctx.events
+                        .push(Event::NonDefaultFailed { role: other, error });
+                }
+            }
+            self.set_db(db);
         }
         self.outcome(ctx, result)
     }
@@ -280,7 +437,7 @@ impl MultiStore {
             events: Vec::new(),
         };
         let default = default_role(flags);
-        if !flags.dual_write || self.same_store {
+        if !flags.dual_write || self.same_store(flags, cancel) {
             let result = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             return self.outcome(ctx, result);
         }
@@ -298,11 +455,14 @@ impl MultiStore {
         self.outcome(ctx, result)
     }
 
-    /// Replays on the non-default store what already ran on the default one (a transaction
-    /// run on a pinned connection). Only with dual-write on; failures are reported, never raised.
-    pub fn mirror_to_non_default(
+    /// Replays on the other store what already ran on the store a session was pinned to (a
+    /// transaction run on a pinned connection): with dual-write on, or when the pinned store is
+    /// no longer the default (the flag flipped between MULTI and EXEC), so the store callers now
+    /// read has the write too. Failures are reported, never raised.
+    pub fn mirror_transaction(
         &self,
         cmds: &[Command],
+        pinned: Role,
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<()> {
@@ -312,19 +472,22 @@ impl MultiStore {
             cancel,
             events: Vec::new(),
         };
-        if flags.dual_write && !self.same_store && !cmds.is_empty() {
-            self.mirror(cmds, other_role(default_role(flags)), &mut ctx);
+        let wanted = flags.dual_write || default_role(flags) != pinned;
+        if wanted && !cmds.is_empty() && !self.same_store(flags, cancel) {
+            self.mirror(cmds, other_role(pinned), &mut ctx);
         }
         self.outcome(ctx, Ok(()))
     }
 
     pub fn session(&self, flags: Flags) -> Session {
-        Session::new(Arc::clone(self.default_store(flags)))
+        let role = default_role(flags);
+        Session::new(Arc::clone(self.store(role)), role)
     }
 
-    /// SELECT changes the database of the default store's connections.
-    pub fn select(&self, db: i64, flags: Flags) {
-        self.default_store(flags).select(db);
+    /// Moves both stores to database `db` (nothing is sent: their connections reopen on it).
+    pub fn set_db(&self, db: i64) {
+        self.primary.select(db);
+        self.secondary.select(db);
     }
 
     pub fn disconnect(&self) {
@@ -533,6 +696,12 @@ impl MultiStore {
         if let Some(lagging) = self.journaled(cmd, spec) {
             return read(other_role(lagging));
         }
+        if self.journal.full_verify_needed() {
+            // Some missed writes could not be journaled (or a store restarted): any key may be
+            // stale on the non-default store, so only the default store is read until a full
+            // verify says the stores agree.
+            return read(default);
+        }
         let primary = match self.ask(Role::Primary, default, || read(Role::Primary)) {
             Some(Ok(reply)) if !reply.is_error() && !is_miss(spec, &reply) => return Ok(reply),
             Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
@@ -594,7 +763,7 @@ impl MultiStore {
             && cmds.iter().any(|c| {
                 command_table::lookup(c).is_some_and(|spec| self.journaled(c, spec).is_some())
             });
-        if any_journaled {
+        if any_journaled || self.journal.full_verify_needed() {
             return read(default);
         }
         let missed = |replies: &[Reply]| {
@@ -793,9 +962,14 @@ impl MultiStore {
 
     fn ensure_resync(&self) {
         let generation = fork::generation();
-        let mut started = self.resync_started.lock();
-        if *started == Some(generation) {
-            return;
+        {
+            // Claimed under the lock, started outside it: the lock is a `ForkSafeMutex`, never
+            // held while doing anything else (a fork would wait for it).
+            let mut started = self.resync_started.lock();
+            if *started == Some(generation) {
+                return;
+            }
+            *started = Some(generation);
         }
         let ctx = ResyncContext {
             instance_name: self.instance_name.clone(),
@@ -806,8 +980,8 @@ impl MultiStore {
             metrics: self.metrics.clone(),
             shutdown: Arc::clone(&self.shutdown),
         };
-        if resync::spawn(ctx).is_some() {
-            *started = Some(generation);
+        if resync::spawn(ctx).is_none() {
+            *self.resync_started.lock() = None;
         }
     }
 

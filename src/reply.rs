@@ -77,6 +77,12 @@ pub struct ReplyReader {
 }
 
 const CHUNK: usize = 16 * 1024;
+/// Redis refuses bulk strings longer than its `proto-max-bulk-len` (512 MB by default); a longer
+/// announced length comes from a corrupt stream or a hostile server.
+pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
+/// A value's buffer is allocated up to this size at once; a longer one grows as its bytes
+/// arrive, so a length announced but never sent costs no memory.
+const PREALLOCATE_AT_MOST: usize = 1024 * 1024;
 /// Nesting deeper than this is not something Redis sends; refusing it keeps a corrupt stream
 /// from overflowing the stack.
 const MAX_DEPTH: usize = 128;
@@ -94,6 +100,11 @@ impl ReplyReader {
             start: 0,
             end: 0,
         }
+    }
+
+    /// Whether bytes received earlier wait to be parsed.
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
     }
 
     /// Reads one complete reply. `InvalidData` means the stream is not RESP. A read interrupted
@@ -128,6 +139,11 @@ impl ReplyReader {
                     return Ok(Reply::Nil);
                 }
                 let len = usize::try_from(len).map_err(|_| invalid("bulk length"))?;
+                if len > MAX_BULK_LEN {
+                    return Err(invalid(&format!(
+                        "bulk length {len} is beyond the 512 MB Redis allows"
+                    )));
+                }
                 let mut data = self.read_exact(stream, len + 2, wait)?;
                 if data.get(len..) != Some(b"\r\n") {
                     return Err(invalid("bulk string not terminated by CRLF"));
@@ -184,16 +200,17 @@ impl ReplyReader {
         len: usize,
         wait: &mut dyn Waiting,
     ) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(len.min(PREALLOCATE_AT_MOST));
         let buffered = (self.end - self.start).min(len);
         out.extend_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
-        if out.len() < len {
-            // Large values go straight from the socket into their own buffer.
-            let missing = len - out.len();
+        // Large values go straight from the socket into their own buffer, which at most doubles
+        // before the bytes that fill it have arrived.
+        while out.len() < len {
             let filled = out.len();
-            out.resize(len, 0);
-            read_fully(stream, &mut out[filled..filled + missing], wait)?;
+            let grow = (len - filled).min(filled.max(PREALLOCATE_AT_MOST));
+            out.resize(filled + grow, 0);
+            read_fully(stream, &mut out[filled..], wait)?;
         }
         Ok(out)
     }
@@ -348,6 +365,22 @@ mod tests {
         for text in ["", "-", "1x", "9223372036854775808", " 1"] {
             assert!(parse_int(text.as_bytes()).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_huge_announced_length_is_refused_and_a_long_one_allocates_as_it_arrives() {
+        let mut reader = ReplyReader::new();
+        let err = reader
+            .read(&mut &b"$1000000000000\r\nabc"[..], &mut || false)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+
+        // 100 MB announced, 3 bytes sent: the stream ends long before the buffer is filled.
+        let mut reader = ReplyReader::new();
+        let err = reader
+            .read(&mut &b"$100000000\r\nabc"[..], &mut || false)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

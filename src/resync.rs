@@ -8,7 +8,7 @@
 use crate::breaker::{Admission, Breaker};
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::copy::{self, Snapshot};
+use crate::copy;
 use crate::journal::{Entry, Journal};
 use crate::metrics::InstanceMetrics;
 use crate::routing::Role;
@@ -96,13 +96,17 @@ fn run(ctx: ResyncContext) {
                         "re-synced journaled keys"
                     );
                 }
-                Err(error) => {
-                    if error.is_connection_error() {
-                        ctx.breaker(lagging).record_failure();
-                    } else {
-                        ctx.breaker(lagging).record_success();
+                Err(Failed { store, error }) => {
+                    // Only the lagging store's own failures count against its breaker: the
+                    // source failing to answer says nothing about it.
+                    if store == lagging {
+                        if error.is_connection_error() {
+                            ctx.breaker(lagging).record_failure();
+                        } else {
+                            ctx.breaker(lagging).record_success();
+                        }
                     }
-                    tracing::debug!(instance_name = %ctx.instance_name, store = lagging.name(), error = %error, "re-sync failed, will retry");
+                    tracing::debug!(instance_name = %ctx.instance_name, store = store.name(), error = %error, "re-sync failed, will retry");
                 }
             }
         }
@@ -113,31 +117,40 @@ fn run(ctx: ResyncContext) {
     }
 }
 
+/// A re-sync round that failed, and on which store.
+struct Failed {
+    store: Role,
+    error: crate::error::Error,
+}
+
 /// Copies the keys to the lagging store; returns how many are now equal and left the journal.
+/// A key the source answered with an error is neither copied nor deleted: it stays journaled
+/// and is tried again.
 fn resync_batch(
     ctx: &ResyncContext,
     lagging: Role,
     keys: &[(Vec<u8>, Entry)],
     cancel: &CancelToken,
-) -> crate::error::Result<u64> {
-    let source = ctx.store(other(lagging));
+) -> Result<u64, Failed> {
+    let source_role = other(lagging);
+    let failed_on = |store: Role| move |error| Failed { store, error };
+    let source = ctx.store(source_role);
     let target = ctx.store(lagging);
     let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
-    let snapshots = copy::read(source, &names, cancel)?;
+    let snapshots = copy::read(source, &names, cancel).map_err(failed_on(source_role))?;
     let writes: Vec<Command> = names
         .iter()
         .zip(snapshots)
-        .map(|(key, snapshot)| match snapshot {
-            Snapshot::Value { payload, expiry } if !expiry.is_past() => {
-                copy::restore(key, &payload, expiry, true)
-            }
-            // Gone from the store that got the write: gone from the lagging one too.
-            _ => Command::from_args([&b"DEL"[..], key]),
-        })
+        .filter_map(|(key, snapshot)| copy::overwrite(key, snapshot))
         .collect();
-    target.pipeline(&writes, cancel)?;
+    if !writes.is_empty() {
+        target
+            .pipeline(&writes, cancel)
+            .map_err(failed_on(lagging))?;
+    }
 
-    let equal = same_on_both(&ctx.primary, &ctx.secondary, &names, cancel)?;
+    let equal = same_on_both(&ctx.primary, &ctx.secondary, &names, cancel)
+        .map_err(failed_on(source_role))?;
     let mut settled = 0;
     for ((key, entry), equal) in keys.iter().zip(equal) {
         if equal && ctx.journal.settle(key, *entry) {

@@ -1,6 +1,7 @@
 //! Where a command goes during a migration, decided from its kind and the feature flags. The
 //! decision is data (`Route`), separate from the I/O, so it is tested without a server.
 
+use crate::command::Command;
 use crate::command_table::{CommandKind, CommandSpec};
 use crate::reply::Reply;
 
@@ -75,6 +76,7 @@ pub fn default_role(flags: Flags) -> Role {
 /// `same_store`: both stores hold the same data (same server and db), so a write must never be
 /// applied twice and a fallback could never find anything new.
 pub fn route(
+    cmd: &Command,
     spec: Option<&CommandSpec>,
     flags: Flags,
     strategy: ReadStrategy,
@@ -89,7 +91,7 @@ pub fn route(
     // A blocking command sent to both stores would block on both; it runs on the default store
     // (and what it popped is then removed from the other one). A scan cursor belongs to one
     // server, so a scan cannot fall back to the other store half-way: scans stay on the default.
-    if spec.is_blocking() || is_scan(spec) {
+    if blocks(cmd, spec) || is_scan(spec) {
         return Route::Default;
     }
     // PING checks both stores while both are in use, as GitLab's MultiStore does.
@@ -101,6 +103,22 @@ pub fn route(
         (CommandKind::Read, ReadStrategy::PrimaryWithFallback) => Route::PrimaryWithFallback,
         _ => Route::Default,
     }
+}
+
+/// Whether the command may wait on the server: Redis flags XREAD and XREADGROUP as blocking,
+/// but they block only with a BLOCK argument; without one XREADGROUP is an ordinary write (it
+/// delivers entries and records them as pending) that both stores must run.
+pub fn blocks(cmd: &Command, spec: &CommandSpec) -> bool {
+    if !spec.is_blocking() {
+        return false;
+    }
+    if !matches!(spec.name, "xread" | "xreadgroup") {
+        return true;
+    }
+    cmd.args()
+        .skip(1)
+        .take_while(|arg| !arg.eq_ignore_ascii_case(b"streams"))
+        .any(|arg| arg.eq_ignore_ascii_case(b"block"))
 }
 
 fn is_scan(spec: &CommandSpec) -> bool {
@@ -139,12 +157,12 @@ const TTL_MINUS_TWO_WHEN_MISSING: &[&str] = &["expiretime", "pexpiretime", "pttl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Command;
     use crate::command_table::lookup;
 
     fn route_of(args: &[&str], flags: Flags) -> Route {
         let cmd = Command::from_args(args);
         route(
+            &cmd,
             lookup(&cmd),
             flags,
             ReadStrategy::PrimaryWithFallback,
@@ -182,15 +200,46 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_read_blocks_only_with_block() {
+        let group_read = ["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"];
+        assert_eq!(route_of(&group_read, DUAL), Route::Both);
+        let blocking = [
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "BLOCK",
+            "0",
+            "STREAMS",
+            "s",
+            ">",
+        ];
+        assert_eq!(route_of(&blocking, DUAL), Route::Default);
+        // A stream named "block" does not make it block.
+        let named_block = ["xreadgroup", "group", "g", "c", "streams", "block", ">"];
+        assert_eq!(route_of(&named_block, DUAL), Route::Both);
+        assert_eq!(
+            route_of(&["xread", "streams", "s", "0"], DUAL),
+            Route::PrimaryWithFallback
+        );
+    }
+
+    #[test]
     fn default_only_strategy_and_same_store() {
         let get = Command::from_args(["get", "k"]);
         assert_eq!(
-            route(lookup(&get), DUAL, ReadStrategy::DefaultOnly, false),
+            route(&get, lookup(&get), DUAL, ReadStrategy::DefaultOnly, false),
             Route::Default
         );
         let set = Command::from_args(["set", "k", "v"]);
         assert_eq!(
-            route(lookup(&set), DUAL, ReadStrategy::PrimaryWithFallback, true),
+            route(
+                &set,
+                lookup(&set),
+                DUAL,
+                ReadStrategy::PrimaryWithFallback,
+                true
+            ),
             Route::Default
         );
     }

@@ -3,7 +3,7 @@
 //! by loading the script there, instead of leaving that store without the write.
 
 use crate::command::Command;
-use parking_lot::Mutex;
+use crate::fork::ForkSafeMutex;
 use std::collections::HashMap;
 
 /// Bounded: an application has a handful of scripts; a flood of distinct ones (scripts built
@@ -12,7 +12,7 @@ const MAX_SCRIPTS: usize = 1024;
 
 #[derive(Default)]
 pub struct ScriptCache {
-    bodies: Mutex<HashMap<String, Vec<u8>>>,
+    bodies: ForkSafeMutex<HashMap<String, Vec<u8>>>,
 }
 
 impl ScriptCache {

@@ -7,12 +7,24 @@ use crate::command::Command;
 use crate::connection::{Connection, Reply};
 use crate::error::Result;
 use crate::fork;
+use crate::routing::Role;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What `Session::next_message` found.
+#[derive(Debug)]
+pub enum NextMessage {
+    Reply(Reply),
+    /// Nothing yet: wait for this socket to become readable, then ask again.
+    WaitOn(std::os::fd::RawFd),
+}
+
 pub struct Session {
     store: Arc<Store>,
+    /// Which of the MultiStore's stores it is pinned to: a transaction replayed on the other
+    /// store goes to the other one of this, whatever the flags say by then.
+    role: Role,
     /// The pinned connection and the store (for a cluster: the node) it belongs to.
     conn: Option<(Arc<Store>, Connection)>,
     fork_generation: u64,
@@ -22,13 +34,18 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(store: Arc<Store>) -> Session {
+    pub fn new(store: Arc<Store>, role: Role) -> Session {
         Session {
             store,
+            role,
             conn: None,
             fork_generation: fork::generation(),
             deferred_multi: false,
         }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     pub fn blocking_read_timeout(&self, timeout: Duration) -> ReadTimeout {
@@ -90,6 +107,21 @@ impl Session {
     pub fn read(&mut self, timeout: Option<Duration>, cancel: &CancelToken) -> Result<Reply> {
         self.with_connection(None, cancel, |conn| {
             conn.with_read_timeout(timeout, |c| c.receive(cancel))
+        })
+    }
+
+    /// The next message of a subscription if one can be read without waiting for the server
+    /// (a message that has begun to arrive is read to its end, within the read timeout), else
+    /// the socket to wait on. Waiting happens outside: a caller that holds this session behind
+    /// a lock must not hold it while it waits, since a signal handler run during the wait may
+    /// need the session (to unsubscribe).
+    pub fn next_message(&mut self, cancel: &CancelToken) -> Result<NextMessage> {
+        self.with_connection(None, cancel, |conn| {
+            if conn.input_ready() {
+                conn.receive(cancel).map(NextMessage::Reply)
+            } else {
+                Ok(NextMessage::WaitOn(conn.socket()))
+            }
         })
     }
 

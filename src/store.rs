@@ -9,7 +9,7 @@ use crate::command::Command;
 use crate::config::StoreConfig;
 use crate::connection::{Connection, Reply};
 use crate::error::{Error, Result};
-use crate::fork;
+use crate::fork::{self, ForkSafeMutex};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -65,10 +65,10 @@ pub struct Store {
     connected: AtomicBool,
     /// The server's run_id as first seen; a new connection finding another one means the
     /// server restarted (and may have lost its data).
-    run_id: Mutex<Option<String>>,
+    run_id: ForkSafeMutex<Option<String>>,
     reset: Arc<ResetSignal>,
     /// Behind Sentinel: the address the sentinels last gave.
-    resolved: Mutex<Option<crate::config::Address>>,
+    resolved: ForkSafeMutex<Option<crate::config::Address>>,
     /// A Redis Cluster: commands go to its nodes, each a standalone `Store`, and this store's
     /// own pool stays unused.
     cluster: Option<Cluster>,
@@ -91,9 +91,9 @@ impl Store {
                 idle: Mutex::new(Vec::new()),
             }),
             connected: AtomicBool::new(false),
-            run_id: Mutex::new(None),
+            run_id: ForkSafeMutex::new(None),
             reset,
-            resolved: Mutex::new(None),
+            resolved: ForkSafeMutex::new(None),
             cluster,
         }
     }
@@ -102,6 +102,22 @@ impl Store {
     pub fn with_reset_hook(self, hook: impl Fn() + Send + Sync + 'static) -> Self {
         let _ = self.reset.hook.set(Box::new(hook));
         self
+    }
+
+    /// The server's run_id as last seen, if a connection was ever opened (never for a cluster,
+    /// whose nodes each have their own).
+    pub fn run_id(&self) -> Option<String> {
+        self.run_id.lock().clone()
+    }
+
+    /// Opens (or reuses) a connection so the server's run_id is known.
+    pub fn learn_run_id(&self, cancel: &CancelToken) -> Result<Option<String>> {
+        if self.cluster.is_some() {
+            return Ok(None);
+        }
+        let conn = self.checkout(cancel)?;
+        self.checkin(conn);
+        Ok(self.run_id())
     }
 
     /// Restarts noticed since this store was created (of any node, for a cluster).
@@ -171,7 +187,14 @@ impl Store {
         if let Some(cluster) = &self.cluster {
             return cluster.pipeline(cmds, cancel);
         }
-        self.with_retry(cancel, |conn| conn.pipeline(cmds, cancel))
+        let reusable = reusable_after(cmds);
+        self.with_retry(cancel, |conn| {
+            let replies = conn.pipeline(cmds, cancel)?;
+            if !reusable {
+                conn.retired = true;
+            }
+            Ok(replies)
+        })
     }
 
     /// Sends a batch on a pooled connection without waiting: the caller does other work (the
@@ -185,6 +208,9 @@ impl Store {
         }
         let mut conn = self.checkout(cancel)?;
         conn.send_batch(cmds, cancel)?;
+        if !reusable_after(cmds) {
+            conn.retired = true;
+        }
         Ok(InFlight(Sent::Node {
             conn,
             expected: cmds.len(),
@@ -221,20 +247,23 @@ impl Store {
         self.open(cancel)
     }
 
-    pub fn checkin(&self, conn: Connection) {
+    pub fn checkin(&self, mut conn: Connection) {
         let pool = self.current_pool();
-        if conn.epoch != self.epoch.load(Ordering::Acquire)
+        if conn.retired
+            || conn.epoch != self.epoch.load(Ordering::Acquire)
             || pool.fork_generation != fork::generation()
         {
             return;
         }
+        conn.set_idle();
         let mut idle = pool.idle.lock();
         if idle.len() < self.config.pool_size {
             idle.push(conn);
         }
     }
 
-    /// Changes the database of every connection: later calls open connections on `db`.
+    /// Changes the database of every connection: later calls open connections on `db`. Nothing
+    /// is sent: the connections in the pool are closed, and new ones select `db` when they open.
     pub fn select(&self, db: i64) {
         if self.cluster.is_some() {
             // Redis Cluster has database 0 only; redis-rb's cluster client ignores `db=` too.
@@ -254,6 +283,14 @@ impl Store {
         self.connected.store(false, Ordering::Release);
     }
 
+    /// Runs `attempt_once` on a pooled connection; after a connection error, once more on a
+    /// fresh one (redis-rb's `reconnect_attempts`) -- but only when what was sent cannot have
+    /// run: the connection failed to open or was found closed, before any reply was read. A
+    /// batch whose first replies came back ran at least in part, and one whose reply timed out
+    /// reached a server that may still be running it (a pipeline is sent in one write, so the
+    /// server may answer nothing before it has run all of it): sending either again would apply
+    /// its commands twice (an INCR, a whole MULTI … EXEC). redis-rb 4.8 also retries a single
+    /// command after a timeout; this does not, so no write is ever applied twice.
     fn with_retry<T>(
         &self,
         cancel: &CancelToken,
@@ -261,28 +298,30 @@ impl Store {
     ) -> Result<T> {
         let mut attempts = 0;
         loop {
-            let result = self
-                .checkout(cancel)
-                .and_then(|mut conn| attempt_once(&mut conn).map(|value| (value, conn)));
-            match result {
-                Ok((value, conn)) => {
-                    self.checkin(conn);
-                    return Ok(value);
-                }
-                Err(err) => {
-                    let retry = err.is_connection_error()
-                        && attempts < self.config.reconnect_attempts
-                        && !cancel.is_cancelled();
-                    if !retry {
-                        return Err(err);
+            let (err, partly_read) = match self.checkout(cancel) {
+                Ok(mut conn) => match attempt_once(&mut conn) {
+                    Ok(value) => {
+                        self.checkin(conn);
+                        return Ok(value);
                     }
-                    attempts += 1;
-                    // After a dropped connection the idle ones are most likely dead as well
-                    // (server restarted): start over with fresh connections.
-                    self.disconnect();
-                    tracing::debug!(store = %self.id(), error = %err, "reconnecting after connection error");
-                }
+                    Err(err) => (err, conn.replies_read() > 0),
+                },
+                Err(err) => (err, false),
+            };
+            let retry = matches!(
+                err,
+                Error::CannotConnect { .. } | Error::ConnectionLost { .. }
+            ) && !partly_read
+                && attempts < self.config.reconnect_attempts
+                && !cancel.is_cancelled();
+            if !retry {
+                return Err(err);
             }
+            attempts += 1;
+            // After a dropped connection the idle ones are most likely dead as well (server
+            // restarted): start over with fresh connections.
+            self.disconnect();
+            tracing::debug!(store = %self.id(), error = %err, "reconnecting after connection error");
         }
     }
 
@@ -291,7 +330,7 @@ impl Store {
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut idle = pool.idle.lock();
         while let Some(conn) = idle.pop() {
-            if conn.epoch == epoch {
+            if conn.epoch == epoch && conn.still_open() {
                 return Some(conn);
             }
         }
@@ -357,6 +396,12 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("id", &self.id()).finish()
     }
+}
+
+/// Whether a connection that ran `cmds` can go back to the pool: not after a SELECT, which left
+/// it on another database than the pool's (the caller then moves the whole pool).
+fn reusable_after(cmds: &[Command]) -> bool {
+    !cmds.iter().any(|cmd| cmd.name_is("select"))
 }
 
 /// A blocking command's socket timeout, computed as redis-rb's `call_with_timeout` does: the

@@ -1,16 +1,17 @@
 //! Proving the stores agree before the default is switched. Compares every key of the
-//! secondary (or a random sample) with the primary by type, a digest of its value and its TTL,
-//! then looks for keys only the primary has. The value digest is computed from a canonical
-//! form (sets and hashes sorted), not from DUMP, whose bytes differ between two servers holding
-//! the same set or hash. With `repair`, each differing key is copied from the secondary
-//! (RESTORE REPLACE) and checked again.
+//! secondary (or a random sample) with the primary by type, a canonical digest of its value and
+//! its TTL (see `key_state`), then looks for keys only the primary has. With `repair`, each key
+//! that differs is copied from the default store -- the store callers are answered from, whose
+//! data is the truth -- and checked again.
 
 use crate::backfill::{integer, scan_page};
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::copy::{self, Snapshot};
+use crate::copy;
 use crate::error::Result;
+use crate::key_state::{self, KeyState};
 use crate::reply::Reply;
+use crate::routing::Role;
 use crate::store::Store;
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ pub struct VerifyReport {
     pub only_on_primary: u64,
     pub repaired: u64,
     pub repair_failed: u64,
+    /// Keys a store answered a read of with an error (counted among `different` or
+    /// `only_on_primary` as well): what cannot be read cannot be shown to agree.
+    pub unreadable: u64,
     /// Keys on the secondary when verify started (DBSIZE), for progress.
     pub total: u64,
     pub done: bool,
@@ -59,6 +63,8 @@ pub struct VerifyOptions {
     /// Check this many random keys of the secondary instead of all of them.
     pub sample: Option<u64>,
     pub repair: bool,
+    /// Where `repair` copies from: the default store.
+    pub repair_source: Role,
     /// TTLs within this many milliseconds are equal (they tick down between the two reads).
     pub ttl_tolerance_ms: i64,
 }
@@ -70,7 +76,8 @@ impl Default for VerifyOptions {
             count: 1000,
             sample: None,
             repair: false,
-            ttl_tolerance_ms: 1000,
+            repair_source: Role::Secondary,
+            ttl_tolerance_ms: DEFAULT_TTL_TOLERANCE_MS,
         }
     }
 }
@@ -87,14 +94,8 @@ pub struct Verify {
     report: VerifyReport,
 }
 
-/// How many times a key that differs is looked at again, and how long apart.
-const RECHECKS: usize = 3;
-const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
-const REPAIR_ROUNDS: usize = 5;
-
-fn is_unsettled(verdict: &Verdict) -> bool {
-    matches!(verdict, Verdict::Different | Verdict::MissingOnPrimary)
-}
+/// TTLs within a second are equal: they tick down between the reads of the two stores.
+pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -103,14 +104,6 @@ enum Verdict {
     Different,
     /// Gone from the secondary since it was listed: nothing to compare.
     Vanished,
-}
-
-/// What a key is, for comparison: type, value digest, TTL.
-#[derive(Debug, PartialEq, Eq)]
-struct KeyState {
-    kind: Vec<u8>,
-    digest: [u8; 20],
-    pttl: i64,
 }
 
 impl Verify {
@@ -204,7 +197,7 @@ impl Verify {
                 self.options
                     .pattern
                     .as_deref()
-                    .is_none_or(|p| glob_match(p, k))
+                    .is_none_or(|p| crate::glob::matches(p, k))
             })
             .collect();
         keys.truncate(n);
@@ -221,116 +214,64 @@ impl Verify {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut verdicts = self.verdicts(keys, cancel)?;
         // While traffic flows, a key written between the two reads looks different for a
-        // moment: look again at the keys that differ before counting them.
-        for _ in 0..RECHECKS {
-            let unsettled: Vec<usize> = (0..keys.len())
-                .filter(|&i| is_unsettled(&verdicts[i]))
-                .collect();
-            if unsettled.is_empty() {
-                break;
-            }
-            std::thread::sleep(RECHECK_PAUSE);
-            let again: Vec<Vec<u8>> = unsettled.iter().map(|&i| keys[i].clone()).collect();
-            for (i, verdict) in unsettled.into_iter().zip(self.verdicts(&again, cancel)?) {
-                verdicts[i] = verdict;
-            }
-        }
+        // moment: what differs is looked at again before it counts.
+        let tolerance = self.options.ttl_tolerance_ms;
+        let differing =
+            copy::still_different(&self.secondary, &self.primary, keys, tolerance, cancel)?;
         let mut to_repair = Vec::new();
-        for (key, verdict) in keys.iter().zip(verdicts) {
-            match verdict {
-                Verdict::Vanished => continue,
-                Verdict::Agree => self.report.agree += 1,
-                Verdict::MissingOnPrimary => self.report.missing_on_primary += 1,
-                Verdict::Different => self.report.different += 1,
-            }
-            self.report.checked += 1;
-            if verdict != Verdict::Agree && self.options.repair {
-                to_repair.push(key.clone());
+        if !differing.is_empty() {
+            let on_secondary = key_state::read(&self.secondary, &differing, cancel)?;
+            let on_primary = key_state::read(&self.primary, &differing, cancel)?;
+            for ((key, secondary), primary) in differing.iter().zip(&on_secondary).zip(&on_primary)
+            {
+                let verdict = self.verdict(secondary, primary);
+                match verdict {
+                    Verdict::Vanished => continue,
+                    Verdict::Agree => self.report.agree += 1,
+                    Verdict::MissingOnPrimary => self.report.missing_on_primary += 1,
+                    Verdict::Different => self.report.different += 1,
+                }
+                self.report.checked += 1;
+                if verdict != Verdict::Agree {
+                    to_repair.push(key.clone());
+                }
             }
         }
-        if !to_repair.is_empty() {
+        let agreeing = (keys.len() - differing.len()) as u64;
+        self.report.agree += agreeing;
+        self.report.checked += agreeing;
+        if self.options.repair && !to_repair.is_empty() {
             self.repair(&to_repair, cancel)?;
         }
         Ok(())
     }
 
-    fn verdicts(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Verdict>> {
-        let secondary = key_states(&self.secondary, keys, cancel)?;
-        let primary = key_states(&self.primary, keys, cancel)?;
-        Ok(secondary
-            .iter()
-            .zip(&primary)
-            .map(|(s, p)| self.verdict(s.as_ref(), p.as_ref()))
-            .collect())
-    }
-
-    fn verdict(&self, secondary: Option<&KeyState>, primary: Option<&KeyState>) -> Verdict {
+    fn verdict(&mut self, secondary: &KeyState, primary: &KeyState) -> Verdict {
+        if matches!(secondary, KeyState::Unreadable(_))
+            || matches!(primary, KeyState::Unreadable(_))
+        {
+            self.report.unreadable += 1;
+            return Verdict::Different;
+        }
         match (secondary, primary) {
-            (None, _) => Verdict::Vanished,
-            (Some(_), None) => Verdict::MissingOnPrimary,
-            (Some(s), Some(p)) => {
-                let ttl_agrees = match (s.pttl, p.pttl) {
-                    (a, b) if a < 0 || b < 0 => a == b,
-                    (a, b) => (a - b).abs() <= self.options.ttl_tolerance_ms,
-                };
-                if s.kind == p.kind && s.digest == p.digest && ttl_agrees {
-                    Verdict::Agree
-                } else {
-                    Verdict::Different
-                }
-            }
+            (KeyState::Absent, _) => Verdict::Vanished,
+            (_, KeyState::Absent) => Verdict::MissingOnPrimary,
+            (s, p) if s.same_as(p, self.options.ttl_tolerance_ms) => Verdict::Agree,
+            _ => Verdict::Different,
         }
     }
 
-    /// Copies each key from the secondary and checks it again. A write in flight while the
-    /// copy happens (it reached the primary before the RESTORE and the secondary after the DUMP)
-    /// leaves the key different again, so keys that still differ are copied once more, a few
-    /// rounds at most.
+    /// Copies each key from the default store to the other (RESTORE REPLACE, or DEL where the
+    /// default store has no such key) until both agree, a few rounds at most.
     fn repair(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        let mut pending = keys.to_vec();
-        for _ in 0..REPAIR_ROUNDS {
-            self.copy_from_secondary(&pending, cancel)?;
-            let mut verdicts = self.verdicts(&pending, cancel)?;
-            for _ in 0..RECHECKS {
-                if !verdicts.iter().any(is_unsettled) {
-                    break;
-                }
-                std::thread::sleep(RECHECK_PAUSE);
-                verdicts = self.verdicts(&pending, cancel)?;
-            }
-            let still: Vec<Vec<u8>> = pending
-                .iter()
-                .zip(&verdicts)
-                .filter(|(_, v)| is_unsettled(v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            self.report.repaired += (pending.len() - still.len()) as u64;
-            pending = still;
-            if pending.is_empty() {
-                break;
-            }
-        }
-        self.report.repair_failed += pending.len() as u64;
-        Ok(())
-    }
-
-    /// RESTORE REPLACE of each key's DUMP, expiring when the original does.
-    fn copy_from_secondary(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        let snapshots = copy::read(&self.secondary, keys, cancel)?;
-        let restores: Vec<Command> = keys
-            .iter()
-            .zip(snapshots)
-            .filter_map(|(key, snapshot)| match snapshot {
-                Snapshot::Value { payload, expiry } => {
-                    Some(copy::restore(key, &payload, expiry, true))
-                }
-                // Gone from the secondary: the next check sees it vanished.
-                Snapshot::Missing => None,
-            })
-            .collect();
-        self.primary.pipeline(&restores, cancel)?;
+        let (source, target) = match self.options.repair_source {
+            Role::Secondary => (&self.secondary, &self.primary),
+            Role::Primary => (&self.primary, &self.secondary),
+        };
+        let left = copy::reconcile(source, target, keys, self.options.ttl_tolerance_ms, cancel)?;
+        self.report.repaired += (keys.len() - left.len()) as u64;
+        self.report.repair_failed += left.len() as u64;
         Ok(())
     }
 
@@ -343,22 +284,29 @@ impl Verify {
             .map(|k| Command::from_args([&b"EXISTS"[..], k]))
             .collect();
         let on_secondary = self.secondary.pipeline(&exists, cancel)?;
-        let only: Vec<&Vec<u8>> = keys
-            .iter()
-            .zip(on_secondary)
-            .filter(|(_, r)| *r == Reply::Integer(0))
-            .map(|(k, _)| k)
-            .collect();
+        let mut only = Vec::new();
+        for (key, reply) in keys.iter().zip(on_secondary) {
+            match reply {
+                Reply::Integer(0) => only.push(key.clone()),
+                Reply::Integer(_) => {}
+                _ => {
+                    self.report.unreadable += 1;
+                    only.push(key.clone());
+                }
+            }
+        }
+        // Written through dual-write to both stores since the primary was listed: not only
+        // on the primary after all.
+        let only = copy::still_different(
+            &self.primary,
+            &self.secondary,
+            &only,
+            self.options.ttl_tolerance_ms,
+            cancel,
+        )?;
         self.report.only_on_primary += only.len() as u64;
         if self.options.repair && !only.is_empty() {
-            // The secondary is the source of truth while it is the default: a key it does not
-            // have should not be on the primary either.
-            let dels: Vec<Command> = only
-                .iter()
-                .map(|k| Command::from_args([&b"DEL"[..], k.as_slice()]))
-                .collect();
-            self.primary.pipeline(&dels, cancel)?;
-            self.report.repaired += only.len() as u64;
+            self.repair(&only, cancel)?;
         }
         Ok(())
     }
@@ -372,194 +320,11 @@ pub fn same_on_both(
     keys: &[Vec<u8>],
     cancel: &CancelToken,
 ) -> Result<Vec<bool>> {
-    let on_secondary = key_states(secondary, keys, cancel)?;
-    let on_primary = key_states(primary, keys, cancel)?;
+    let on_secondary = key_state::read(secondary, keys, cancel)?;
+    let on_primary = key_state::read(primary, keys, cancel)?;
     Ok(on_secondary
         .iter()
         .zip(&on_primary)
-        .map(|(s, p)| match (s, p) {
-            (None, None) => true,
-            (Some(s), Some(p)) => {
-                s.kind == p.kind
-                    && s.digest == p.digest
-                    && match (s.pttl, p.pttl) {
-                        (a, b) if a < 0 || b < 0 => a == b,
-                        (a, b) => (a - b).abs() <= 1000,
-                    }
-            }
-            _ => false,
-        })
+        .map(|(s, p)| s.same_as(p, DEFAULT_TTL_TOLERANCE_MS))
         .collect())
-}
-
-/// Type, canonical value digest and TTL of each key (None: the key does not exist).
-fn key_states(
-    store: &Store,
-    keys: &[Vec<u8>],
-    cancel: &CancelToken,
-) -> Result<Vec<Option<KeyState>>> {
-    let mut meta = Vec::with_capacity(keys.len() * 2);
-    for key in keys {
-        meta.push(Command::from_args([&b"TYPE"[..], key]));
-        meta.push(Command::from_args([&b"PTTL"[..], key]));
-    }
-    let meta = store.pipeline(&meta, cancel)?;
-    let kinds: Vec<Vec<u8>> = meta
-        .chunks(2)
-        .map(|m| m[0].as_bytes().unwrap_or(b"none").to_vec())
-        .collect();
-    let reads: Vec<Command> = keys
-        .iter()
-        .zip(&kinds)
-        .map(|(key, kind)| value_read(kind, key))
-        .collect();
-    let values = store.pipeline(&reads, cancel)?;
-    Ok(keys
-        .iter()
-        .enumerate()
-        .map(|(i, _)| {
-            let kind = &kinds[i];
-            if kind.as_slice() == b"none" {
-                return None;
-            }
-            Some(KeyState {
-                kind: kind.clone(),
-                digest: digest(kind, &values[i]),
-                pttl: integer(&meta[i * 2 + 1]).unwrap_or(-2),
-            })
-        })
-        .collect())
-}
-
-/// The read that returns a key's whole value in an order that does not depend on the server.
-fn value_read(kind: &[u8], key: &[u8]) -> Command {
-    match kind {
-        b"string" => Command::from_args([&b"GET"[..], key]),
-        b"list" => Command::from_args([&b"LRANGE"[..], key, b"0", b"-1"]),
-        b"set" => Command::from_args([&b"SMEMBERS"[..], key]),
-        b"zset" => Command::from_args([&b"ZRANGE"[..], key, b"0", b"-1", b"WITHSCORES"]),
-        b"hash" => Command::from_args([&b"HGETALL"[..], key]),
-        b"stream" => Command::from_args([&b"XRANGE"[..], key, b"-", b"+"]),
-        // Unknown (module) types: compare their DUMP, the best available.
-        _ => Command::from_args([&b"DUMP"[..], key]),
-    }
-}
-
-fn digest(kind: &[u8], value: &Reply) -> [u8; 20] {
-    let mut items: Vec<Vec<u8>> = Vec::new();
-    flatten(value, &mut items);
-    match kind {
-        b"set" => items.sort(),
-        b"hash" => {
-            // Length-prefixed, so that field "f1" value "v1" cannot collide with "f1v" / "1".
-            let mut pairs: Vec<Vec<u8>> = items
-                .chunks(2)
-                .map(|pair| {
-                    let mut joined = (pair[0].len() as u64).to_le_bytes().to_vec();
-                    pair.iter().for_each(|part| joined.extend_from_slice(part));
-                    joined
-                })
-                .collect();
-            pairs.sort();
-            items = pairs;
-        }
-        _ => {}
-    }
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(kind);
-    for item in &items {
-        sha.update(&(item.len() as u64).to_le_bytes());
-        sha.update(item);
-    }
-    sha.digest().bytes()
-}
-
-fn flatten(reply: &Reply, out: &mut Vec<Vec<u8>>) {
-    match reply {
-        Reply::Array(items) => items.iter().for_each(|item| flatten(item, out)),
-        Reply::Bulk(b) | Reply::Status(b) | Reply::Error(b) => out.push(b.clone()),
-        Reply::Integer(n) => out.push(n.to_string().into_bytes()),
-        Reply::Nil => out.push(Vec::new()),
-    }
-}
-
-/// Redis's glob (`*`, `?`, `[...]`, `\\`), for filtering sampled keys the way MATCH filters a scan.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
-        (Some(b'['), Some(c)) => match pattern.iter().position(|b| *b == b']') {
-            Some(end) => {
-                let class = &pattern[1..end];
-                let (negate, class) = match class.first() {
-                    Some(b'^') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < class.len() {
-                    if i + 2 < class.len() && class[i + 1] == b'-' {
-                        hit |= (class[i]..=class[i + 2]).contains(c);
-                        i += 3;
-                    } else {
-                        hit |= class[i] == *c;
-                        i += 1;
-                    }
-                }
-                hit != negate && glob_match(&pattern[end + 1..], &text[1..])
-            }
-            None => *c == b'[' && glob_match(&pattern[1..], &text[1..]),
-        },
-        (Some(b'\\'), Some(c)) if pattern.len() > 1 => {
-            pattern[1] == *c && glob_match(&pattern[2..], &text[1..])
-        }
-        (Some(p), Some(c)) => p == c && glob_match(&pattern[1..], &text[1..]),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_do_not_depend_on_set_or_hash_order() {
-        let members = |items: &[&str]| {
-            Reply::Array(
-                items
-                    .iter()
-                    .map(|s| Reply::Bulk(s.as_bytes().to_vec()))
-                    .collect(),
-            )
-        };
-        assert_eq!(
-            digest(b"set", &members(&["a", "b"])),
-            digest(b"set", &members(&["b", "a"]))
-        );
-        assert_eq!(
-            digest(b"hash", &members(&["f1", "v1", "f2", "v2"])),
-            digest(b"hash", &members(&["f2", "v2", "f1", "v1"]))
-        );
-        assert_ne!(
-            digest(b"list", &members(&["a", "b"])),
-            digest(b"list", &members(&["b", "a"]))
-        );
-        assert_ne!(
-            digest(b"hash", &members(&["f1", "v1"])),
-            digest(b"hash", &members(&["f1v", "1"]))
-        );
-    }
-
-    #[test]
-    fn globs_like_redis() {
-        assert!(glob_match(b"session:*", b"session:42"));
-        assert!(!glob_match(b"session:*", b"rate:1"));
-        assert!(glob_match(b"h?llo", b"hello"));
-        assert!(glob_match(b"h[ae]llo", b"hallo"));
-        assert!(!glob_match(b"h[^e]llo", b"hello"));
-        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
-    }
 }

@@ -71,7 +71,11 @@ module GitlabMultistore
         o.on("--count N", Integer, "keys per SCAN page (default 1000)") { |v| options[:count] = v }
         o.on("--rate N", Float, "backfill: at most N keys per second") { |v| options[:rate] = v }
         o.on("--sample N", Integer, "verify: check N random keys instead of all") { |v| options[:sample] = v }
-        o.on("--repair", "verify: copy differing keys from the secondary") { options[:repair] = true }
+        o.on("--repair", "verify: copy differing keys from the default store (see --default)") { options[:repair] = true }
+        o.on("--default STORE", %w[primary secondary],
+             "the store callers are answered from: secondary (default) until the switch, then primary") do |v|
+          options[:default] = v
+        end
         o.on("--json", "print the final report as JSON") { options[:json] = true }
       end
     end
@@ -87,7 +91,7 @@ module GitlabMultistore
       parser(options).parse!(argv)
       raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
 
-      store = Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli")
+      store = multi_store(options)
       progress = Progress.new(@err, tty: @tty, label: command)
       report =
         if command == "backfill"
@@ -109,7 +113,7 @@ module GitlabMultistore
       parser(options).parse!(argv)
       raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
 
-      store = Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli")
+      store = multi_store(options)
       progress = Progress.new(@err, tty: @tty, label: "verify")
       store.verify(match: options[:match], count: options[:count], repair: options[:repair]) { |p| progress.update(p) }
       progress.finish
@@ -124,6 +128,14 @@ module GitlabMultistore
       status[:safe_to_switch] ? 0 : 1
     ensure
       store&.close
+    end
+
+    # No feature flags here: the default store is the secondary unless --default says the
+    # switch has happened (it decides where `--repair` copies from).
+    def multi_store(options)
+      primary_default = options[:default] == "primary"
+      flags = ->(flag) { primary_default && flag.to_s.start_with?("use_primary_store_as_default") }
+      Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli", feature_flags: flags)
     end
 
     def print_report(command, report, json:)

@@ -66,6 +66,19 @@ RSpec.describe GitlabMultistore::CLI do
       expect(run_cli("verify", *stores).status).to eq(0)
     end
 
+    it "repairs from the primary with --default primary (after the switch), never reverting its newer data" do
+      populate(secondary, 10, prefix: "key")
+      populate(primary, 10, prefix: "key")
+      primary.set("key:3", "newer")
+      secondary.set("only-old", "deleted since the switch")
+
+      result = run_cli("verify", *stores, "--repair", "--default", "primary")
+
+      expect(result.status).to eq(0)
+      expect([primary.get("key:3"), secondary.get("key:3")]).to eq(%w[newer newer])
+      expect([primary.exists?("only-old"), secondary.exists?("only-old")]).to eq([false, false])
+    end
+
     it "prints the report as JSON with --json" do
       populate(secondary, 4, prefix: "key")
       populate(primary, 3, prefix: "key")

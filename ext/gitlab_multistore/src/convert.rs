@@ -182,3 +182,18 @@ pub fn symbol_hash(ruby: &Ruby, entries: &[(&str, RValue)]) -> Result<magnus::RH
     }
     Ok(hash)
 }
+
+/// A blocking command's own timeout in seconds, as the core takes it (zero: wait forever). One
+/// too long for Ruby's `Time` raises `RangeError` as redis-rb's wait for the reply does (redis-rb
+/// raises it once the command is sent; the server refuses such a timeout anyway).
+pub fn blocking_timeout(ruby: &Ruby, seconds: f64) -> Result<std::time::Duration, Error> {
+    use gitlab_multistore::seconds::Wait;
+    match Wait::from_seconds(seconds) {
+        Wait::For(duration) => Ok(duration),
+        Wait::Forever => Ok(std::time::Duration::ZERO),
+        Wait::OutOfRange => Err(Error::new(
+            ruby.exception_range_error(),
+            Wait::out_of_range_message(seconds),
+        )),
+    }
+}

@@ -3,11 +3,12 @@
 //! the GVL, or on a thread Ruby does not know), so they are queued here and written by the
 //! Ruby thread that next comes back from a native call, with the GVL held.
 
+use gitlab_multistore::fork::ForkSafeMutex;
 use magnus::{prelude::*, Error, RArray, RModule, Ruby};
-use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::LazyLock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -16,7 +17,10 @@ use tracing_subscriber::prelude::*;
 /// Bounded, so a logger that is never drained (no calls for a while) cannot grow memory.
 const MAX_QUEUED: usize = 10_000;
 
-static QUEUE: Mutex<VecDeque<(u8, String)>> = Mutex::new(VecDeque::new());
+/// Fork-safe: a thread queueing a line when the process forks must not leave it locked in the
+/// child.
+static QUEUE: LazyLock<ForkSafeMutex<VecDeque<(u8, String)>>> =
+    LazyLock::new(|| ForkSafeMutex::new(VecDeque::new()));
 static PENDING: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Ruby Logger severities: 0 debug, 1 info, 2 warn, 3 error. Events below are not even formatted.

@@ -1,27 +1,23 @@
 //! `GitlabMultistore::NativeBackfill` and `NativeVerify`: a backfill or a verification in
 //! progress, advanced one SCAN page per `_step` call (each without the GVL), so the Ruby side
-//! can yield progress, honour a rate limit and be interrupted between pages.
+//! can yield progress, honour a rate limit and be interrupted between pages. Both run on the
+//! MultiStore's own stores, so a store restart they run into is the MultiStore's to know.
 
 use crate::convert::symbol_hash;
 use crate::error::to_ruby_error;
+use crate::native_store::NativeStore;
 use crate::nogvl::{cancel_token, without_gvl};
-use crate::store_config::store_config;
 use gitlab_multistore::backfill::{Backfill, BackfillReport};
+use gitlab_multistore::routing::default_role;
 use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
-use gitlab_multistore::Store;
+use gitlab_multistore::{Flags, Store};
 use magnus::{function, method, prelude::*, Error, IntoValue, RHash, RModule, RString, Ruby};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-fn stores(
-    ruby: &Ruby,
-    primary: RHash,
-    secondary: RHash,
-) -> Result<(Arc<Store>, Arc<Store>), Error> {
-    Ok((
-        Arc::new(Store::new(store_config(ruby, primary)?)),
-        Arc::new(Store::new(store_config(ruby, secondary)?)),
-    ))
+fn stores(store: &NativeStore) -> (Arc<Store>, Arc<Store>) {
+    let core = store.core();
+    (Arc::clone(core.primary()), Arc::clone(core.secondary()))
 }
 
 /// A glob is bytes, like the keys it matches: binary patterns are fine.
@@ -38,20 +34,16 @@ pub struct NativeBackfill {
 
 impl NativeBackfill {
     fn new(
-        ruby: &Ruby,
-        primary: RHash,
-        secondary: RHash,
+        store: &NativeStore,
         pattern: Option<RString>,
         count: usize,
+        flags: u32,
     ) -> Result<Self, Error> {
-        let (primary, secondary) = stores(ruby, primary, secondary)?;
+        let (primary, secondary) = stores(store);
+        let backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
+            .with_default_store(default_role(Flags::from_bits(flags)));
         Ok(NativeBackfill {
-            inner: Mutex::new(Backfill::new(
-                primary,
-                secondary,
-                pattern.map(glob_bytes),
-                count,
-            )),
+            inner: Mutex::new(backfill),
         })
     }
 
@@ -73,6 +65,8 @@ fn backfill_hash(ruby: &Ruby, report: &BackfillReport) -> Result<RHash, Error> {
             ("expired", v(report.expired)),
             ("failed", v(report.failed)),
             ("undone", v(report.undone)),
+            ("recopied", v(report.recopied)),
+            ("left_different", v(report.left_different)),
             ("total", v(report.total)),
             ("done", report.done.into_value_with(ruby)),
         ],
@@ -86,20 +80,20 @@ pub struct NativeVerify {
 
 impl NativeVerify {
     fn new(
-        ruby: &Ruby,
-        primary: RHash,
-        secondary: RHash,
+        store: &NativeStore,
         pattern: Option<RString>,
         count: usize,
         sample: Option<u64>,
         repair: bool,
+        flags: u32,
     ) -> Result<Self, Error> {
-        let (primary, secondary) = stores(ruby, primary, secondary)?;
+        let (primary, secondary) = stores(store);
         let options = VerifyOptions {
             pattern: pattern.map(glob_bytes),
             count: count.max(1),
             sample,
             repair,
+            repair_source: default_role(Flags::from_bits(flags)),
             ..VerifyOptions::default()
         };
         Ok(NativeVerify {
@@ -126,6 +120,7 @@ fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
             ("only_on_primary", v(report.only_on_primary)),
             ("repaired", v(report.repaired)),
             ("repair_failed", v(report.repair_failed)),
+            ("unreadable", v(report.unreadable)),
             ("total", v(report.total)),
             ("readiness", report.readiness().into_value_with(ruby)),
             ("in_agreement", report.in_agreement().into_value_with(ruby)),

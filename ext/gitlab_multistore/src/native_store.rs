@@ -18,7 +18,6 @@ use magnus::{
     function, gc, method, prelude::*, DataTypeFunctions, Error, IntoValue, RArray, RHash, RModule,
     Ruby, Symbol, TypedData, Value,
 };
-use std::time::Duration;
 
 #[derive(TypedData)]
 #[magnus(class = "GitlabMultistore::NativeStore", free_immediately, size, mark)]
@@ -67,7 +66,7 @@ impl NativeStore {
         if let Some(seconds) =
             tuning.lookup::<_, Option<f64>>(ruby.to_symbol("breaker_cool_down"))?
         {
-            breaker.cool_down = Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default();
+            breaker.cool_down = gitlab_multistore::seconds::saturating(seconds);
         }
         let mut inner = MultiStore::new(instance_name, primary, secondary)
             .with_read_strategy(strategy)
@@ -117,8 +116,21 @@ impl NativeStore {
         )
     }
 
-    fn acknowledge_full_copy(&self) {
-        self.inner.acknowledge_full_copy();
+    /// The core MultiStore, for the backfill and verify that run on its stores.
+    pub fn core(&self) -> &MultiStore {
+        &self.inner
+    }
+
+    fn acknowledge_backfill(&self) {
+        self.inner.acknowledge_backfill();
+    }
+
+    fn verify_token(&self) -> u64 {
+        self.inner.verify_token()
+    }
+
+    fn acknowledge_verify(&self, token: u64) {
+        self.inner.acknowledge_verify(token);
     }
 
     fn reporter(&self, ruby: &Ruby) -> Value {
@@ -161,7 +173,7 @@ impl NativeStore {
         flags: u32,
     ) -> Result<Value, Error> {
         let cmd = command_from_ruby(args)?;
-        let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or_default();
+        let timeout = crate::convert::blocking_timeout(ruby, timeout)?;
         let flags = Flags::from_bits(flags);
         let cancel = crate::nogvl::cancel_token();
         let outcome = without_gvl(ruby, || {
@@ -189,14 +201,23 @@ impl NativeStore {
         replies_to_ruby(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
-    /// Replays on the non-default store a batch that already ran on the default store's pinned
-    /// connection (WATCH … MULTI … EXEC), when dual-write is on.
-    fn mirror(ruby: &Ruby, rb_self: &Self, commands: RArray, flags: u32) -> Result<(), Error> {
+    /// Replays on the other store a transaction that already ran on a session's pinned
+    /// connection (WATCH … MULTI … EXEC), targeting the other store of the one it was pinned to.
+    fn mirror(
+        ruby: &Ruby,
+        rb_self: &Self,
+        commands: RArray,
+        flags: u32,
+        session: &NativeSession,
+    ) -> Result<(), Error> {
         let cmds = commands_from_ruby(commands)?;
         let flags = Flags::from_bits(flags);
+        let pinned = session.role();
         let cancel = crate::nogvl::cancel_token();
         let outcome = without_gvl(ruby, || {
-            rb_self.inner.mirror_to_non_default(&cmds, flags, &cancel)
+            rb_self
+                .inner
+                .mirror_transaction(&cmds, pinned, flags, &cancel)
         })?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)
     }
@@ -205,8 +226,9 @@ impl NativeStore {
         NativeSession::new(self.inner.session(Flags::from_bits(flags)))
     }
 
-    fn select(&self, db: i64, flags: u32) {
-        self.inner.select(db, Flags::from_bits(flags));
+    /// Moves both stores to database `db` (after a pipelined SELECT ran).
+    fn set_db(&self, db: i64) {
+        self.inner.set_db(db);
     }
 
     fn disconnect(&self) {
@@ -234,8 +256,10 @@ impl NativeStore {
             .unwrap_or(0.0))
     }
 
-    fn same_store(&self) -> bool {
-        self.inner.same_store()
+    fn same_store(ruby: &Ruby, rb_self: &Self, flags: u32) -> Result<bool, Error> {
+        let cancel = crate::nogvl::cancel_token();
+        let flags = Flags::from_bits(flags);
+        without_gvl(ruby, || rb_self.inner.same_store(flags, &cancel))
     }
 
     fn store_by_name(&self, ruby: &Ruby, role: Symbol) -> Result<&Store, Error> {
@@ -275,8 +299,13 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("new", function!(NativeStore::new, 6))?;
     class.define_method("_status", method!(NativeStore::status, 0))?;
     class.define_method(
-        "_acknowledge_full_copy",
-        method!(NativeStore::acknowledge_full_copy, 0),
+        "_acknowledge_backfill",
+        method!(NativeStore::acknowledge_backfill, 0),
+    )?;
+    class.define_method("_verify_token", method!(NativeStore::verify_token, 0))?;
+    class.define_method(
+        "_acknowledge_verify",
+        method!(NativeStore::acknowledge_verify, 1),
     )?;
     class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
     class.define_singleton_method("log_level=", function!(set_log_level, 1))?;
@@ -288,8 +317,8 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_call_blocking", method!(NativeStore::call_blocking, 3))?;
     class.define_method("_pipeline", method!(NativeStore::pipeline, 3))?;
     class.define_method("_session", method!(NativeStore::session, 1))?;
-    class.define_method("_mirror", method!(NativeStore::mirror, 2))?;
-    class.define_method("_select", method!(NativeStore::select, 2))?;
+    class.define_method("_mirror", method!(NativeStore::mirror, 3))?;
+    class.define_method("_set_db", method!(NativeStore::set_db, 1))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
     class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;
     class.define_method("_store_id", method!(NativeStore::store_id, 1))?;
@@ -298,6 +327,6 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
         "_store_read_timeout",
         method!(NativeStore::store_read_timeout, 1),
     )?;
-    class.define_method("_same_store?", method!(NativeStore::same_store, 0))?;
+    class.define_method("_same_store?", method!(NativeStore::same_store, 1))?;
     Ok(())
 }

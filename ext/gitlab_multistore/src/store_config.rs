@@ -2,6 +2,7 @@
 //! as the core's `StoreConfig`.
 
 use gitlab_multistore::cluster::ClusterConfig;
+use gitlab_multistore::seconds::Wait;
 use gitlab_multistore::sentinel::{SentinelConfig, SentinelNode, SentinelRole};
 use gitlab_multistore::StoreConfig;
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, TryConvert};
@@ -49,7 +50,7 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
                 "spin_wait must be between 0 and 0.01 seconds",
             ));
         }
-        config.spin_wait = Duration::from_secs_f64(seconds);
+        config.spin_wait = gitlab_multistore::seconds::saturating(seconds);
     }
     if let Some(params) = fetch("ssl_params")? {
         let params = RHash::try_convert(params)?;
@@ -67,6 +68,9 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
         config.tls.key_pem = pem("key_pem")?;
         if let Some(verify) = params.get(ruby.to_symbol("verify")) {
             config.tls.verify = verify.to_bool();
+        }
+        if let Some(verify_hostname) = params.get(ruby.to_symbol("verify_hostname")) {
+            config.tls.verify_hostname = verify_hostname.to_bool();
         }
     }
     if let Some(sentinels) = fetch("sentinels")? {
@@ -179,10 +183,5 @@ fn timeout(
     let Some(value) = value else {
         return Ok(default);
     };
-    let seconds = f64::try_convert(value)?;
-    if seconds <= 0.0 || !seconds.is_finite() {
-        Ok(None)
-    } else {
-        Ok(Some(Duration::from_secs_f64(seconds)))
-    }
+    Ok(Wait::from_seconds(f64::try_convert(value)?).as_timeout())
 }

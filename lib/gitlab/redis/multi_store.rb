@@ -148,7 +148,7 @@ module Gitlab
 
       # Both stores point at the same server and db: writes are then applied once.
       def same_store?
-        @native._same_store?
+        @native._same_store?(@flags.bits)
       end
 
       # Pipelines inside the block only read: with dual-write on they follow the read strategy
@@ -187,8 +187,9 @@ module Gitlab
       def exec
         state = @client.thread_state
         queued = state&.queued
+        session = state&.session
         reply = super
-        @client.mirror([[:multi], *queued, [:exec]]) if queued && !reply.nil?
+        @client.mirror([[:multi], *queued, [:exec]], session) if queued && session && !reply.nil?
         reply
       ensure
         state.queued = nil if state
@@ -225,6 +226,13 @@ module Gitlab
         super
       ensure
         @client.unpin
+      end
+
+      # Both stores move to the database (redis-rb's one connection has one database): the
+      # dual-written commands that follow land in the same database on each. A refused index
+      # raises and changes nothing.
+      def select(db)
+        @client.select(db)
       end
 
       def subscribed?

@@ -698,7 +698,7 @@ module MultiStoreFaults
           expect(overflow).to eq(15)
           expect(status[:full_verify_needed]).to be(true)
           expect(status[:safe_to_switch]).to be(false)
-          expect(status[:reasons]).to include(a_string_matching(/could not be journaled: run verify with repair/))
+          expect(status[:reasons]).to include(a_string_matching(/could not be journaled since the last full verify: run verify with repair/))
         end
 
         server.start(port: server.port)

@@ -2,6 +2,7 @@
 
 require "openssl"
 require "tmpdir"
+require "timeout"
 
 # TLS (rediss://) against a local redis-server started with its TLS port, with a CA and
 # certificates made for the occasion.
@@ -88,5 +89,81 @@ RSpec.describe Gitlab::Redis::MultiStore, "over TLS" do
     store = described_class.new(primary_server.url, { url: tls_url, ssl_params: params }, "tls")
 
     expect(store.ping).to eq("PONG")
+  end
+
+  it "accepts a certificate for another name with verify_hostname: false, as redis-rb does, and not without" do
+    by_name = "rediss://localhost:#{@tls_port}/0" # the certificate names 127.0.0.1 only
+    checked = described_class.new(primary_server.url, { url: by_name, ssl_params: ssl_params }, "tls")
+    unchecked = described_class.new(primary_server.url,
+                                    { url: by_name, ssl_params: ssl_params.merge(verify_hostname: false) }, "tls")
+
+    expect { checked.ping }.to raise_error(Redis::CannotConnectError, /NotValidForName|certificate/i)
+    expect(unchecked.ping).to eq("PONG")
+    expect(Redis.new(url: by_name, ssl_params: ssl_params.merge(verify_hostname: false)).ping).to eq("PONG")
+  end
+
+  it "still verifies the chain with verify_hostname: false" do
+    store = described_class.new(primary_server.url, { url: tls_url, ssl_params: { verify_hostname: false } }, "tls")
+
+    expect { store.ping }.to raise_error(Redis::CannotConnectError) # no CA given: the test CA is not trusted
+  end
+
+  it "trusts the system's CA certificates when no ca_file is given, as OpenSSL's defaults do (SSL_CERT_FILE)" do
+    previous = ENV.fetch("SSL_CERT_FILE", nil)
+    ENV["SSL_CERT_FILE"] = File.join(@dir, "ca.crt")
+    store = described_class.new(primary_server.url, tls_url, "tls")
+
+    expect(store.ping).to eq("PONG")
+  ensure
+    ENV["SSL_CERT_FILE"] = previous
+  end
+
+  it "refuses ssl_params[:cert_store], which it cannot read, instead of ignoring it" do
+    params = { cert_store: OpenSSL::X509::Store.new }
+
+    expect { described_class.new(primary_server.url, { url: tls_url, ssl_params: params }, "tls") }
+      .to raise_error(ArgumentError, /cert_store.*ca_file or ca_path/)
+  end
+
+  it "bounds a hung TLS handshake by connect_timeout: a non-default store hanging does not hold up a write" do
+    flags = ->(flag) { flag.to_s.start_with?("use_primary_and_secondary") }
+    reports = []
+    options = { url: tls_url, ssl_params: ssl_params, connect_timeout: 0.3, read_timeout: 0.3 }
+    store = described_class.new(options, primary_server.url, "tls", feature_flags: flags,
+                                                                     on_error: ->(e, _) { reports << e })
+    Process.kill(:STOP, @server.pid) # TCP still accepted by the kernel, TLS never answered
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    begin
+      expect(store.set("k", "v")).to eq("OK")
+    ensure
+      Process.kill(:CONT, @server.pid)
+    end
+
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 1.5
+    expect(reports.map(&:class)).to include(Redis::CannotConnectError)
+    expect(primary_server.client.get("k")).to eq("v")
+  end
+
+  it "lets Timeout interrupt a TLS handshake that would wait for ever (connect_timeout 0)" do
+    store = described_class.new(primary_server.url, { url: tls_url, ssl_params: ssl_params, connect_timeout: 0 }, "tls")
+    Process.kill(:STOP, @server.pid)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    begin
+      expect { Timeout.timeout(0.3) { store.call(:ping) } }.to raise_error(Timeout::Error)
+    ensure
+      Process.kill(:CONT, @server.pid)
+    end
+
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 1.5
+  end
+
+  it "lets Timeout interrupt a blocking command waiting on a TLS store" do
+    store = described_class.new(primary_server.url, { url: tls_url, ssl_params: ssl_params }, "tls")
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+    expect { Timeout.timeout(0.3) { store.blpop("nothing", timeout: 0) } }.to raise_error(Timeout::Error)
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 1.5
+    expect(store.lpush("nothing", "x")).to eq(1) # the interrupted connection was not reused half-read
+    expect(store.blpop("nothing", timeout: 1)).to eq(%w[nothing x])
   end
 end

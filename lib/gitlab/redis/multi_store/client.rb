@@ -88,10 +88,10 @@ module Gitlab
           replies =
             if state&.session
               pinned_replies = state.session._pipeline(commands)
-              # A transaction on a watched connection ran on the default store only; once it
-              # committed, the other store gets the same commands.
+              # A transaction on a watched connection ran on the store it was pinned to only;
+              # once it committed, the other store gets the same commands.
               if pipeline.is_a?(::Redis::Pipeline::Multi) && !pinned_replies.last.nil?
-                mirror(commands)
+                mirror(commands, state.session)
               end
               pinned_replies
             else
@@ -133,8 +133,22 @@ module Gitlab
           commands.each { |command| session._write(command) }
         end
 
-        def mirror(commands)
-          @native._mirror(commands, @flags.bits)
+        # Replays a transaction that committed on `session`'s pinned connection on the other
+        # store: the other one of the store it was pinned to, even if the default store flipped
+        # since MULTI (or WATCH).
+        def mirror(commands, session)
+          @native._mirror(commands, @flags.bits, session)
+        end
+
+        # SELECT moves both stores (see the core's `select`); on a pinned connection (inside
+        # WATCH or a block-less MULTI) it runs there, and both stores follow once it succeeded.
+        def select(db)
+          session = thread_state&.session
+          return @native._call([:select, db], @flags.bits) unless session
+
+          reply = session._call([:select, db])
+          @native._set_db(Integer(db)) if reply == "OK"
+          reply
         end
 
         def pin
@@ -178,8 +192,10 @@ module Gitlab
           @native._store_db(default_role)
         end
 
+        # A pipelined SELECT ran on both stores' connections (which are then closed): move both
+        # pools.
         def db=(db)
-          @native._select(db.to_i, @flags.bits)
+          @native._set_db(db.to_i)
         end
 
         def timeout

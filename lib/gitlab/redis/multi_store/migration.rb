@@ -9,7 +9,8 @@ module Gitlab
       module Migration
         # Where a backfill stands. `rate` is keys scanned per second so far; `eta` in seconds.
         BackfillProgress = Struct.new(:scanned, :copied, :already_present, :expired, :failed, :undone,
-                                      :total, :done, :elapsed, keyword_init: true) do
+                                      :recopied, :left_different, :total, :done, :elapsed,
+                                      keyword_init: true) do
           def done? = done
 
           # Nothing failed: every key was copied, already there, or gone before it could be.
@@ -17,8 +18,8 @@ module Gitlab
         end
 
         VerifyProgress = Struct.new(:checked, :agree, :missing_on_primary, :different, :only_on_primary, :repaired,
-                                    :repair_failed, :total, :readiness, :in_agreement, :done, :elapsed,
-                                    keyword_init: true) do
+                                    :repair_failed, :unreadable, :total, :readiness, :in_agreement, :done,
+                                    :elapsed, keyword_init: true) do
           def done? = done
 
           def in_agreement? = in_agreement
@@ -43,9 +44,10 @@ module Gitlab
         end
         [BackfillProgress, VerifyProgress].each { |klass| klass.include(ProgressMath) }
 
-        # Copies every key of the secondary that the primary lacks (DUMP, PTTL, RESTORE without
-        # REPLACE), keeping TTLs, never overwriting a newer dual-written value and never
-        # resurrecting a key deleted meanwhile. Safe while traffic flows.
+        # Copies every key of the secondary that the primary lacks (DUMP, PEXPIRETIME, RESTORE
+        # without REPLACE), keeping TTLs, never overwriting a newer dual-written value and never
+        # resurrecting a key deleted meanwhile; a key a write changed in place during its copy is
+        # copied again (while the secondary is the default store). Safe while traffic flows.
         #
         # @param match [String] only keys matching this glob
         # @param count [Integer] keys per SCAN page (one pipelined batch)
@@ -53,10 +55,11 @@ module Gitlab
         # @yieldparam progress [BackfillProgress] after each page
         # @return [BackfillProgress] the final report
         def backfill(match: nil, count: 1000, rate: nil)
-          native = GitlabMultistore::NativeBackfill.new(@primary_options, @secondary_options, match, Integer(count))
+          native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits)
           report = run_steps(native, BackfillProgress, rate) { |progress| yield progress if block_given? }
-          # A full, clean copy accounts for earlier store restarts and journal overflows.
-          @native._acknowledge_full_copy if report.ok? && match.nil?
+          # A full, clean copy has copied again what a restarted store lost. It does not show the
+          # stores agree (it never overwrites a key the primary has): only a full verify does.
+          @native._acknowledge_backfill if report.ok? && match.nil?
           report
         end
 
@@ -66,16 +69,19 @@ module Gitlab
         #
         # @param match [String] only keys matching this glob
         # @param sample [Integer] check this many random keys instead of all (no primary-only scan)
-        # @param repair [Boolean] copy each differing key from the secondary (RESTORE REPLACE),
-        #   delete keys only on the primary, and check them again
+        # @param repair [Boolean] copy each differing key from the default store to the other
+        #   (RESTORE REPLACE, or DEL where the default store has no such key), and check them again
         # @yieldparam progress [VerifyProgress] after each page
         # @return [VerifyProgress] the final report; `in_agreement?` when the stores agree
         def verify(match: nil, sample: nil, repair: false, count: 1000)
-          native = GitlabMultistore::NativeVerify.new(@primary_options, @secondary_options, match, Integer(count),
-                                                      sample && Integer(sample), repair ? true : false)
+          token = @native._verify_token
+          native = GitlabMultistore::NativeVerify.new(@native, match, Integer(count), sample && Integer(sample),
+                                                      repair ? true : false, @flags.bits)
           report = run_steps(native, VerifyProgress, nil) { |progress| yield progress if block_given? }
           full = match.nil? && sample.nil?
-          @native._acknowledge_full_copy if full && repair && report.in_agreement?
+          # Clears "full verify needed" only if no store restart or unrecorded miss happened
+          # since this verify began.
+          @native._acknowledge_verify(token) if full && report.in_agreement?
           @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full, at: Time.now }
           report
         end
@@ -94,7 +100,10 @@ module Gitlab
             reasons << "#{status[:recent_write_failures]} write failures on the non-default store in the last 5 minutes"
           end
           reasons << "#{status[:journal_keys]} keys wait for re-sync" if status[:journal_keys].positive?
-          reasons << "some missed writes could not be journaled: run verify with repair" if status[:full_verify_needed]
+          if status[:full_verify_needed]
+            reasons << "a store restarted or some missed writes could not be journaled since the last full verify: " \
+                       "run verify with repair"
+          end
           reasons << "a store restarted since the last full backfill: backfill again" if status[:backfill_needed]
           if @last_verify.nil? || !@last_verify[:full]
             reasons << "no full verify has run"

@@ -39,17 +39,42 @@ module Gitlab
         end
 
         # redis-rb's ssl_params (OpenSSL objects or file names) as PEM for the native TLS client:
-        # ca_file/ca_path, cert, key, verify_mode.
+        # ca_file/ca_path, cert, key, verify_mode, verify_hostname. Without ca_file/ca_path the
+        # system's trust store is read, as OpenSSL's defaults (SSL_CERT_FILE / SSL_CERT_DIR, else
+        # the paths OpenSSL was built with) are for redis-rb.
         def tls_params(params)
-          ca = [params[:ca_file] && File.read(params[:ca_file]),
-                params[:ca_path] && Dir[File.join(params[:ca_path], "*.{pem,crt}")].map { |f| File.read(f) }.join("\n")]
+          if params.key?(:cert_store)
+            raise ArgumentError, "ssl_params[:cert_store] cannot be read by gitlab_multistore's TLS client: give the " \
+                                 "CA certificates as ca_file or ca_path (without them the system's trust store is used, " \
+                                 "as OpenSSL's set_default_paths does)"
+          end
+          ca = [params[:ca_file] && File.read(params[:ca_file]), params[:ca_path] && certificates_in(params[:ca_path])]
                .compact.join("\n")
           {
-            ca_pem: ca.empty? ? nil : ca,
+            ca_pem: ca.empty? ? system_trust_store : ca,
             cert_pem: pem(params[:cert]),
             key_pem: pem(params[:key], private_key: true),
-            verify: !(defined?(OpenSSL::SSL::VERIFY_NONE) && params[:verify_mode] == OpenSSL::SSL::VERIFY_NONE)
+            verify: !(defined?(OpenSSL::SSL::VERIFY_NONE) && params[:verify_mode] == OpenSSL::SSL::VERIFY_NONE),
+            verify_hostname: params.fetch(:verify_hostname, true) ? true : false
           }
+        end
+
+        def certificates_in(dir)
+          Dir[File.join(dir, "*")].select { |f| File.file?(f) && File.read(f, 64).to_s.include?("-----BEGIN") }
+                                  .map { |f| File.read(f) }.join("\n")
+        end
+
+        # The CA certificates OpenSSL trusts by default, as PEM; nil when none can be read (the
+        # native client then falls back to the Mozilla roots it carries).
+        def system_trust_store
+          require "openssl"
+          file = ENV["SSL_CERT_FILE"] || OpenSSL::X509::DEFAULT_CERT_FILE
+          dir = ENV["SSL_CERT_DIR"] || OpenSSL::X509::DEFAULT_CERT_DIR
+          pem = File.file?(file) ? File.read(file) : ""
+          pem = certificates_in(dir) if pem.empty? && File.directory?(dir)
+          pem.empty? ? nil : pem
+        rescue SystemCallError, LoadError
+          nil
         end
 
         def pem(value, private_key: false)

@@ -1,0 +1,367 @@
+# frozen_string_literal: true
+
+require "socket"
+
+# `migration_status[:safe_to_switch]`, `verify` and `backfill` say yes only when the stores
+# really hold the same data: not after a restart or a journal overflow that a backfill cannot
+# undo, not when a store answers with errors, not because PFCOUNT touched one copy of an HLL,
+# and repair copies from the store callers are answered from. Against real servers, looking at
+# both stores.
+RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
+  let(:flags) { MultiStoreHelpers::FlagSource.new }
+  let(:reports) { [] }
+  let(:dual_write) { :use_primary_and_secondary_stores_for_verdicts }
+  let(:primary_default) { :use_primary_store_as_default_for_verdicts }
+  let(:primary) { primary_server.client }
+  let(:secondary) { secondary_server.client }
+
+  def multi_store(primary_store = primary_server.url, secondary_store = secondary_server.url, **options)
+    described_class.new(primary_store, secondary_store, "verdicts", feature_flags: flags,
+                                                                    on_error: ->(e, ctx) { reports << [e, ctx] }, **options)
+  end
+
+  def wait_until(seconds = 5)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+    sleep 0.05 until yield || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+  end
+
+  describe "error replies are failures and differences, never data" do
+    it "counts keys whose DUMP the old store refuses as failed, not expired, and the backfill is not ok" do
+      secondary.call(:acl, :setuser, "nodump", "on", ">pw", "~*", "&*", "+@all", "-dump")
+      5.times { |i| secondary.set("k#{i}", "v") }
+      store = multi_store(primary_server.url, "redis://nodump:pw@127.0.0.1:#{secondary_server.port}/0")
+
+      report = store.backfill
+
+      expect([report.failed, report.expired, report.copied, report.ok?]).to eq([5, 0, 0, false])
+      expect(primary.dbsize).to eq(0)
+    ensure
+      secondary.call(:acl, :deluser, "nodump")
+    end
+
+    it "counts keys whose EXISTS the new store refuses as failed, not already present" do
+      primary.call(:acl, :setuser, "noexists", "on", ">pw", "~*", "&*", "+@all", "-exists")
+      3.times { |i| secondary.set("k#{i}", "v") }
+      store = multi_store("redis://noexists:pw@127.0.0.1:#{primary_server.port}/0", secondary_server.url)
+
+      report = store.backfill
+
+      expect([report.failed, report.already_present, report.ok?]).to eq([3, 0, false])
+    ensure
+      primary.call(:acl, :deluser, "noexists")
+    end
+
+    it "does not report stores whose values it may not read as in agreement" do
+      [primary, secondary].each { |c| c.call(:acl, :setuser, "mig", "on", ">pw", "~*", "&*", "+@all", "-get", "-hgetall") }
+      primary.set("s", "NEW")
+      secondary.set("s", "old")
+      primary.hset("h", "a", "1")
+      secondary.hset("h", "a", "2")
+      store = multi_store("redis://mig:pw@127.0.0.1:#{primary_server.port}/0",
+                          "redis://mig:pw@127.0.0.1:#{secondary_server.port}/0")
+
+      report = store.verify
+
+      expect([report.agree, report.different, report.unreadable, report.in_agreement?]).to eq([0, 2, 2, false])
+    ensure
+      [primary, secondary].each { |c| c.call(:acl, :deluser, "mig") }
+    end
+
+    it "keeps re-syncing, instead of deleting, a journaled key whose DUMP the source refuses" do
+      secondary.call(:acl, :setuser, "app", "on", ">pw", "~*", "&*", "+@all", "-dump")
+      primary.call(:acl, :setuser, "app", "on", ">pw", "~*", "&*", "+@all", "-set")
+      primary.set("k", "old")
+      secondary.set("k", "old")
+      flags.enable(dual_write)
+      store = multi_store("redis://app:pw@127.0.0.1:#{primary_server.port}/0",
+                          "redis://app:pw@127.0.0.1:#{secondary_server.port}/0")
+
+      store.set("k", "new") # refused on the new store only: reported and journaled
+      sleep 1 # re-sync had its rounds, each refused a DUMP on the old store
+
+      expect(reports.map { |e, _| e.class }).to eq([Redis::CommandError])
+      expect(primary.get("k")).to eq("old") # not deleted
+      expect(store.migration_status[:journal_keys]).to eq(1)
+      expect(store.get("k")).to eq("new") # read from the store that got the write
+    ensure
+      [primary, secondary].each { |c| c.call(:acl, :deluser, "app") }
+    end
+  end
+
+  describe "safe_to_switch after what a backfill cannot undo" do
+    before { flags.enable(dual_write) }
+
+    it "is not safe after the new store restarted empty, counters were re-created and a backfill ran; " \
+       "a verify with repair makes it safe" do
+      failing = dedicated_redis_server
+      store = multi_store(failing.url)
+      10.times { |i| store.set("c#{i}", "5") }
+      expect(store.verify.in_agreement?).to be(true)
+      expect(store.migration_status[:safe_to_switch]).to be(true)
+
+      failing.restart
+      store.get("anything") # the restart is noticed on the next connection
+      10.times { |i| store.incr("c#{i}") }
+      report = store.backfill
+
+      expect(report.ok?).to be(true)
+      status = store.migration_status
+      expect(status[:safe_to_switch]).to be(false)
+      expect(status[:full_verify_needed]).to be(true)
+      expect(failing.client.get("c0")).to eq("1")
+
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect(store.migration_status[:safe_to_switch]).to be(true)
+      expect(failing.client.get("c0")).to eq("6")
+    end
+
+    it "is not safe after a journal overflow and a backfill that copied nothing" do
+      store = multi_store(journal_capacity: 1)
+      expect(store.verify.in_agreement?).to be(true)
+      10.times { |i| secondary.set("c#{i}", "5") }
+      store.pipelined { |p| 10.times { |i| p.incr("c#{i}") } } # results differ; the journal holds 1 key
+      sleep 0.5 # re-sync settles the one key it could record
+
+      expect(store.backfill.copied).to eq(0)
+      expect(store.migration_status[:safe_to_switch]).to be(false)
+      expect((0..9).count { |i| primary.get("c#{i}") != secondary.get("c#{i}") }).to be >= 9
+
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect(store.migration_status[:safe_to_switch]).to be(true)
+      expect((0..9).map { |i| primary.get("c#{i}") }.uniq).to eq(["6"])
+    end
+
+    it "is not safe after a restart that came after the last verify" do
+      failing = dedicated_redis_server
+      store = multi_store(failing.url)
+      store.set("k", "v")
+      expect(store.verify.in_agreement?).to be(true)
+
+      failing.restart
+      store.get("k")
+
+      expect(store.migration_status[:safe_to_switch]).to be(false)
+    end
+  end
+
+  describe "a backfill racing with writes that change a key in place" do
+    # A TCP proxy to the new store that holds back, for `delay` seconds, what the client sends
+    # when it contains `marker`, calling `on_hit` the first time.
+    def start_proxy(port, marker:, delay:, on_hit:)
+      listener = TCPServer.new("127.0.0.1", 0)
+      hit = false
+      @proxy = Thread.new do
+        loop do
+          client = listener.accept
+          upstream = TCPSocket.new("127.0.0.1", port)
+          Thread.new do
+            loop do
+              data = client.readpartial(1 << 20)
+              if data.include?(marker)
+                on_hit.call unless hit
+                hit = true
+                sleep delay
+              end
+              upstream.write(data)
+            end
+          rescue IOError, SystemCallError
+            upstream.close
+          end
+          Thread.new do
+            loop { client.write(upstream.readpartial(1 << 20)) }
+          rescue IOError, SystemCallError
+            client.close
+          end
+        end
+      end
+      listener.addr[1]
+    end
+
+    after { @proxy&.kill }
+
+    it "ends with EXPIRE, HDEL and PERSIST dual-written between the DUMP and the RESTORE on both stores" do
+      flags.enable(dual_write)
+      secondary.set("session:a", "data")
+      secondary.hset("h", "f1", "1", "f2", "2")
+      secondary.set("session:b", "data", ex: 100)
+      store = nil
+      writer = nil
+      writes = lambda do
+        writer = Thread.new do
+          store.expire("session:a", 3600)
+          store.hdel("h", "f1")
+          store.persist("session:b")
+        end
+      end
+      store = multi_store("redis://127.0.0.1:#{start_proxy(primary_server.port, marker: 'RESTORE', delay: 0.3,
+                                                                                on_hit: writes)}/0")
+
+      report = store.backfill
+      writer.join
+
+      expect(report.recopied).to eq(3)
+      expect(report.left_different).to eq(0)
+      expect(primary.ttl("session:a")).to be_within(5).of(3600)
+      expect(primary.hgetall("h")).to eq({ "f2" => "2" })
+      expect(primary.ttl("session:b")).to eq(-1)
+      expect(store.verify.in_agreement?).to be(true)
+    end
+  end
+
+  describe "reads while the journal could not record every missed write" do
+    it "never returns a stale value once the new store is back: reads go to the default store until verified" do
+      flags.enable(dual_write)
+      failing = dedicated_redis_server
+      store = multi_store({ url: failing.url, timeout: 0.3 }, secondary_server.url,
+                          journal_capacity: 2, breaker_cool_down: 0.5)
+      10.times { |i| store.set("user:#{i}:email", "old@example.com") }
+      Process.kill(:STOP, failing.pid)
+      begin
+        10.times { |i| store.set("user:#{i}:email", "new@example.com") } # 8 of 10 cannot be journaled
+      ensure
+        Process.kill(:CONT, failing.pid)
+      end
+      sleep 1.5 # back, breaker closed, re-sync ran
+
+      expect((0...10).map { |i| store.get("user:#{i}:email") }.uniq).to eq(["new@example.com"])
+      expect(store.mget((0...10).map { |i| "user:#{i}:email" }).uniq).to eq(["new@example.com"])
+      expect(store.migration_status[:full_verify_needed]).to be(true)
+
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect((0...10).map { |i| failing.client.get("user:#{i}:email") }.uniq).to eq(["new@example.com"])
+      expect(store.migration_status[:full_verify_needed]).to be(false)
+    end
+  end
+
+  describe "what verify compares" do
+    it "compares a HyperLogLog by its registers: PFCOUNT on one store is no difference" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.pfadd("hll", %w[a b c d e])
+
+      expect(store.pfcount("hll")).to eq(5) # rewrites the cached count of the copy it read
+      expect(primary.get("hll")).not_to eq(secondary.get("hll"))
+
+      expect(store.verify.in_agreement?).to be(true)
+
+      secondary.pfadd("hll", "f") # a real difference
+      expect(store.verify.different).to eq(1)
+    end
+
+    it "compares a HyperLogLog stored sparse on one server and dense on the other by its registers" do
+      dense = dedicated_redis_server("--hll-sparse-max-bytes", "0")
+      members = (1..50).map { |i| "m#{i}" }
+      dense.client.pfadd("hll", members)
+      secondary.pfadd("hll", members)
+      store = multi_store(dense.url, secondary_server.url)
+
+      expect(dense.client.get("hll").bytes[4]).to eq(0) # dense
+      expect(secondary.get("hll").bytes[4]).to eq(1) # sparse
+      expect(store.verify.in_agreement?).to be(true)
+    end
+
+    it "finds a stream whose consumer group differs, and repairs it" do
+      [primary, secondary].each do |c|
+        c.xadd("s", { "f" => "v" }, id: "1-0")
+        c.xgroup(:create, "s", "g", "0")
+      end
+      secondary.xreadgroup("g", "c1", "s", ">") # delivered on the old store only
+      store = multi_store
+
+      expect(store.verify.different).to eq(1)
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect(primary.xpending("s", "g")["size"]).to eq(1)
+    end
+
+    it "matches a many-star glob at once when sampling (Redis's own matcher is polynomial too)" do
+      secondary.set("a" * 60, "v")
+      store = multi_store
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+      report = store.verify(sample: 1, match: "#{'*a' * 12}b")
+
+      expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 2
+      expect(report.checked).to eq(0)
+      expect(store.verify(sample: 5, match: "a*a").checked).to eq(5)
+    end
+  end
+
+  describe "repair copies from the default store" do
+    before do
+      primary.set("differs", "new")
+      secondary.set("differs", "old")
+      primary.set("only_primary", "p")
+      secondary.set("only_secondary", "s")
+    end
+
+    it "copies the secondary's data while the secondary is the default" do
+      flags.enable(dual_write)
+      expect(multi_store.verify(repair: true).in_agreement?).to be(true)
+
+      expect(primary.mget("differs", "only_primary", "only_secondary")).to eq(["old", nil, "s"])
+      expect(secondary.mget("differs", "only_primary", "only_secondary")).to eq(["old", nil, "s"])
+    end
+
+    it "copies the primary's data once the primary is the default, never reverting newer data" do
+      flags.enable(dual_write, primary_default)
+      expect(multi_store.verify(repair: true).in_agreement?).to be(true)
+
+      expect(primary.mget("differs", "only_primary", "only_secondary")).to eq(["new", "p", nil])
+      expect(secondary.mget("differs", "only_primary", "only_secondary")).to eq(["new", "p", nil])
+    end
+  end
+
+  it "does not open the lagging store's breaker when the source fails to answer the re-sync" do
+    flags.enable(dual_write, primary_default)
+    lagging = dedicated_redis_server
+    source = dedicated_redis_server
+    store = multi_store({ url: source.url, timeout: 0.2 }, { url: lagging.url, timeout: 0.2 },
+                        breaker_cool_down: 5)
+    Process.kill(:STOP, lagging.pid)
+    begin
+      store.set("k", "v") # journaled: the secondary (non-default) missed it
+    ensure
+      Process.kill(:CONT, lagging.pid)
+    end
+    wait_until { store.migration_status[:journal_keys].zero? }
+    store.set("k2", "v")
+    Process.kill(:STOP, lagging.pid)
+    begin
+      store.set("k2", "w") # journaled again
+    ensure
+      Process.kill(:CONT, lagging.pid)
+    end
+    breaker_before = store.migration_status[:breaker][:secondary]
+    Process.kill(:STOP, source.pid) # now the source hangs while re-sync copies from it
+    sleep 1.2
+    Process.kill(:CONT, source.pid)
+
+    expect(breaker_before).to eq(:closed)
+    expect(store.migration_status[:breaker][:secondary]).to eq(:closed)
+  end
+
+  it "lets a process forked while another thread journals a big MSET make its first call" do
+    flags.enable(dual_write)
+    store = multi_store("redis://127.0.0.1:#{RedisServers.free_port}/0", secondary_server.url, journal_capacity: 1000)
+    args = (0...100_000).flat_map { |i| ["k#{i}", "v"] }
+    stop = false
+    writer = Thread.new { store.mset(*args) until stop }
+    sleep 0.5
+    outcomes = Array.new(20) do
+      pid = fork { store.get("k1") == "v" ? exit!(0) : exit!(2) }
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      status = nil
+      sleep 0.01 until (status = Process.wait2(pid, Process::WNOHANG)&.last) ||
+                       Process.clock_gettime(Process::CLOCK_MONOTONIC) - started > 5
+      next status.exitstatus if status
+
+      Process.kill(:KILL, pid)
+      Process.wait(pid)
+      :hung
+    end
+    stop = true
+    writer.join
+
+    expect(outcomes.tally).to eq({ 0 => 20 })
+  end
+end

@@ -1,0 +1,318 @@
+//! What a key is, for telling whether two stores hold the same: its type, a digest of its value
+//! in a canonical form, and its TTL. Canonical, because two servers holding the same data may
+//! store it differently: sets and hashes come back in each server's own order (sorted here),
+//! a HyperLogLog's bytes change when PFCOUNT caches its count (its registers are compared), and
+//! a stream is more than its entries (its consumer groups — pending count, last delivered ID —
+//! are part of it). An error reply (ACL, a module type the server refuses to read) makes the key
+//! unreadable, which is never "the same": two refusals would otherwise hash alike.
+//! Shared by verify, backfill's second look and re-sync.
+
+use crate::cancel::CancelToken;
+use crate::command::Command;
+use crate::error::{Error, Result, ServerErrorReply};
+use crate::reply::Reply;
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    Absent,
+    Present {
+        kind: Vec<u8>,
+        digest: [u8; 20],
+        /// Milliseconds to live; -1 without expiry.
+        pttl: i64,
+    },
+    /// A read of it was answered with an error.
+    Unreadable(ServerErrorReply),
+}
+
+impl KeyState {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, KeyState::Absent)
+    }
+
+    /// Whether two stores hold the same key: same type and value, TTLs within `ttl_tolerance_ms`
+    /// (they tick down between the two reads), or absent from both.
+    pub fn same_as(&self, other: &KeyState, ttl_tolerance_ms: i64) -> bool {
+        match (self, other) {
+            (KeyState::Absent, KeyState::Absent) => true,
+            (
+                KeyState::Present {
+                    kind: a_kind,
+                    digest: a_digest,
+                    pttl: a_ttl,
+                },
+                KeyState::Present {
+                    kind: b_kind,
+                    digest: b_digest,
+                    pttl: b_ttl,
+                },
+            ) => {
+                let ttl_agrees = if *a_ttl < 0 || *b_ttl < 0 {
+                    a_ttl == b_ttl
+                } else {
+                    (a_ttl - b_ttl).abs() <= ttl_tolerance_ms
+                };
+                a_kind == b_kind && a_digest == b_digest && ttl_agrees
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The state of each key on `store`, in two pipelined round trips.
+pub fn read(store: &Store, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<KeyState>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut meta = Vec::with_capacity(keys.len() * 2);
+    for key in keys {
+        meta.push(Command::from_args([&b"TYPE"[..], key]));
+        meta.push(Command::from_args([&b"PTTL"[..], key]));
+    }
+    let meta = store.pipeline(&meta, cancel)?;
+    let mut reads = Vec::with_capacity(keys.len());
+    // Where each key's value replies are in `reads`.
+    let mut spans = Vec::with_capacity(keys.len());
+    for (key, pair) in keys.iter().zip(meta.chunks(2)) {
+        let start = reads.len();
+        if let Reply::Status(kind) | Reply::Bulk(kind) = &pair[0] {
+            reads.extend(value_reads(kind, key));
+        }
+        spans.push(start..reads.len());
+    }
+    let values = if reads.is_empty() {
+        Vec::new()
+    } else {
+        store.pipeline(&reads, cancel)?
+    };
+    if values.len() != reads.len() {
+        return Err(Error::Protocol("fewer replies than commands".into()));
+    }
+    Ok(meta
+        .chunks(2)
+        .zip(spans)
+        .map(|(pair, span)| state(&pair[0], &pair[1], &values[span]))
+        .collect())
+}
+
+fn state(kind: &Reply, pttl: &Reply, values: &[Reply]) -> KeyState {
+    let refused = [kind, pttl]
+        .into_iter()
+        .chain(values)
+        .find_map(|r| match r {
+            Reply::Error(line) => Some(ServerErrorReply::from_line(line)),
+            _ => None,
+        });
+    if let Some(error) = refused {
+        return KeyState::Unreadable(error);
+    }
+    let kind = match kind {
+        Reply::Status(kind) | Reply::Bulk(kind) => kind,
+        _ => {
+            return KeyState::Unreadable(ServerErrorReply::from_line(b"ERR unexpected TYPE reply"))
+        }
+    };
+    if kind.as_slice() == b"none" {
+        return KeyState::Absent;
+    }
+    let Reply::Integer(pttl) = *pttl else {
+        return KeyState::Unreadable(ServerErrorReply::from_line(b"ERR unexpected PTTL reply"));
+    };
+    KeyState::Present {
+        kind: kind.clone(),
+        digest: digest(kind, values),
+        pttl,
+    }
+}
+
+/// The reads that return a key's whole value in an order that does not depend on the server.
+fn value_reads(kind: &[u8], key: &[u8]) -> Vec<Command> {
+    let one = |args: &[&[u8]]| vec![Command::from_args(args)];
+    match kind {
+        b"none" => Vec::new(),
+        b"string" => one(&[b"GET", key]),
+        b"list" => one(&[b"LRANGE", key, b"0", b"-1"]),
+        b"set" => one(&[b"SMEMBERS", key]),
+        b"zset" => one(&[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]),
+        b"hash" => one(&[b"HGETALL", key]),
+        b"stream" => vec![
+            Command::from_args([&b"XRANGE"[..], key, b"-", b"+"]),
+            Command::from_args([&b"XINFO"[..], b"GROUPS", key]),
+        ],
+        // Unknown (module) types: their DUMP, the best available.
+        _ => one(&[b"DUMP", key]),
+    }
+}
+
+fn digest(kind: &[u8], values: &[Reply]) -> [u8; 20] {
+    let mut items: Vec<Vec<u8>> = Vec::new();
+    match (kind, values) {
+        (b"string", [Reply::Bulk(value)]) => match crate::hyperloglog::registers(value) {
+            Some(registers) => {
+                items.push(b"hyperloglog registers".to_vec());
+                items.push(registers);
+            }
+            None => items.push(value.clone()),
+        },
+        (b"set", [members]) => {
+            flatten(members, &mut items);
+            items.sort();
+        }
+        (b"hash", [fields]) => {
+            flatten(fields, &mut items);
+            items = sorted_pairs(&items);
+        }
+        (b"stream", [entries, groups]) => {
+            flatten(entries, &mut items);
+            items.push(b"consumer groups".to_vec());
+            items.extend(group_states(groups));
+        }
+        _ => values.iter().for_each(|value| flatten(value, &mut items)),
+    }
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(kind);
+    for item in &items {
+        sha.update(&(item.len() as u64).to_le_bytes());
+        sha.update(item);
+    }
+    sha.digest().bytes()
+}
+
+/// Field/value pairs, each length-prefixed (so field "f1" value "v1" cannot collide with "f1v"
+/// / "1"), sorted.
+fn sorted_pairs(items: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut pairs: Vec<Vec<u8>> = items
+        .chunks(2)
+        .map(|pair| {
+            let mut joined = (pair[0].len() as u64).to_le_bytes().to_vec();
+            pair.iter().for_each(|part| joined.extend_from_slice(part));
+            joined
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// XINFO GROUPS: per group its name, consumer count, pending count and last delivered ID, in
+/// name order. (`entries-read` and `lag` are left out: a restored stream may not know them.)
+fn group_states(groups: &Reply) -> Vec<Vec<u8>> {
+    let Reply::Array(groups) = groups else {
+        return Vec::new();
+    };
+    let mut states: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|group| {
+            let mut fields = Vec::new();
+            flatten(group, &mut fields);
+            let mut kept = Vec::new();
+            for pair in fields.chunks(2) {
+                if let [name, value] = pair {
+                    if matches!(
+                        name.as_slice(),
+                        b"name" | b"consumers" | b"pending" | b"last-delivered-id"
+                    ) {
+                        kept.extend_from_slice(&(name.len() as u64).to_le_bytes());
+                        kept.extend_from_slice(name);
+                        kept.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                        kept.extend_from_slice(value);
+                    }
+                }
+            }
+            kept
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+fn flatten(reply: &Reply, out: &mut Vec<Vec<u8>>) {
+    match reply {
+        Reply::Array(items) => items.iter().for_each(|item| flatten(item, out)),
+        Reply::Bulk(b) | Reply::Status(b) | Reply::Error(b) => out.push(b.clone()),
+        Reply::Integer(n) => out.push(n.to_string().into_bytes()),
+        Reply::Nil => out.push(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(s.as_bytes().to_vec())
+    }
+
+    fn members(items: &[&str]) -> Reply {
+        Reply::Array(items.iter().map(|s| bulk(s)).collect())
+    }
+
+    fn present(kind: &str, values: &[Reply], pttl: i64) -> KeyState {
+        state(
+            &Reply::Status(kind.as_bytes().to_vec()),
+            &Reply::Integer(pttl),
+            values,
+        )
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_set_or_hash_order() {
+        assert!(present("set", &[members(&["a", "b"])], -1)
+            .same_as(&present("set", &[members(&["b", "a"])], -1), 0));
+        assert!(
+            present("hash", &[members(&["f1", "v1", "f2", "v2"])], -1).same_as(
+                &present("hash", &[members(&["f2", "v2", "f1", "v1"])], -1),
+                0
+            )
+        );
+        assert!(!present("list", &[members(&["a", "b"])], -1)
+            .same_as(&present("list", &[members(&["b", "a"])], -1), 0));
+        assert!(!present("hash", &[members(&["f1", "v1"])], -1)
+            .same_as(&present("hash", &[members(&["f1v", "1"])], -1), 0));
+    }
+
+    #[test]
+    fn an_error_reply_is_never_the_same_as_anything() {
+        let refused = |what: &str| {
+            state(
+                &Reply::Status(b"string".to_vec()),
+                &Reply::Integer(-1),
+                &[Reply::Error(what.as_bytes().to_vec())],
+            )
+        };
+        let a = refused("NOPERM this user has no permissions to run the 'get' command");
+        assert!(matches!(a, KeyState::Unreadable(_)));
+        assert!(!a.same_as(&a.clone(), 1000));
+        assert!(!a.same_as(&KeyState::Absent, 1000));
+    }
+
+    #[test]
+    fn ttls_agree_within_the_tolerance_and_only_both_ways_without_expiry() {
+        let v = [bulk("v")];
+        assert!(present("string", &v, 10_000).same_as(&present("string", &v, 9_500), 1000));
+        assert!(!present("string", &v, 10_000).same_as(&present("string", &v, 5_000), 1000));
+        assert!(!present("string", &v, -1).same_as(&present("string", &v, 5_000), 1000));
+    }
+
+    #[test]
+    fn streams_differ_by_their_consumer_groups() {
+        let entries = Reply::Array(vec![Reply::Array(vec![bulk("1-0"), members(&["f", "v"])])]);
+        let group = |pending: i64| {
+            Reply::Array(vec![Reply::Array(vec![
+                bulk("name"),
+                bulk("g"),
+                bulk("consumers"),
+                Reply::Integer(1),
+                bulk("pending"),
+                Reply::Integer(pending),
+                bulk("last-delivered-id"),
+                bulk("1-0"),
+                bulk("lag"),
+                Reply::Nil,
+            ])])
+        };
+        let delivered = present("stream", &[entries.clone(), group(1)], -1);
+        assert!(delivered.same_as(&present("stream", &[entries.clone(), group(1)], -1), 0));
+        assert!(!delivered.same_as(&present("stream", &[entries, group(0)], -1), 0));
+    }
+}
