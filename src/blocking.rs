@@ -29,7 +29,13 @@ pub fn mirror(cmd: &Command, reply: &Reply) -> Vec<Command> {
             _ => Vec::new(),
         },
         ("blmpop", Reply::Array(popped)) => {
-            let from_left = cmd.args().any(|a| a.eq_ignore_ascii_case(b"left"));
+            // BLMPOP timeout numkeys key… LEFT|RIGHT [COUNT n]: the direction follows the keys
+            // (a key may well be named "left").
+            let direction = std::str::from_utf8(cmd.arg(2).unwrap_or_default())
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|numkeys| cmd.arg(3 + numkeys));
+            let from_left = direction.is_some_and(|d| d.eq_ignore_ascii_case(b"left"));
             multi_popped(popped, |key, item| {
                 let count: &[u8] = if from_left { b"1" } else { b"-1" };
                 Some(Command::from_args([&b"lrem"[..], key, count, bytes(item)?]))
@@ -229,6 +235,22 @@ mod tests {
                 "a",
                 ">"
             ])]
+        );
+    }
+
+    #[test]
+    fn a_multi_pop_takes_its_direction_from_after_the_keys() {
+        let popped = Reply::Array(vec![bulk("left"), Reply::Array(vec![bulk("x")])]);
+        let right = Command::from_args(["blmpop", "0", "2", "left", "other", "RIGHT"]);
+        assert_eq!(
+            mirror(&right, &popped),
+            vec![Command::from_args(["lrem", "left", "-1", "x"])]
+        );
+        let left = Command::from_args(["BLMPOP", "0", "1", "right", "LEFT", "COUNT", "1"]);
+        let popped = Reply::Array(vec![bulk("right"), Reply::Array(vec![bulk("x")])]);
+        assert_eq!(
+            mirror(&left, &popped),
+            vec![Command::from_args(["lrem", "right", "1", "x"])]
         );
     }
 

@@ -317,6 +317,7 @@ impl MultiStore {
             Ok(ctx) => ctx,
             Err(refused) => return refused,
         };
+        self.observe_script(spec, cmd);
         let default = default_role(flags);
         let kind = request_kind(spec);
         let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
@@ -436,6 +437,9 @@ impl MultiStore {
             cancel,
             events: Vec::new(),
         };
+        for cmd in cmds {
+            self.observe_script(command_table::lookup(cmd), cmd);
+        }
         let default = default_role(flags);
         if !flags.dual_write || self.same_store(flags, cancel) {
             let result = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
@@ -497,6 +501,15 @@ impl MultiStore {
 
     pub fn is_connected(&self, flags: Flags) -> bool {
         self.default_store(flags).is_connected()
+    }
+
+    /// Remembers the body of every script loaded or run through this MultiStore, in every flag
+    /// state: an EVALSHA of a script loaded before dual-write began is then recovered on a store
+    /// that does not know it yet.
+    fn observe_script(&self, spec: Option<&CommandSpec>, cmd: &Command) {
+        if matches!(spec.map(|spec| spec.name), Some("eval" | "script|load")) {
+            self.scripts.observe(cmd);
+        }
     }
 
     fn timed<T>(
@@ -578,7 +591,6 @@ impl MultiStore {
     ) -> Result<Reply> {
         let other = other_role(default);
         let cancel = ctx.cancel;
-        self.scripts.observe(cmd);
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             self.journal_missed(std::slice::from_ref(cmd), other);

@@ -206,6 +206,24 @@ RSpec.describe Gitlab::Redis::MultiStore, "special commands during dual-write" d
       expect(primary.get("n")).to eq("1")
       expect(reports).to be_empty
     end
+
+    it "recovers NOSCRIPT for a script loaded through it before dual-write began" do
+      primary.script(:flush) # other examples loaded it there
+      flags.disable(:use_primary_and_secondary_stores_for_special)
+      sha = store.script(:load, script) # the secondary only
+      flags.enable(:use_primary_and_secondary_stores_for_special)
+
+      expect(store.evalsha(sha, keys: ["n"])).to eq(1)
+      expect([primary.get("n"), secondary.get("n")]).to eq(%w[1 1])
+      expect(reports).to be_empty
+    end
+  end
+
+  it "mirrors a BLMPOP from the end it took, even with a key named like a direction" do
+    store.rpush("left", %w[a b a])
+
+    expect(store.call(:blmpop, 1, 1, "left", "RIGHT")).to eq(["left", ["a"]])
+    expect([primary.lrange("left", 0, -1), secondary.lrange("left", 0, -1)]).to eq([%w[a b], %w[a b]])
   end
 
   it "closes the connections to both stores" do
