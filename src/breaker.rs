@@ -41,6 +41,7 @@ impl Default for BreakerSettings {
 
 #[derive(Debug)]
 struct Inner {
+    settings: BreakerSettings,
     consecutive_failures: u32,
     opened_at: Option<Instant>,
     /// When the current probe was let through; a probe that never reported (its caller was
@@ -50,7 +51,6 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct Breaker {
-    settings: BreakerSettings,
     inner: ForkSafeMutex<Inner>,
 }
 
@@ -74,8 +74,8 @@ pub enum Transition {
 impl Breaker {
     pub fn new(settings: BreakerSettings) -> Self {
         Breaker {
-            settings,
             inner: ForkSafeMutex::new(Inner {
+                settings,
                 consecutive_failures: 0,
                 opened_at: None,
                 probing: None,
@@ -83,11 +83,25 @@ impl Breaker {
         }
     }
 
+    /// Takes new settings (the breaker is shared by the MultiStores of a partition; the last
+    /// one built says how it behaves).
+    pub fn configure(&self, settings: BreakerSettings) {
+        self.inner.lock().settings = settings;
+    }
+
+    /// Closed again, its failures forgotten.
+    pub fn reset(&self) {
+        let mut inner = self.inner.lock();
+        inner.consecutive_failures = 0;
+        inner.opened_at = None;
+        inner.probing = None;
+    }
+
     pub fn state(&self) -> BreakerState {
         let inner = self.inner.lock();
         match inner.opened_at {
             None => BreakerState::Closed,
-            Some(at) if at.elapsed() >= self.settings.cool_down => BreakerState::HalfOpen,
+            Some(at) if at.elapsed() >= inner.settings.cool_down => BreakerState::HalfOpen,
             Some(_) => BreakerState::Open,
         }
     }
@@ -97,10 +111,10 @@ impl Breaker {
         match inner.opened_at {
             None => Admission::Allowed,
             Some(at)
-                if at.elapsed() >= self.settings.cool_down
+                if at.elapsed() >= inner.settings.cool_down
                     && inner
                         .probing
-                        .is_none_or(|p| p.elapsed() >= self.settings.cool_down) =>
+                        .is_none_or(|p| p.elapsed() >= inner.settings.cool_down) =>
             {
                 inner.probing = Some(Instant::now());
                 Admission::Probe
@@ -129,7 +143,7 @@ impl Breaker {
             inner.opened_at = Some(Instant::now());
             return Transition::None;
         }
-        if inner.opened_at.is_none() && inner.consecutive_failures >= self.settings.threshold {
+        if inner.opened_at.is_none() && inner.consecutive_failures >= inner.settings.threshold {
             inner.opened_at = Some(Instant::now());
             return Transition::Opened;
         }

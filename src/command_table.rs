@@ -148,6 +148,21 @@ pub fn subcommands() -> &'static [CommandSpec] {
     generated::SUBCOMMANDS
 }
 
+/// Whether the command replaces every key it names whatever was there before (SET, DEL, MSET …),
+/// so the keys' earlier presence on a store cannot leave a part of them behind.
+pub fn replaces_whole_keys(cmd: &Command, spec: &CommandSpec) -> bool {
+    match spec.name {
+        "del" | "unlink" | "getdel" | "mset" | "setex" | "psetex" => true,
+        // SET without NX, XX, GET or KEEPTTL (whose effect or answer depends on what was there).
+        "set" => !cmd.args().skip(3).any(|arg| {
+            [&b"nx"[..], b"xx", b"get", b"keepttl"]
+                .iter()
+                .any(|option| arg.eq_ignore_ascii_case(option))
+        }),
+        _ => false,
+    }
+}
+
 /// The keys a command touches, from Redis's key positions (first, last, step), and for the
 /// commands whose keys move (`movablekeys`) from their own syntax. `None` when they cannot be
 /// named (FLUSHDB, a command this function does not know how to read).

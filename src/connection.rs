@@ -469,7 +469,7 @@ fn connect_addr(
     Ok(socket.into())
 }
 
-fn run_id(info: &[u8]) -> Option<String> {
+pub(crate) fn run_id(info: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(info).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix("run_id:"))

@@ -43,6 +43,11 @@ pub enum Error {
     #[error("Protocol error: {0}")]
     Protocol(String),
 
+    /// A reply began with a byte no reply begins with (redis-rb's `Redis::ProtocolError`, whose
+    /// message names the byte).
+    #[error("Got '{}' as initial reply byte", *.0 as char)]
+    UnexpectedReplyType(u8),
+
     /// An error reply to a command the caller sent.
     #[error("{0}")]
     Server(ServerErrorReply),
@@ -78,7 +83,13 @@ impl Error {
             io::ErrorKind::UnexpectedEof => Error::ConnectionLost {
                 cause: "ECONNRESET".into(),
             },
-            io::ErrorKind::InvalidData => Error::Protocol(err.to_string()),
+            io::ErrorKind::InvalidData => match err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::reply::UnexpectedType>())
+            {
+                Some(unexpected) => Error::UnexpectedReplyType(unexpected.0),
+                None => Error::Protocol(err.to_string()),
+            },
             _ => Error::ConnectionLost {
                 cause: errno_name(err).trim_start_matches("Errno::").to_string(),
             },

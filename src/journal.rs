@@ -19,6 +19,11 @@ pub struct Entry {
     pub generation: u64,
 }
 
+const COMPLETE_UNKNOWN: u8 = 0;
+const COMPLETE_PRIMARY: u8 = 1;
+const COMPLETE_SECONDARY: u8 = 2;
+const COMPLETE_NEITHER: u8 = 3;
+
 pub struct Journal {
     capacity: AtomicUsize,
     keys: ForkSafeMutex<HashMap<Vec<u8>, Entry>>,
@@ -32,6 +37,10 @@ pub struct Journal {
     /// Bumped each time a full verify becomes needed, so a verify that started before the
     /// latest such event cannot clear it.
     disturbances: std::sync::atomic::AtomicU64,
+    /// While a full verify is needed: the store known to hold every write since (`COMPLETE_*`).
+    complete: std::sync::atomic::AtomicU8,
+    /// A full verify found the stores in agreement and nothing disturbed them since.
+    agree: AtomicBool,
     overflows: std::sync::atomic::AtomicU64,
 }
 
@@ -45,6 +54,8 @@ impl Journal {
             next_generation: std::sync::atomic::AtomicU64::new(1),
             full_verify_needed: AtomicBool::new(false),
             disturbances: std::sync::atomic::AtomicU64::new(0),
+            complete: std::sync::atomic::AtomicU8::new(COMPLETE_UNKNOWN),
+            agree: AtomicBool::new(false),
             overflows: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -57,7 +68,7 @@ impl Journal {
         lagging: Role,
     ) -> u64 {
         let Some(keys) = keys else {
-            self.require_full_verify();
+            self.require_full_verify(Some(lagging.other()));
             return 0;
         };
         let capacity = self.capacity.load(Ordering::Relaxed);
@@ -86,7 +97,7 @@ impl Journal {
         self.peak.fetch_max(map.len(), Ordering::Relaxed);
         drop(map);
         if dropped > 0 {
-            self.require_full_verify();
+            self.require_full_verify(Some(lagging.other()));
             self.overflows.fetch_add(dropped, Ordering::Relaxed);
         }
         dropped
@@ -125,10 +136,52 @@ impl Journal {
     }
 
     /// Something happened that the journal cannot account for (a miss it could not record, a
-    /// store that restarted): the stores may differ anywhere until a full verify says otherwise.
-    pub fn require_full_verify(&self) {
+    /// store that restarted, dual-write turned off for a while): the stores may differ anywhere
+    /// until a full verify says otherwise. `complete`: the store that still got every write (the
+    /// other one missed some, or lost its data), if one did.
+    pub fn require_full_verify(&self, complete: Option<Role>) {
+        let wanted = match complete {
+            Some(Role::Primary) => COMPLETE_PRIMARY,
+            Some(Role::Secondary) => COMPLETE_SECONDARY,
+            None => COMPLETE_NEITHER,
+        };
+        // Two disturbances that each spared a different store leave neither complete.
+        let _ = self
+            .complete
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                Some(match current {
+                    COMPLETE_UNKNOWN => wanted,
+                    same if same == wanted => same,
+                    _ => COMPLETE_NEITHER,
+                })
+            });
+        self.agree.store(false, Ordering::Release);
         self.disturbances.fetch_add(1, Ordering::AcqRel);
         self.full_verify_needed.store(true, Ordering::Release);
+    }
+
+    /// While a full verify is needed, the store that holds every write since the disturbance:
+    /// reads go there. `None` when neither is known to.
+    pub fn complete_store(&self) -> Option<Role> {
+        match self.complete.load(Ordering::Acquire) {
+            COMPLETE_PRIMARY => Some(Role::Primary),
+            COMPLETE_SECONDARY => Some(Role::Secondary),
+            _ => None,
+        }
+    }
+
+    /// Something happened that makes a verify running now unable to vouch for the stores (dual-
+    /// write turned off: writes reach one store only), without a full verify being needed for it
+    /// yet.
+    pub fn disturb(&self) {
+        self.agree.store(false, Ordering::Release);
+        self.disturbances.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A full verify found the stores in agreement, and nothing has disturbed them since (misses
+    /// since are journaled).
+    pub fn stores_agree(&self) -> bool {
+        self.agree.load(Ordering::Acquire)
     }
 
     /// Taken when a full verify starts; `verified` accepts it only if nothing disturbed the
@@ -145,12 +198,28 @@ impl Journal {
             return false;
         }
         self.full_verify_needed.store(false, Ordering::Release);
+        self.complete.store(COMPLETE_UNKNOWN, Ordering::Release);
+        self.agree.store(true, Ordering::Release);
         // A disturbance that slipped in between the check and the store sets the flag again.
         if self.disturbances.load(Ordering::Acquire) != token {
             self.full_verify_needed.store(true, Ordering::Release);
+            self.complete.store(COMPLETE_NEITHER, Ordering::Release);
+            self.agree.store(false, Ordering::Release);
             return false;
         }
         true
+    }
+
+    /// Forgets everything: no key journaled, no full verify needed (the stores were wiped).
+    pub fn clear(&self) {
+        let mut map = self.keys.lock();
+        map.clear();
+        self.len.store(0, Ordering::Release);
+        drop(map);
+        self.full_verify_needed.store(false, Ordering::Release);
+        self.complete.store(COMPLETE_UNKNOWN, Ordering::Release);
+        self.agree.store(false, Ordering::Release);
+        self.disturbances.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Up to `n` recorded keys, still recorded until `settle`.
@@ -215,13 +284,24 @@ mod tests {
     fn only_a_verify_that_began_after_the_last_disturbance_clears_the_need_for_one() {
         let journal = Journal::new(1);
         journal.record(Some([&b"a"[..], b"b"]), Role::Primary); // overflows
+        assert_eq!(journal.complete_store(), Some(Role::Secondary));
         let before_restart = journal.verify_token();
-        journal.require_full_verify(); // a store restarted while that verify ran
+        journal.require_full_verify(Some(Role::Secondary)); // the primary restarted meanwhile
         assert!(!journal.verified(before_restart));
         assert!(journal.full_verify_needed());
 
         let token = journal.verify_token();
         assert!(journal.verified(token));
         assert!(!journal.full_verify_needed());
+        assert_eq!(journal.complete_store(), None);
+    }
+
+    #[test]
+    fn knows_no_complete_store_once_each_store_missed_something() {
+        let journal = Journal::new(10);
+        journal.require_full_verify(Some(Role::Primary));
+        assert_eq!(journal.complete_store(), Some(Role::Primary));
+        journal.require_full_verify(Some(Role::Secondary));
+        assert_eq!(journal.complete_store(), None);
     }
 }

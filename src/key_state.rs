@@ -136,10 +136,8 @@ fn value_reads(kind: &[u8], key: &[u8]) -> Vec<Command> {
         b"set" => one(&[b"SMEMBERS", key]),
         b"zset" => one(&[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]),
         b"hash" => one(&[b"HGETALL", key]),
-        b"stream" => vec![
-            Command::from_args([&b"XRANGE"[..], key, b"-", b"+"]),
-            Command::from_args([&b"XINFO"[..], b"GROUPS", key]),
-        ],
+        // Its entries and everything its consumer groups hold, in one reply.
+        b"stream" => one(&[b"XINFO", b"STREAM", key, b"FULL", b"COUNT", b"0"]),
         // Unknown (module) types: their DUMP, the best available.
         _ => one(&[b"DUMP", key]),
     }
@@ -163,11 +161,7 @@ fn digest(kind: &[u8], values: &[Reply]) -> [u8; 20] {
             flatten(fields, &mut items);
             items = sorted_pairs(&items);
         }
-        (b"stream", [entries, groups]) => {
-            flatten(entries, &mut items);
-            items.push(b"consumer groups".to_vec());
-            items.extend(group_states(groups));
-        }
+        (b"stream", [full]) => items = stream_state(full),
         _ => values.iter().for_each(|value| flatten(value, &mut items)),
     }
     let mut sha = sha1_smol::Sha1::new();
@@ -194,36 +188,106 @@ fn sorted_pairs(items: &[Vec<u8>]) -> Vec<Vec<u8>> {
     pairs
 }
 
-/// XINFO GROUPS: per group its name, consumer count, pending count and last delivered ID, in
-/// name order. (`entries-read` and `lag` are left out: a restored stream may not know them.)
-fn group_states(groups: &Reply) -> Vec<Vec<u8>> {
-    let Reply::Array(groups) = groups else {
-        return Vec::new();
-    };
-    let mut states: Vec<Vec<u8>> = groups
-        .iter()
-        .map(|group| {
-            let mut fields = Vec::new();
-            flatten(group, &mut fields);
-            let mut kept = Vec::new();
-            for pair in fields.chunks(2) {
-                if let [name, value] = pair {
-                    if matches!(
-                        name.as_slice(),
-                        b"name" | b"consumers" | b"pending" | b"last-delivered-id"
-                    ) {
-                        kept.extend_from_slice(&(name.len() as u64).to_le_bytes());
-                        kept.extend_from_slice(name);
-                        kept.extend_from_slice(&(value.len() as u64).to_le_bytes());
-                        kept.extend_from_slice(value);
+/// The parts of XINFO STREAM … FULL that two stores given the same commands agree on: the
+/// entries, the last generated and largest deleted IDs, how many entries were ever added, and
+/// per consumer group its last delivered ID and pending entries (ID, consumer, delivery count),
+/// per consumer its pending entries. Left out: times (delivery, seen, active), and what a
+/// restored stream may not know (entries-read, lag) or lays out its own way (radix tree sizes).
+fn stream_state(full: &Reply) -> Vec<Vec<u8>> {
+    const STREAM: &[&[u8]] = &[
+        b"last-generated-id",
+        b"max-deleted-entry-id",
+        b"entries-added",
+        b"entries",
+    ];
+    const GROUP: &[&[u8]] = &[b"name", b"last-delivered-id", b"pel-count"];
+    const CONSUMER: &[&[u8]] = &[b"name", b"pel-count"];
+    let mut out = Vec::new();
+    for (name, value) in pairs(full) {
+        if STREAM.contains(&name) {
+            keep(name, value, &mut out);
+        } else if name == b"groups" {
+            let mut groups: Vec<Vec<u8>> = items(value)
+                .iter()
+                .map(|group| {
+                    let mut kept = Vec::new();
+                    for (field, value) in pairs(group) {
+                        if GROUP.contains(&field) {
+                            keep(field, value, &mut kept);
+                        } else if field == b"pending" {
+                            // [id, consumer, delivery time, delivery count]
+                            for entry in items(value) {
+                                let entry = items(entry);
+                                for at in [0, 1, 3] {
+                                    if let Some(part) = entry.get(at) {
+                                        keep(b"pending", part, &mut kept);
+                                    }
+                                }
+                            }
+                        } else if field == b"consumers" {
+                            let mut consumers: Vec<Vec<u8>> = items(value)
+                                .iter()
+                                .map(|consumer| {
+                                    let mut kept = Vec::new();
+                                    for (field, value) in pairs(consumer) {
+                                        if CONSUMER.contains(&field) {
+                                            keep(field, value, &mut kept);
+                                        } else if field == b"pending" {
+                                            // [id, delivery time, delivery count]
+                                            for entry in items(value) {
+                                                let entry = items(entry);
+                                                for at in [0, 2] {
+                                                    if let Some(part) = entry.get(at) {
+                                                        keep(b"pending", part, &mut kept);
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                    kept.concat()
+                                })
+                                .collect();
+                            consumers.sort();
+                            kept.push(consumers.concat());
+                        }
                     }
-                }
-            }
-            kept
-        })
-        .collect();
-    states.sort();
-    states
+                    kept.concat()
+                })
+                .collect();
+            groups.sort();
+            out.push(b"consumer groups".to_vec());
+            out.extend(groups);
+        }
+    }
+    out
+}
+
+fn items(reply: &Reply) -> &[Reply] {
+    match reply {
+        Reply::Array(items) => items,
+        _ => &[],
+    }
+}
+
+/// A flat `[name, value, name, value …]` reply as pairs.
+fn pairs(reply: &Reply) -> impl Iterator<Item = (&[u8], &Reply)> {
+    items(reply).chunks(2).filter_map(|pair| match pair {
+        [name, value] => name.as_bytes().map(|name| (name, value)),
+        _ => None,
+    })
+}
+
+/// A field and its value, length-prefixed so that no two different ones join the same way.
+fn keep(name: &[u8], value: &Reply, out: &mut Vec<Vec<u8>>) {
+    let mut flat = Vec::new();
+    flatten(value, &mut flat);
+    let mut joined = (name.len() as u64).to_le_bytes().to_vec();
+    joined.extend_from_slice(name);
+    for part in flat {
+        joined.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        joined.extend_from_slice(&part);
+    }
+    out.push(joined);
 }
 
 fn flatten(reply: &Reply, out: &mut Vec<Vec<u8>>) {
@@ -295,24 +359,60 @@ mod tests {
     }
 
     #[test]
-    fn streams_differ_by_their_consumer_groups() {
-        let entries = Reply::Array(vec![Reply::Array(vec![bulk("1-0"), members(&["f", "v"])])]);
-        let group = |pending: i64| {
-            Reply::Array(vec![Reply::Array(vec![
-                bulk("name"),
-                bulk("g"),
-                bulk("consumers"),
+    fn streams_differ_by_their_consumer_groups_and_ids_but_not_by_times() {
+        let full = |consumer: &str, deliveries: i64, last_id: &str, seen: i64| {
+            Reply::Array(vec![
+                bulk("length"),
                 Reply::Integer(1),
-                bulk("pending"),
-                Reply::Integer(pending),
-                bulk("last-delivered-id"),
-                bulk("1-0"),
-                bulk("lag"),
-                Reply::Nil,
-            ])])
+                bulk("radix-tree-keys"),
+                Reply::Integer(seen), // layout: left out
+                bulk("last-generated-id"),
+                bulk(last_id),
+                bulk("entries"),
+                Reply::Array(vec![Reply::Array(vec![bulk("1-0"), members(&["f", "v"])])]),
+                bulk("groups"),
+                Reply::Array(vec![Reply::Array(vec![
+                    bulk("name"),
+                    bulk("g"),
+                    bulk("pel-count"),
+                    Reply::Integer(1),
+                    bulk("pending"),
+                    Reply::Array(vec![Reply::Array(vec![
+                        bulk("1-0"),
+                        bulk(consumer),
+                        Reply::Integer(seen), // delivery time: left out
+                        Reply::Integer(deliveries),
+                    ])]),
+                    bulk("consumers"),
+                    Reply::Array(vec![Reply::Array(vec![
+                        bulk("name"),
+                        bulk(consumer),
+                        bulk("seen-time"),
+                        Reply::Integer(seen),
+                        bulk("pel-count"),
+                        Reply::Integer(1),
+                    ])]),
+                ])]),
+            ])
         };
-        let delivered = present("stream", &[entries.clone(), group(1)], -1);
-        assert!(delivered.same_as(&present("stream", &[entries.clone(), group(1)], -1), 0));
-        assert!(!delivered.same_as(&present("stream", &[entries, group(0)], -1), 0));
+        let stream =
+            |c: &str, d: i64, id: &str, t: i64| present("stream", &[full(c, d, id, t)], -1);
+        let base = stream("c1", 1, "1-0", 100);
+        assert!(
+            base.same_as(&stream("c1", 1, "1-0", 999), 0),
+            "times do not count"
+        );
+        assert!(
+            !base.same_as(&stream("c2", 1, "1-0", 100), 0),
+            "another consumer owns it"
+        );
+        assert!(
+            !base.same_as(&stream("c1", 2, "1-0", 100), 0),
+            "delivered twice"
+        );
+        assert!(
+            !base.same_as(&stream("c1", 1, "5-0", 100), 0),
+            "another last ID"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod hyperloglog;
 pub mod journal;
 pub mod key_state;
 pub mod metrics;
+pub mod migration_state;
 pub mod multi_store;
 pub mod poll;
 pub mod reply;
@@ -31,6 +32,7 @@ pub mod session;
 pub mod spin_wait;
 pub mod store;
 pub mod stream_ids;
+pub mod subscription;
 pub mod tls;
 pub mod verify;
 

@@ -14,15 +14,23 @@ use crate::fork;
 use crate::fork::ForkSafeMutex;
 use crate::journal::Journal;
 use crate::metrics::{InstanceMetrics, RequestKind};
+use crate::migration_state::MigrationState;
 use crate::resync::{self, ResyncContext};
 use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
-use crate::scripts::ScriptCache;
 use crate::session::Session;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What this process has seen of the dual-write flag (see `watch_dual_write`): never on, on,
+/// or off since it was on -- and then which store was the default (the one that got the
+/// writes), or both in turn.
+const DUAL_WRITE_NEVER_ON: u8 = 0;
+const DUAL_WRITE_ON: u8 = 1;
+const DUAL_WRITE_OFF_PRIMARY_DEFAULT: u8 = 2;
+const DUAL_WRITE_OFF_SECONDARY_DEFAULT: u8 = 3;
+const DUAL_WRITE_OFF_BOTH_DEFAULT: u8 = 4;
 
 const SAME_SERVER_UNKNOWN: u8 = 0;
 const SAME_SERVER: u8 = 1;
@@ -30,8 +38,6 @@ const OTHER_SERVERS: u8 = 2;
 /// How often the run_ids are asked for again while a store does not answer.
 const SAME_SERVER_RETRY: Duration = Duration::from_secs(1);
 
-/// Keys journaled at most: past this a full verify is needed instead of more memory.
-pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
 /// How far back `status` counts write failures.
 const RECENT_FAILURES_WINDOW: Duration = Duration::from_secs(300);
 
@@ -69,18 +75,15 @@ pub struct MultiStore {
     /// When the run_ids were last asked for without an answer, so a store that is down is not
     /// asked on every call.
     same_server_asked: ForkSafeMutex<Option<Instant>>,
+    /// One thread asks for the run_ids at a time; the others wait for its answer, so threads
+    /// making their first write at once do not each take the stores for two. Held across the
+    /// connect, so not a fork-safe lock: only ever waited for with a timeout.
+    same_server_asking: parking_lot::Mutex<()>,
     read_strategy: ReadStrategy,
     metrics: InstanceMetrics,
-    scripts: ScriptCache,
-    /// One per store, used while that store is the non-default one: [primary, secondary].
-    breakers: Arc<[Breaker; 2]>,
-    journal: Arc<Journal>,
-    /// The fork generation the re-sync thread was started in (threads do not survive a fork).
-    resync_started: ForkSafeMutex<Option<u64>>,
-    shutdown: Arc<AtomicBool>,
-    /// When non-default writes failed, for `status`.
-    recent_failures: ForkSafeMutex<VecDeque<Instant>>,
-    reset_seen: Arc<AtomicBool>,
+    /// Journal, breakers, restarts, dual-write gaps: shared with the other MultiStores of the
+    /// same partition in this process.
+    state: Arc<MigrationState>,
 }
 
 /// What an operator needs before switching the default store.
@@ -112,106 +115,142 @@ impl MultiStore {
     ) -> Self {
         let instance_name = instance_name.into();
         let metrics = InstanceMetrics::new(&instance_name);
-        let reset_seen = Arc::new(AtomicBool::new(false));
-        let journal = Arc::new(Journal::new(DEFAULT_JOURNAL_CAPACITY));
+        let state = MigrationState::of_partition(&instance_name, &primary, &secondary);
         // A store that restarted may have come back empty, or with data older than the other
         // store's: a backfill is needed again, and until a full verify says otherwise the
         // stores may differ anywhere.
         let reset_hook = |role: Role| {
-            let (metrics, seen, journal) = (
-                metrics.clone(),
-                Arc::clone(&reset_seen),
-                Arc::clone(&journal),
-            );
+            let (metrics, state) = (metrics.clone(), Arc::downgrade(&state));
             move || {
                 metrics.store_reset(role);
-                seen.store(true, Ordering::Release);
-                journal.require_full_verify();
+                if let Some(state) = state.upgrade() {
+                    state.reset_seen.store(true, Ordering::Release);
+                    state.journal.require_full_verify(Some(role.other()));
+                }
             }
         };
-        let breaker = || Breaker::new(BreakerSettings::default());
         MultiStore {
             configured_same: primary.same_data_as(&secondary),
             same_server: AtomicU8::new(SAME_SERVER_UNKNOWN),
             same_server_asked: ForkSafeMutex::new(None),
+            same_server_asking: parking_lot::Mutex::new(()),
             primary: Arc::new(Store::new(primary).with_reset_hook(reset_hook(Role::Primary))),
             secondary: Arc::new(Store::new(secondary).with_reset_hook(reset_hook(Role::Secondary))),
             metrics,
             instance_name,
             read_strategy: ReadStrategy::PrimaryWithFallback,
-            scripts: ScriptCache::default(),
-            breakers: Arc::new([breaker(), breaker()]),
-            journal,
-            resync_started: ForkSafeMutex::new(None),
-            shutdown: Arc::new(AtomicBool::new(false)),
-            recent_failures: ForkSafeMutex::new(VecDeque::new()),
-            reset_seen,
+            state,
         }
     }
 
-    pub fn with_breaker_settings(mut self, settings: BreakerSettings) -> Self {
-        self.breakers = Arc::new([Breaker::new(settings), Breaker::new(settings)]);
+    pub fn with_breaker_settings(self, settings: BreakerSettings) -> Self {
+        self.state
+            .breakers
+            .iter()
+            .for_each(|b| b.configure(settings));
         self
     }
 
     pub fn with_journal_capacity(self, capacity: usize) -> Self {
-        self.journal.set_capacity(capacity);
+        self.state.journal.set_capacity(capacity);
         self
     }
 
     pub fn journal(&self) -> &Journal {
-        &self.journal
+        &self.state.journal
     }
 
     pub fn breaker(&self, role: Role) -> &Breaker {
-        &self.breakers[role_index(role)]
+        &self.state.breakers[role_index(role)]
+    }
+
+    /// What this partition's migration has been through in this process (shared by its
+    /// MultiStores).
+    pub fn state(&self) -> &Arc<MigrationState> {
+        &self.state
     }
 
     pub fn status(&self) -> Status {
         let cutoff = Instant::now().checked_sub(RECENT_FAILURES_WINDOW);
         let recent_write_failures = {
-            let mut failures = self.recent_failures.lock();
+            let mut failures = self.state.recent_failures.lock();
             while matches!((failures.front(), cutoff), (Some(t), Some(c)) if *t < c) {
                 failures.pop_front();
             }
             failures.len() as u64
         };
         Status {
-            breakers: [self.breakers[0].state(), self.breakers[1].state()],
+            breakers: [
+                self.state.breakers[0].state(),
+                self.state.breakers[1].state(),
+            ],
             recent_write_failures,
-            journal_keys: self.journal.len(),
-            journal_peak: self.journal.peak(),
-            journal_overflows: self.journal.overflows(),
-            full_verify_needed: self.journal.full_verify_needed(),
+            journal_keys: self.state.journal.len(),
+            journal_peak: self.state.journal.peak(),
+            journal_overflows: self.state.journal.overflows(),
+            full_verify_needed: self.state.journal.full_verify_needed(),
             resets: [self.primary.resets(), self.secondary.resets()],
+        }
+    }
+
+    /// Asks each store for its run_id, so a restart that no call has run into yet is part of the
+    /// verdict, and takes the flags as they are now. A store whose breaker is open is not waited on (its failures are in the status
+    /// already).
+    pub fn check_stores(&self, flags: Flags, cancel: &CancelToken) {
+        // A dual-write gap is part of the verdict even before a call ran into it.
+        self.watch_dual_write(flags);
+        let default = default_role(flags);
+        for role in [Role::Primary, Role::Secondary] {
+            let store = self.store(role);
+            if let Some(Err(error)) = self.ask(role, default, || store.check_run_id(cancel)) {
+                tracing::debug!(instance_name = %self.instance_name, store = role.name(), error = %error, "could not ask the store for its run_id");
+            }
         }
     }
 
     /// A store restarted since this instance began (or since the last full copy): a backfill
     /// is needed again.
     pub fn reset_seen(&self) -> bool {
-        self.reset_seen.load(Ordering::Acquire)
+        self.state.reset_seen.load(Ordering::Acquire)
     }
 
     /// A backfill ran over every key without a failure: what a restarted store lost has been
     /// copied again. (It does not make the stores agree: it never overwrites a key the primary
     /// has, such as a counter re-created from zero; only a full verify can say they agree.)
     pub fn acknowledge_backfill(&self) {
-        self.reset_seen.store(false, Ordering::Release);
+        self.state.reset_seen.store(false, Ordering::Release);
     }
 
-    /// What a full verify takes when it starts, to hand back to `acknowledge_verify`.
-    pub fn verify_token(&self) -> u64 {
-        self.journal.verify_token()
+    /// What a full verify takes when it starts, to hand back to `acknowledge_verify`; `None`
+    /// while dual-write is off, when writes reach the default store only and no verify can
+    /// vouch for the other.
+    pub fn verify_token(&self, flags: Flags) -> Option<u64> {
+        self.watch_dual_write(flags);
+        flags.dual_write.then(|| self.state.journal.verify_token())
     }
 
     /// A full verify that started at `token` found the stores in agreement. If no store restart
     /// and no unrecorded miss happened since it started, the stores are known to agree: no
     /// backfill or full verify is needed any more.
-    pub fn acknowledge_verify(&self, token: u64) {
-        if self.journal.verified(token) {
-            self.reset_seen.store(false, Ordering::Release);
+    /// The store whose data is the truth for a repair: the one known to hold every write since
+    /// a disturbance (a restarted default store lost its data: the other one has it), else the
+    /// default store.
+    pub fn source_of_truth(&self, flags: Flags) -> Role {
+        self.state
+            .journal
+            .full_verify_needed()
+            .then(|| self.state.journal.complete_store())
+            .flatten()
+            .unwrap_or(default_role(flags))
+    }
+
+    /// Returns whether the verify counts.
+    pub fn acknowledge_verify(&self, token: u64) -> bool {
+        let counts = self.state.journal.verified(token);
+        if counts {
+            self.state.reset_seen.store(false, Ordering::Release);
         }
+        counts
     }
 
     pub fn with_read_strategy(mut self, strategy: ReadStrategy) -> Self {
@@ -255,6 +294,17 @@ impl MultiStore {
             self.same_server.store(OTHER_SERVERS, Ordering::Release);
             return false;
         }
+        let wait = self
+            .primary
+            .config()
+            .connect_timeout
+            .unwrap_or(Duration::from_secs(5))
+            .saturating_mul(2);
+        let _asking = self.same_server_asking.try_lock_for(wait);
+        match self.same_server.load(Ordering::Acquire) {
+            SAME_SERVER_UNKNOWN => {}
+            known => return known == SAME_SERVER, // told while this thread waited
+        }
         {
             let mut asked = self.same_server_asked.lock();
             if asked.is_some_and(|at| at.elapsed() < SAME_SERVER_RETRY) {
@@ -285,7 +335,7 @@ impl MultiStore {
             if same { SAME_SERVER } else { OTHER_SERVERS },
             Ordering::Release,
         );
-        if same {
+        if same && self.primary.db() == self.secondary.db() {
             tracing::warn!(instance_name = %self.instance_name, "both stores are the same server under two names: each write goes to it once");
         }
         same
@@ -303,6 +353,7 @@ impl MultiStore {
     }
 
     pub fn call(&self, cmd: &Command, flags: Flags, cancel: &CancelToken) -> Outcome<Reply> {
+        self.watch_dual_write(flags);
         if cmd.name_is("select") {
             return self.select(cmd, flags, cancel);
         }
@@ -345,6 +396,7 @@ impl MultiStore {
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<Reply> {
+        self.watch_dual_write(flags);
         let read_timeout = blocking_read_timeout(self.default_store(flags).config(), timeout);
         self.run_blocking(cmd, read_timeout, flags, cancel)
     }
@@ -431,6 +483,7 @@ impl MultiStore {
         readonly: bool,
         cancel: &CancelToken,
     ) -> Outcome<Vec<Reply>> {
+        self.watch_dual_write(flags);
         let name = || "pipeline".to_string();
         let mut ctx = CallContext {
             cmd_name: &name,
@@ -441,7 +494,13 @@ impl MultiStore {
             self.observe_script(command_table::lookup(cmd), cmd);
         }
         let default = default_role(flags);
-        if !flags.dual_write || self.same_store(flags, cancel) {
+        // Two databases of one server: a batch that SELECTs moves both stores to one database,
+        // where sending it twice would apply it twice.
+        let one_server_selecting = || {
+            self.same_server.load(Ordering::Acquire) == SAME_SERVER
+                && cmds.iter().any(|c| c.name_is("select"))
+        };
+        if !flags.dual_write || self.same_store(flags, cancel) || one_server_selecting() {
             let result = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             return self.outcome(ctx, result);
         }
@@ -449,13 +508,19 @@ impl MultiStore {
             || cmds.iter().all(|c| {
                 command_table::lookup(c).map(CommandSpec::kind) == Some(CommandKind::Read)
             });
-        let result = if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback {
-            self.read_pipeline_with_fallback(cmds, default, &mut ctx)
-        } else if only_reads {
-            self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
-        } else {
-            self.pipeline_both(cmds, default, &mut ctx)
+        let per_key = || {
+            cmds.iter().all(|c| {
+                command_table::lookup(c).is_some_and(|spec| routing::reads_named_keys_only(c, spec))
+            })
         };
+        let result =
+            if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback && per_key() {
+                self.read_pipeline_with_fallback(cmds, default, &mut ctx)
+            } else if only_reads {
+                self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
+            } else {
+                self.pipeline_both(cmds, default, &mut ctx)
+            };
         self.outcome(ctx, result)
     }
 
@@ -483,6 +548,34 @@ impl MultiStore {
         self.outcome(ctx, Ok(()))
     }
 
+    /// Journals, for re-sync from the pinned store, the keys of the writes run on a session's
+    /// pinned connection outside a transaction (between WATCH and MULTI): they reached that
+    /// store only. Wanted while dual-write is on, or when the pinned store is no longer the
+    /// default one.
+    pub fn journal_pinned(
+        &self,
+        cmds: &[Command],
+        pinned: Role,
+        flags: Flags,
+        cancel: &CancelToken,
+    ) {
+        let wanted = flags.dual_write || default_role(flags) != pinned;
+        if wanted && !self.same_store(flags, cancel) {
+            self.journal_missed(cmds, pinned.other());
+        }
+    }
+
+    /// A session for a subscription: with dual-write on it listens on both stores, delivering
+    /// each message once (see `subscription.rs`).
+    pub fn subscription_session(&self, flags: Flags, cancel: &CancelToken) -> Session {
+        let session = self.session(flags);
+        if flags.dual_write && !self.same_store(flags, cancel) {
+            let other = default_role(flags).other();
+            return session.with_echo(Arc::clone(self.store(other)));
+        }
+        session
+    }
+
     pub fn session(&self, flags: Flags) -> Session {
         let role = default_role(flags);
         Session::new(Arc::clone(self.store(role)), role)
@@ -503,12 +596,58 @@ impl MultiStore {
         self.default_store(flags).is_connected()
     }
 
+    /// Dual-write turned off and on again leaves a gap: the store that was not the default missed
+    /// every write in between, and any key may be stale there (a rollback from "primary only"
+    /// to dual-write leaves on the old store keys deleted meanwhile, which a fallback read would
+    /// bring back, and lacks keys written meanwhile). So when this process sees dual-write
+    /// return after a gap, a full verify is needed, and until it ran reads go only to the store
+    /// that was the default during the gap -- whichever store is the default now.
+    fn watch_dual_write(&self, flags: Flags) {
+        let seen = self.state.dual_write_seen.load(Ordering::Relaxed);
+        let off = match default_role(flags) {
+            Role::Primary => DUAL_WRITE_OFF_PRIMARY_DEFAULT,
+            Role::Secondary => DUAL_WRITE_OFF_SECONDARY_DEFAULT,
+        };
+        let next = match (flags.dual_write, seen) {
+            (true, DUAL_WRITE_ON) | (false, DUAL_WRITE_NEVER_ON | DUAL_WRITE_OFF_BOTH_DEFAULT) => {
+                return
+            }
+            (false, current) if current == off => return,
+            (true, _) => DUAL_WRITE_ON,
+            (false, DUAL_WRITE_ON) => {
+                // A verify running across this cannot vouch for the writes that follow.
+                self.state.journal.disturb();
+                off
+            }
+            // The default store changed while dual-write was off: each store got writes the
+            // other did not.
+            (false, _) => DUAL_WRITE_OFF_BOTH_DEFAULT,
+        };
+        if self
+            .state
+            .dual_write_seen
+            .compare_exchange(seen, next, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+            || next != DUAL_WRITE_ON
+            || seen == DUAL_WRITE_NEVER_ON
+        {
+            return;
+        }
+        let complete = match seen {
+            DUAL_WRITE_OFF_PRIMARY_DEFAULT => Some(Role::Primary),
+            DUAL_WRITE_OFF_SECONDARY_DEFAULT => Some(Role::Secondary),
+            _ => None,
+        };
+        self.state.journal.require_full_verify(complete);
+        tracing::warn!(instance_name = %self.instance_name, "dual-write is back after a gap: the store that was not the default missed writes; a full verify is needed");
+    }
+
     /// Remembers the body of every script loaded or run through this MultiStore, in every flag
     /// state: an EVALSHA of a script loaded before dual-write began is then recovered on a store
     /// that does not know it yet.
     fn observe_script(&self, spec: Option<&CommandSpec>, cmd: &Command) {
         if matches!(spec.map(|spec| spec.name), Some("eval" | "script|load")) {
-            self.scripts.observe(cmd);
+            self.state.scripts.observe(cmd);
         }
     }
 
@@ -577,8 +716,10 @@ impl MultiStore {
         ctx: &mut CallContext,
     ) -> Result<Reply> {
         let in_flight_journaled = self.journaled_keys(std::slice::from_ref(cmd));
+        let partial = self.keys_only_one_store_has(std::slice::from_ref(cmd), default, ctx.cancel);
         let reply = self.write_both_unguarded(cmd, default, kind, ctx);
         self.rejournal(in_flight_journaled);
+        self.journal_partial(partial, default);
         reply
     }
 
@@ -635,12 +776,24 @@ impl MultiStore {
             Err(error) => self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx),
             Ok(replies) => {
                 self.breaker_success(other);
-                // An error reply only on the non-default store means the stores disagree.
-                if let (Some(Reply::Error(line)), Ok(default_reply)) = (replies.first(), &reply) {
-                    if !default_reply.is_error() {
+                match (replies.first(), &reply) {
+                    // An error reply only on the non-default store means the stores disagree.
+                    (Some(Reply::Error(line)), Ok(default_reply)) if !default_reply.is_error() => {
                         let error = Error::Server(ServerErrorReply::from_line(line));
                         self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx);
                     }
+                    // Two different answers to one write mean the key differed before it (a
+                    // counter the new store started from zero, EXPIRE or SETNX on a key it does
+                    // not have yet) or differs now (SPOP took another member): the other store
+                    // is brought in line with the default one, and meanwhile reads of the key go
+                    // to the default store only.
+                    (Some(other_reply), Ok(default_reply))
+                        if other_reply != default_reply && replies_tell_the_data(cmd) =>
+                    {
+                        tracing::debug!(instance_name = %self.instance_name, command_name = %cmd.name(), "a write answered differently by the stores: re-syncing its keys");
+                        self.journal_keys_of(cmd, other);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -657,7 +810,7 @@ impl MultiStore {
         cancel: &CancelToken,
     ) -> Result<Vec<Reply>> {
         let noscript = replies.first().and_then(Reply::error_code) == Some(&b"NOSCRIPT"[..]);
-        let Some(recovery) = noscript.then(|| self.scripts.recovery(cmd)).flatten() else {
+        let Some(recovery) = noscript.then(|| self.state.scripts.recovery(cmd)).flatten() else {
             return Ok(replies);
         };
         tracing::debug!(instance_name = %self.instance_name, store = role.name(), "loading a script the store did not know");
@@ -708,24 +861,52 @@ impl MultiStore {
         if let Some(lagging) = self.journaled(cmd, spec) {
             return read(other_role(lagging));
         }
-        if self.journal.full_verify_needed() {
-            // Some missed writes could not be journaled (or a store restarted): any key may be
-            // stale on the non-default store, so only the default store is read until a full
-            // verify says the stores agree.
-            return read(default);
+        if self.state.journal.full_verify_needed() {
+            // Some missed writes could not be journaled, a store restarted or dual-write was off
+            // for a while: any key may be stale on one store, so only the store that got every
+            // write since (else the default store) is read until a full verify says the stores
+            // agree.
+            return read(self.state.journal.complete_store().unwrap_or(default));
         }
-        let primary = match self.ask(Role::Primary, default, || read(Role::Primary)) {
-            Some(Ok(reply)) if !reply.is_error() && !is_miss(spec, &reply) => return Ok(reply),
+        // Until the stores are known to agree, the primary may lack a key the read names (not
+        // backfilled yet): it is asked whether it has them in the same round trip, and its answer
+        // counts only if it has them all. Once they agree, an answer that says "missing" (nil,
+        // empty, 0 …) is what sends the read to the secondary.
+        let probes = self.presence_probes(std::slice::from_ref(cmd));
+        let read_primary = || {
+            if probes.is_empty() {
+                return read(Role::Primary).map(|reply| (reply, None));
+            }
+            let mut batch = probes.clone();
+            batch.push(cmd.clone());
+            self.timed(Role::Primary, RequestKind::Read, |s| {
+                s.pipeline(&batch, cancel)
+            })
+            .map(|mut replies| {
+                let reply = replies.pop().unwrap_or(Reply::Nil);
+                let has_all = replies.iter().all(|r| *r == Reply::Integer(1));
+                (reply, Some(has_all))
+            })
+        };
+        let answered = |reply: &Reply, has_all: Option<bool>| match has_all {
+            Some(has_all) => has_all,
+            None => !is_miss(spec, reply),
+        };
+        let primary = match self.ask(Role::Primary, default, read_primary) {
+            Some(Ok((reply, has_all))) if !reply.is_error() && answered(&reply, has_all) => {
+                return Ok(reply)
+            }
             Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
-            Some(Ok(Reply::Error(line))) => {
+            Some(Ok((Reply::Error(line), _))) => {
                 self.read_failed_on_primary(Error::Server(ServerErrorReply::from_line(&line)), ctx);
                 Some(Ok(Reply::Error(line)))
             }
+            Some(Ok((reply, _))) => Some(Ok(reply)),
             Some(Err(error)) => {
                 self.read_failed_on_primary(error.clone(), ctx);
                 Some(Err(error))
             }
-            missed_or_skipped => missed_or_skipped,
+            None => None,
         };
         let primary_missed = matches!(&primary, Some(Ok(reply)) if !reply.is_error());
         let read_secondary = || read(Role::Secondary);
@@ -771,12 +952,15 @@ impl MultiStore {
         let cancel = ctx.cancel;
         let read =
             |role: Role| self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
-        let any_journaled = !self.journal.is_empty()
+        let any_journaled = !self.state.journal.is_empty()
             && cmds.iter().any(|c| {
                 command_table::lookup(c).is_some_and(|spec| self.journaled(c, spec).is_some())
             });
-        if any_journaled || self.journal.full_verify_needed() {
+        if any_journaled {
             return read(default);
+        }
+        if self.state.journal.full_verify_needed() {
+            return read(self.state.journal.complete_store().unwrap_or(default));
         }
         let missed = |replies: &[Reply]| {
             replies
@@ -787,14 +971,36 @@ impl MultiStore {
                     None => false,
                 })
         };
-        let primary = match self.ask(Role::Primary, default, || read(Role::Primary)) {
-            Some(Ok(replies)) if !missed(&replies) => return Ok(replies),
+        // As for a single read: until the stores agree, the primary's answers count only if it
+        // has every key the batch names (asked in the same round trip).
+        let probes = self.presence_probes(cmds);
+        let read_primary = || {
+            if probes.is_empty() {
+                return read(Role::Primary).map(|replies| {
+                    let missed = missed(&replies);
+                    (replies, missed)
+                });
+            }
+            let batch: Vec<Command> = probes.iter().chain(cmds).cloned().collect();
+            self.timed(Role::Primary, RequestKind::Pipeline, |s| {
+                s.pipeline(&batch, cancel)
+            })
+            .map(|mut replies| {
+                let answers = replies.split_off(probes.len());
+                let lacks_some = replies.iter().any(|r| *r != Reply::Integer(1));
+                let missed = lacks_some || answers.iter().any(Reply::is_error);
+                (answers, missed)
+            })
+        };
+        let primary = match self.ask(Role::Primary, default, read_primary) {
+            Some(Ok((replies, false))) => return Ok(replies),
+            Some(Ok((replies, true))) => Some(Ok(replies)),
             Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
             Some(Err(error)) => {
                 self.read_failed_on_primary(error.clone(), ctx);
                 Some(Err(error))
             }
-            missed_or_skipped => missed_or_skipped,
+            None => None,
         };
         let primary_replies = match &primary {
             Some(Ok(replies)) => Some(replies.clone()),
@@ -816,9 +1022,96 @@ impl MultiStore {
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
         let in_flight_journaled = self.journaled_keys(cmds);
+        let partial = self.keys_only_one_store_has(cmds, default, ctx.cancel);
         let replies = self.pipeline_both_unguarded(cmds, default, ctx);
         self.rejournal(in_flight_journaled);
+        self.journal_partial(partial, default);
         replies
+    }
+
+    /// Until a full verify has shown the stores agree, a key may exist on one store only (not
+    /// backfilled yet). A write that changes such a key in place -- HSET of one field, SADD,
+    /// INCR, EXPIRE -- leaves the other store holding a part of it (a hash of one field), which
+    /// a primary-first read would return as if whole. So before such writes, both stores are
+    /// asked which of their keys they have (EXISTS, one pipelined round trip to each, at once);
+    /// a key only one has is journaled after the write and re-synced from the default store.
+    /// Writes that replace the whole key (SET, DEL, MSET …) need no such look, nor does anything
+    /// once the stores are known to agree.
+    fn keys_only_one_store_has(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        cancel: &CancelToken,
+    ) -> Vec<Vec<u8>> {
+        if self.state.journal.stores_agree() {
+            return Vec::new();
+        }
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            if spec.kind() != CommandKind::Write || command_table::replaces_whole_keys(cmd, spec) {
+                continue;
+            }
+            for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                if !keys.iter().any(|k| k == key) {
+                    keys.push(key.to_vec());
+                }
+            }
+        }
+        if keys.is_empty() {
+            return keys;
+        }
+        let other = other_role(default);
+        if self.breaker(other).state() != BreakerState::Closed {
+            return Vec::new(); // the write is journaled anyway
+        }
+        let probes = exists_probes(keys.iter().map(Vec::as_slice));
+        let in_flight = self.store(other).send(&probes, cancel);
+        let on_default = self.store(default).pipeline(&probes, cancel);
+        let on_other = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        match (on_default, on_other) {
+            (Ok(on_default), Ok(on_other)) => keys
+                .into_iter()
+                .zip(on_default.iter().zip(&on_other))
+                .filter(|(_, (d, o))| d != o)
+                .map(|(key, _)| key)
+                .collect(),
+            // The write that follows meets the same failure, and is reported and journaled.
+            _ => Vec::new(),
+        }
+    }
+
+    /// EXISTS of each key the commands name, while the stores are not known to agree (empty once
+    /// they are).
+    fn presence_probes(&self, cmds: &[Command]) -> Vec<Command> {
+        if self.state.journal.stores_agree() {
+            return Vec::new();
+        }
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for cmd in cmds {
+            if let Some(spec) = command_table::lookup(cmd) {
+                for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        exists_probes(keys)
+    }
+
+    fn journal_partial(&self, keys: Vec<Vec<u8>>, default: Role) {
+        if keys.is_empty() {
+            return;
+        }
+        tracing::debug!(instance_name = %self.instance_name, keys = keys.len(), "a write changed keys only one store had: re-syncing them");
+        self.state
+            .journal
+            .record(Some(keys.iter().map(Vec::as_slice)), other_role(default));
+        self.metrics.journal_size(self.state.journal.len());
+        self.ensure_resync();
     }
 
     fn pipeline_both_unguarded(
@@ -899,7 +1192,7 @@ impl MultiStore {
             self.breaker_failure(role);
         }
         self.journal_missed(cmds, role);
-        self.recent_failures.lock().push_back(Instant::now());
+        self.state.recent_failures.lock().push_back(Instant::now());
         tracing::debug!(
             instance_name = %self.instance_name,
             command_name = %(ctx.cmd_name)(),
@@ -925,14 +1218,31 @@ impl MultiStore {
             if spec.kind() != CommandKind::Write {
                 continue;
             }
-            let dropped = self.journal.record(command_table::keys(cmd, spec), lagging);
+            let dropped = self
+                .state
+                .journal
+                .record(command_table::keys(cmd, spec), lagging);
             if dropped > 0 {
                 self.metrics.journal_overflow(dropped);
                 tracing::warn!(instance_name = %self.instance_name, dropped, "journal full: a full verify is needed");
             }
         }
-        self.metrics.journal_size(self.journal.len());
+        self.metrics.journal_size(self.state.journal.len());
         self.ensure_resync();
+    }
+
+    /// Records the keys of one write as missed by `lagging`, if it names them (a write without
+    /// nameable keys is left alone: its differing answer is no sign of differing data).
+    fn journal_keys_of(&self, cmd: &Command, lagging: Role) {
+        let Some(spec) = command_table::lookup(cmd) else {
+            return;
+        };
+        match command_table::keys(cmd, spec) {
+            Some(keys) if !keys.is_empty() => {
+                self.journal_missed(std::slice::from_ref(cmd), lagging);
+            }
+            _ => {}
+        }
     }
 
     /// The journaled keys among the writes of `cmds`, with the store that lags on each. A write
@@ -940,7 +1250,7 @@ impl MultiStore {
     /// store and the other); recording the key again once the write is done on both makes the
     /// re-sync look at it once more instead of settling it on a stale comparison.
     fn journaled_keys(&self, cmds: &[Command]) -> Vec<(Vec<u8>, Role)> {
-        if self.journal.is_empty() {
+        if self.state.journal.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
@@ -949,7 +1259,7 @@ impl MultiStore {
                 continue;
             };
             for key in command_table::keys(cmd, spec).unwrap_or_default() {
-                if let Some(lagging) = self.journal.lagging(key) {
+                if let Some(lagging) = self.state.journal.lagging(key) {
                     found.push((key.to_vec(), lagging));
                 }
             }
@@ -959,17 +1269,17 @@ impl MultiStore {
 
     fn rejournal(&self, keys: Vec<(Vec<u8>, Role)>) {
         for (key, lagging) in keys {
-            self.journal.record(Some([key.as_slice()]), lagging);
+            self.state.journal.record(Some([key.as_slice()]), lagging);
         }
     }
 
     /// The store that missed the latest write of the command's key, if it is journaled.
     fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
-        if self.journal.is_empty() {
+        if self.state.journal.is_empty() {
             return None;
         }
         let keys = command_table::keys(cmd, spec)?;
-        keys.iter().find_map(|key| self.journal.lagging(key))
+        keys.iter().find_map(|key| self.state.journal.lagging(key))
     }
 
     fn ensure_resync(&self) {
@@ -977,7 +1287,7 @@ impl MultiStore {
         {
             // Claimed under the lock, started outside it: the lock is a `ForkSafeMutex`, never
             // held while doing anything else (a fork would wait for it).
-            let mut started = self.resync_started.lock();
+            let mut started = self.state.resync_started.lock();
             if *started == Some(generation) {
                 return;
             }
@@ -987,13 +1297,11 @@ impl MultiStore {
             instance_name: self.instance_name.clone(),
             primary: Arc::clone(&self.primary),
             secondary: Arc::clone(&self.secondary),
-            journal: Arc::clone(&self.journal),
-            breakers: Arc::clone(&self.breakers),
+            state: Arc::downgrade(&self.state),
             metrics: self.metrics.clone(),
-            shutdown: Arc::clone(&self.shutdown),
         };
         if resync::spawn(ctx).is_none() {
-            *self.resync_started.lock() = None;
+            *self.state.resync_started.lock() = None;
         }
     }
 
@@ -1014,18 +1322,25 @@ impl MultiStore {
     }
 }
 
+/// One EXISTS per key, so that each answer says whether that one key is there (and each goes to
+/// its own node on a cluster, ahead of the commands that follow it there).
+fn exists_probes<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Command> {
+    keys.into_iter()
+        .map(|key| Command::from_args([&b"EXISTS"[..], key]))
+        .collect()
+}
+
+/// Whether two stores answering a write differently means their data differs. PUBLISH answers
+/// with each server's own subscriber count.
+fn replies_tell_the_data(cmd: &Command) -> bool {
+    !(cmd.name_is("publish") || cmd.name_is("spublish"))
+}
+
 fn request_kind(spec: Option<&CommandSpec>) -> RequestKind {
     match spec.map(CommandSpec::kind) {
         Some(CommandKind::Read) => RequestKind::Read,
         Some(CommandKind::Write) => RequestKind::Write,
         _ => RequestKind::Other,
-    }
-}
-
-impl Drop for MultiStore {
-    fn drop(&mut self) {
-        // Stops the re-sync task; it holds its own references to the stores and journal.
-        self.shutdown.store(true, Ordering::Release);
     }
 }
 

@@ -24,6 +24,16 @@ pub fn wait(
     timeout: Option<Duration>,
     cancel: &CancelToken,
 ) -> io::Result<()> {
+    wait_any(&[fd], ready, timeout, cancel)
+}
+
+/// `wait` for whichever of `fds` becomes ready first.
+pub fn wait_any(
+    fds: &[RawFd],
+    ready: Ready,
+    timeout: Option<Duration>,
+    cancel: &CancelToken,
+) -> io::Result<()> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let events = match ready {
         Ready::Readable => libc::POLLIN,
@@ -44,13 +54,16 @@ pub fn wait(
                 i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
             }
         };
-        let mut pollfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one pollfd on the stack, for a descriptor the caller owns.
-        let rc = unsafe { libc::poll(&mut pollfd, 1, millis) };
+        let mut pollfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: pollfds for descriptors the caller owns, as many as the length given.
+        let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, millis) };
         match rc {
             0 => continue, // the deadline check above ends the loop
             n if n > 0 => return Ok(()),

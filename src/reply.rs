@@ -53,6 +53,18 @@ pub fn error_message(line: &[u8]) -> &[u8] {
     &line[start..end.max(start)]
 }
 
+/// A reply that begins with a byte no RESP2 reply begins with (redis-rb's `ProtocolError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnexpectedType(pub u8);
+
+impl std::fmt::Display for UnexpectedType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unexpected reply type byte {:?}", self.0 as char)
+    }
+}
+
+impl std::error::Error for UnexpectedType {}
+
 /// What the reader asks its caller while it waits on the socket.
 pub trait Waiting {
     /// A read was interrupted by a signal: true gives up (`Interrupted`), false retries.
@@ -163,10 +175,10 @@ impl ReplyReader {
                 }
                 Ok(Reply::Array(items))
             }
-            other => Err(invalid(&format!(
-                "unexpected reply type byte {:?}",
-                other as char
-            ))),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                UnexpectedType(other),
+            )),
         }
     }
 

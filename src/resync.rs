@@ -5,17 +5,17 @@
 //! the comparison fail, and the key is simply copied again on the next round. Runs on its own
 //! thread, without the GVL, off the callers' threads; exits when its MultiStore is dropped.
 
-use crate::breaker::{Admission, Breaker};
+use crate::breaker::{Admission, Breaker, Transition};
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy;
 use crate::journal::{Entry, Journal};
 use crate::metrics::InstanceMetrics;
+use crate::migration_state::MigrationState;
 use crate::routing::Role;
 use crate::store::Store;
 use crate::verify::same_on_both;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,15 @@ const BATCH: usize = 200;
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// What the task shares with its MultiStore.
+/// What the task works with: the stores of the MultiStore that started it, and the partition's
+/// shared state, held weakly -- the task ends once no MultiStore of the partition is left.
 #[derive(Clone)]
 pub struct ResyncContext {
     pub instance_name: String,
     pub primary: Arc<Store>,
     pub secondary: Arc<Store>,
-    pub journal: Arc<Journal>,
-    pub breakers: Arc<[Breaker; 2]>,
+    pub state: Weak<MigrationState>,
     pub metrics: InstanceMetrics,
-    pub shutdown: Arc<AtomicBool>,
 }
 
 impl ResyncContext {
@@ -42,13 +41,13 @@ impl ResyncContext {
             Role::Secondary => &self.secondary,
         }
     }
+}
 
-    fn breaker(&self, role: Role) -> &Breaker {
-        &self.breakers[match role {
-            Role::Primary => 0,
-            Role::Secondary => 1,
-        }]
-    }
+fn breaker(state: &MigrationState, role: Role) -> &Breaker {
+    &state.breakers[match role {
+        Role::Primary => 0,
+        Role::Secondary => 1,
+    }]
 }
 
 pub fn spawn(ctx: ResyncContext) -> Option<thread::JoinHandle<()>> {
@@ -62,59 +61,72 @@ pub fn spawn(ctx: ResyncContext) -> Option<thread::JoinHandle<()>> {
 
 fn run(ctx: ResyncContext) {
     let cancel = CancelToken::new();
-    while !ctx.shutdown.load(Ordering::Acquire) {
-        if ctx.journal.is_empty() {
-            thread::sleep(IDLE_PAUSE);
+    while let Some(state) = ctx.state.upgrade() {
+        let pause = if state.journal.is_empty() {
+            IDLE_PAUSE
+        } else if resync_round(&ctx, &state, &cancel) {
+            Duration::ZERO
+        } else {
+            RETRY_PAUSE
+        };
+        // Not held while sleeping: the last MultiStore of the partition may go meanwhile.
+        drop(state);
+        thread::sleep(pause);
+    }
+}
+
+/// One batch of journaled keys per lagging store; whether any key settled.
+fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToken) -> bool {
+    let journal = &state.journal;
+    let batch = journal.batch(BATCH);
+    let mut progressed = false;
+    for lagging in [Role::Primary, Role::Secondary] {
+        let keys: Vec<(Vec<u8>, Entry)> = batch
+            .iter()
+            .filter(|(_, e)| e.lagging == lagging)
+            .cloned()
+            .collect();
+        if keys.is_empty() {
             continue;
         }
-        let batch = ctx.journal.batch(BATCH);
-        let mut progressed = false;
-        for lagging in [Role::Primary, Role::Secondary] {
-            let keys: Vec<(Vec<u8>, Entry)> = batch
-                .iter()
-                .filter(|(_, e)| e.lagging == lagging)
-                .cloned()
-                .collect();
-            if keys.is_empty() {
-                continue;
-            }
-            // The lagging store is only asked when its breaker lets a call through.
-            if ctx.breaker(lagging).admit() == Admission::Skipped {
-                continue;
-            }
-            let started = Instant::now();
-            match resync_batch(&ctx, lagging, &keys, &cancel) {
-                Ok(settled) => {
-                    ctx.breaker(lagging).record_success();
-                    progressed |= settled > 0;
-                    ctx.metrics.resynced(settled);
-                    tracing::debug!(
-                        instance_name = %ctx.instance_name,
-                        store = lagging.name(),
-                        keys = settled,
-                        millis = started.elapsed().as_millis() as u64,
-                        "re-synced journaled keys"
-                    );
-                }
-                Err(Failed { store, error }) => {
-                    // Only the lagging store's own failures count against its breaker: the
-                    // source failing to answer says nothing about it.
-                    if store == lagging {
-                        if error.is_connection_error() {
-                            ctx.breaker(lagging).record_failure();
-                        } else {
-                            ctx.breaker(lagging).record_success();
-                        }
-                    }
-                    tracing::debug!(instance_name = %ctx.instance_name, store = store.name(), error = %error, "re-sync failed, will retry");
-                }
-            }
+        // The lagging store is only asked when its breaker lets a call through.
+        let breaker = breaker(state, lagging);
+        if breaker.admit() == Admission::Skipped {
+            continue;
         }
-        ctx.metrics.journal_size(ctx.journal.len());
-        if !progressed {
-            thread::sleep(RETRY_PAUSE);
+        let started = Instant::now();
+        match resync_batch(ctx, journal, lagging, &keys, cancel) {
+            Ok(settled) => {
+                if breaker.record_success() == Transition::Closed {
+                    tracing::warn!(instance_name = %ctx.instance_name, store = lagging.name(), "circuit breaker closed: the store answers the re-sync again");
+                }
+                progressed |= settled > 0;
+                ctx.metrics.resynced(settled);
+                tracing::debug!(
+                    instance_name = %ctx.instance_name,
+                    store = lagging.name(),
+                    keys = settled,
+                    millis = started.elapsed().as_millis() as u64,
+                    "re-synced journaled keys"
+                );
+            }
+            Err(Failed { store, error }) => {
+                // Only the lagging store's own failures count against its breaker: the
+                // source failing to answer says nothing about it.
+                if store == lagging {
+                    if !error.is_connection_error() {
+                        breaker.record_success();
+                    } else if breaker.record_failure() == Transition::Opened {
+                        ctx.metrics.breaker_opened(lagging);
+                        tracing::warn!(instance_name = %ctx.instance_name, store = lagging.name(), "circuit breaker opened by the re-sync: not waiting on the store for a cool-down");
+                    }
+                }
+                tracing::debug!(instance_name = %ctx.instance_name, store = store.name(), error = %error, "re-sync failed, will retry");
+            }
         }
     }
+    ctx.metrics.journal_size(journal.len());
+    progressed
 }
 
 /// A re-sync round that failed, and on which store.
@@ -128,6 +140,7 @@ struct Failed {
 /// and is tried again.
 fn resync_batch(
     ctx: &ResyncContext,
+    journal: &Journal,
     lagging: Role,
     keys: &[(Vec<u8>, Entry)],
     cancel: &CancelToken,
@@ -153,7 +166,7 @@ fn resync_batch(
         .map_err(failed_on(source_role))?;
     let mut settled = 0;
     for ((key, entry), equal) in keys.iter().zip(equal) {
-        if equal && ctx.journal.settle(key, *entry) {
+        if equal && journal.settle(key, *entry) {
             settled += 1;
         }
     }

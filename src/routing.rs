@@ -47,6 +47,13 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn other(self) -> Role {
+        match self {
+            Role::Primary => Role::Secondary,
+            Role::Secondary => Role::Primary,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Primary => "primary",
@@ -100,9 +107,28 @@ pub fn route(
     }
     match (spec.kind(), strategy) {
         (CommandKind::Write, _) => Route::Both,
-        (CommandKind::Read, ReadStrategy::PrimaryWithFallback) => Route::PrimaryWithFallback,
+        (CommandKind::Read, ReadStrategy::PrimaryWithFallback)
+            if reads_named_keys_only(cmd, spec) =>
+        {
+            Route::PrimaryWithFallback
+        }
         _ => Route::Default,
     }
+}
+
+/// Whether a read looks only at the keys it names. A primary that misses a key falls back to the
+/// secondary per key; a read of the whole keyspace (KEYS, DBSIZE, RANDOMKEY) or of keys found by
+/// a pattern (SORT_RO … BY/GET) would answer from the primary's partial keyspace without missing,
+/// so it is the default store's to answer.
+pub fn reads_named_keys_only(cmd: &Command, spec: &CommandSpec) -> bool {
+    if spec.first_key <= 0 && !spec.has_flag(crate::command_table::flag::MOVABLEKEYS) {
+        return false;
+    }
+    !(spec.name == "sort_ro"
+        && cmd
+            .args()
+            .skip(2)
+            .any(|arg| arg.eq_ignore_ascii_case(b"by") || arg.eq_ignore_ascii_case(b"get")))
 }
 
 /// Whether the command may wait on the server: Redis flags XREAD and XREADGROUP as blocking,
@@ -132,25 +158,46 @@ fn is_scan(spec: &CommandSpec) -> bool {
 pub fn is_miss(spec: &CommandSpec, reply: &Reply) -> bool {
     match reply {
         Reply::Nil => true,
+        Reply::Array(items) if ZEROS_WHEN_MISSING.contains(&spec.name) => {
+            items.iter().all(|v| matches!(v, Reply::Integer(0)))
+        }
         Reply::Array(items) => items.iter().all(|v| matches!(v, Reply::Nil)),
         Reply::Integer(0) => COUNTS_ZERO_WHEN_MISSING.contains(&spec.name),
+        Reply::Integer(-1) => spec.name == "bitpos",
         Reply::Integer(-2) => TTL_MINUS_TWO_WHEN_MISSING.contains(&spec.name),
+        Reply::Bulk(value) => value.is_empty() && EMPTY_WHEN_MISSING.contains(&spec.name),
+        Reply::Status(kind) => spec.name == "type" && kind.as_slice() == b"none",
         _ => false,
     }
 }
 
 const COUNTS_ZERO_WHEN_MISSING: &[&str] = &[
+    "bitcount",
+    "bitpos",
     "exists",
+    "getbit",
     "hexists",
     "hlen",
     "hstrlen",
     "llen",
+    "pfcount",
     "scard",
+    "sintercard",
     "sismember",
     "strlen",
     "xlen",
     "zcard",
+    "zcount",
+    "zintercard",
+    "zlexcount",
 ];
+
+/// Reads whose answer for a missing key is an empty string (a real value may be empty too: then
+/// the secondary is asked for nothing).
+const EMPTY_WHEN_MISSING: &[&str] = &["getrange", "lcs", "substr"];
+
+/// Reads answering an array of zeros for a missing key.
+const ZEROS_WHEN_MISSING: &[&str] = &["bitfield_ro", "smismember"];
 
 const TTL_MINUS_TWO_WHEN_MISSING: &[&str] = &["expiretime", "pexpiretime", "pttl", "ttl"];
 
@@ -195,6 +242,16 @@ mod tests {
         assert_eq!(route_of(&["GET", "k"], DUAL), Route::PrimaryWithFallback);
         assert_eq!(route_of(&["ping"], DUAL), Route::Both);
         assert_eq!(route_of(&["info"], DUAL), Route::Default);
+        assert_eq!(route_of(&["keys", "*"], DUAL), Route::Default);
+        assert_eq!(route_of(&["dbsize"], DUAL), Route::Default);
+        assert_eq!(
+            route_of(&["sort_ro", "k", "by", "w_*"], DUAL),
+            Route::Default
+        );
+        assert_eq!(
+            route_of(&["sort_ro", "k", "alpha"], DUAL),
+            Route::PrimaryWithFallback
+        );
         assert_eq!(route_of(&["sscan", "s", "0"], DUAL), Route::Default);
         assert_eq!(route_of(&["blpop", "k", "0"], DUAL), Route::Default);
     }
@@ -261,5 +318,17 @@ mod tests {
         assert!(!is_miss(spec("incr"), &Reply::Integer(0)));
         assert!(is_miss(spec("ttl"), &Reply::Integer(-2)));
         assert!(!is_miss(spec("ttl"), &Reply::Integer(-1)));
+        assert!(is_miss(spec("type"), &Reply::Status(b"none".to_vec())));
+        assert!(!is_miss(spec("type"), &Reply::Status(b"hash".to_vec())));
+        assert!(is_miss(spec("getrange"), &Reply::Bulk(Vec::new())));
+        assert!(
+            !is_miss(spec("get"), &Reply::Bulk(Vec::new())),
+            "an empty string is a value"
+        );
+        assert!(is_miss(
+            spec("smismember"),
+            &Reply::Array(vec![Reply::Integer(0), Reply::Integer(0)])
+        ));
+        assert!(is_miss(spec("zcount"), &Reply::Integer(0)));
     }
 }

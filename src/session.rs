@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::fork;
 use crate::routing::Role;
 use crate::store::{blocking_read_timeout, ReadTimeout, Store};
+use crate::subscription::{Dedup, Side};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,16 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum NextMessage {
     Reply(Reply),
-    /// Nothing yet: wait for this socket to become readable, then ask again.
-    WaitOn(std::os::fd::RawFd),
+    /// Nothing yet: wait for one of these sockets to become readable, then ask again.
+    WaitOn(Vec<std::os::fd::RawFd>),
+}
+
+/// A subscription's connection to the store that is not the default one, during dual-write
+/// (see `subscription.rs`).
+struct Echo {
+    store: Arc<Store>,
+    conn: Option<Connection>,
+    dedup: Dedup,
 }
 
 pub struct Session {
@@ -31,6 +40,11 @@ pub struct Session {
     /// On a cluster, a MULTI that opened no connection yet: it is sent with the first command
     /// that follows, on that command's node, since a transaction must run where its keys are.
     deferred_multi: bool,
+    /// A command changed the connection's own state (SELECT, RESET, AUTH, HELLO): it is closed
+    /// instead of going back to the pool, whose connections are all alike.
+    changed_state: bool,
+    /// A subscription during dual-write also listens on the other store.
+    echo: Option<Echo>,
 }
 
 impl Session {
@@ -41,7 +55,23 @@ impl Session {
             conn: None,
             fork_generation: fork::generation(),
             deferred_multi: false,
+            changed_state: false,
+            echo: None,
         }
+    }
+
+    /// A subscription that also listens on `other`, delivering each message once.
+    pub fn with_echo(mut self, other: Arc<Store>) -> Session {
+        self.echo = Some(Echo {
+            store: other,
+            conn: None,
+            dedup: Dedup::default(),
+        });
+        self
+    }
+
+    fn note(&mut self, cmds: &[Command]) {
+        self.changed_state |= !crate::store::reusable_after(cmds);
     }
 
     pub fn role(&self) -> Role {
@@ -58,6 +88,7 @@ impl Session {
         timeout: ReadTimeout,
         cancel: &CancelToken,
     ) -> Result<Reply> {
+        self.note(std::slice::from_ref(cmd));
         if self.conn.is_none() && self.store.cluster().is_some() {
             if let Some(reply) = self.defer_multi(cmd, cancel)? {
                 return Ok(reply);
@@ -95,12 +126,30 @@ impl Session {
     }
 
     pub fn pipeline(&mut self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
+        self.note(cmds);
         self.with_connection(cmds.first(), cancel, |conn| conn.pipeline(cmds, cancel))
     }
 
-    /// Sends without reading: the reply arrives among the messages `read` returns.
+    /// Sends without reading: the reply arrives among the messages `read` returns. A
+    /// subscription's echo gets it too; an echo that fails is given up (the subscription goes on
+    /// on the default store).
     pub fn write(&mut self, cmd: &Command, cancel: &CancelToken) -> Result<()> {
-        self.with_connection(Some(cmd), cancel, |conn| conn.send(cmd, cancel))
+        self.with_connection(Some(cmd), cancel, |conn| conn.send(cmd, cancel))?;
+        if let Some(echo) = &mut self.echo {
+            let sent = match echo.conn.take() {
+                Some(conn) => Ok(conn),
+                None => echo.store.checkout(cancel),
+            }
+            .and_then(|mut conn| conn.send(cmd, cancel).map(|()| conn));
+            match sent {
+                Ok(conn) => echo.conn = Some(conn),
+                Err(error) => {
+                    tracing::debug!(error = %error, "subscription: the other store is not listened to");
+                    self.echo = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads the next reply; `None` waits forever.
@@ -116,18 +165,58 @@ impl Session {
     /// a lock must not hold it while it waits, since a signal handler run during the wait may
     /// need the session (to unsubscribe).
     pub fn next_message(&mut self, cancel: &CancelToken) -> Result<NextMessage> {
-        self.with_connection(None, cancel, |conn| {
-            if conn.input_ready() {
-                conn.receive(cancel).map(NextMessage::Reply)
-            } else {
-                Ok(NextMessage::WaitOn(conn.socket()))
+        loop {
+            let from_default = self.with_connection(None, cancel, |conn| {
+                if conn.input_ready() {
+                    conn.receive(cancel).map(Ok)
+                } else {
+                    Ok(Err(conn.socket()))
+                }
+            })?;
+            let default_socket = match from_default {
+                Ok(reply) => {
+                    let deliver = self
+                        .echo
+                        .as_mut()
+                        .is_none_or(|echo| echo.dedup.deliver(&reply, Side::Default));
+                    if deliver {
+                        return Ok(NextMessage::Reply(reply));
+                    }
+                    continue;
+                }
+                Err(socket) => socket,
+            };
+            let Some(echo) = &mut self.echo else {
+                return Ok(NextMessage::WaitOn(vec![default_socket]));
+            };
+            let Some(conn) = echo.conn.as_mut() else {
+                return Ok(NextMessage::WaitOn(vec![default_socket]));
+            };
+            if !conn.input_ready() {
+                return Ok(NextMessage::WaitOn(vec![default_socket, conn.socket()]));
             }
-        })
+            match conn.receive(cancel) {
+                Ok(reply) => {
+                    if echo.dedup.deliver(&reply, Side::Other) {
+                        return Ok(NextMessage::Reply(reply));
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(error = %error, "subscription: the other store stopped answering");
+                    self.echo = None;
+                }
+            }
+        }
     }
 
     /// Returns the connection to the pool: the caller has left every connection-bound state
     /// (EXEC, DISCARD or UNWATCH ran, the subscription ended).
     pub fn release(&mut self) {
+        // The other store's subscription may not have ended yet: its connection is closed.
+        self.drop_echo();
+        if std::mem::take(&mut self.changed_state) {
+            return self.discard();
+        }
         self.deferred_multi = false;
         if let Some((node, conn)) = self.conn.take() {
             if self.fork_generation == fork::generation() {
@@ -141,8 +230,17 @@ impl Session {
     /// Closes the connection: it may be left in a state (MONITOR, a subscription) no other
     /// caller should inherit.
     pub fn discard(&mut self) {
+        self.drop_echo();
         self.deferred_multi = false;
         if let Some((_, conn)) = self.conn.take() {
+            if self.fork_generation != fork::generation() {
+                std::mem::forget(conn);
+            }
+        }
+    }
+
+    fn drop_echo(&mut self) {
+        if let Some(conn) = self.echo.take().and_then(|echo| echo.conn) {
             if self.fork_generation != fork::generation() {
                 std::mem::forget(conn);
             }

@@ -120,6 +120,26 @@ impl Store {
         Ok(self.run_id())
     }
 
+    /// Asks the server for its run_id now, so a restart is noticed even by a store no call has
+    /// reached since (for a cluster: each node known).
+    pub fn check_run_id(&self, cancel: &CancelToken) -> Result<()> {
+        if let Some(cluster) = &self.cluster {
+            for node in cluster.nodes() {
+                node.check_run_id(cancel)?;
+            }
+            return Ok(());
+        }
+        let info = self.call(
+            &Command::from_args(["info", "server"]),
+            ReadTimeout::Configured,
+            cancel,
+        )?;
+        if let Some(id) = info.as_bytes().and_then(crate::connection::run_id) {
+            self.note_run_id(Some(&id));
+        }
+        Ok(())
+    }
+
     /// Restarts noticed since this store was created (of any node, for a cluster).
     pub fn resets(&self) -> u64 {
         self.reset.count.load(Ordering::Acquire)
@@ -172,9 +192,14 @@ impl Store {
         if let Some(cluster) = &self.cluster {
             return cluster.call(cmd, timeout, cancel);
         }
-        self.with_retry(cancel, |conn| match timeout {
-            ReadTimeout::Configured => conn.request(cmd, cancel),
-            ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
+        let reusable = reusable_after(std::slice::from_ref(cmd));
+        self.with_retry(cancel, |conn| {
+            let reply = match timeout {
+                ReadTimeout::Configured => conn.request(cmd, cancel),
+                ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
+            }?;
+            conn.retired |= !reusable;
+            Ok(reply)
         })
     }
 
@@ -398,10 +423,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Whether a connection that ran `cmds` can go back to the pool: not after a SELECT, which left
-/// it on another database than the pool's (the caller then moves the whole pool).
-fn reusable_after(cmds: &[Command]) -> bool {
-    !cmds.iter().any(|cmd| cmd.name_is("select"))
+/// Whether a connection that ran `cmds` can go back to the pool: not after a command that changed
+/// its own state -- SELECT (another database than the pool's; the caller moves the whole pool),
+/// RESET (back to database 0), AUTH (another user), HELLO (another protocol).
+pub(crate) fn reusable_after(cmds: &[Command]) -> bool {
+    !cmds.iter().any(|cmd| {
+        cmd.name_is("select") || cmd.name_is("reset") || cmd.name_is("auth") || cmd.name_is("hello")
+    })
 }
 
 /// A blocking command's socket timeout, computed as redis-rb's `call_with_timeout` does: the

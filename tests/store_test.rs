@@ -60,7 +60,11 @@ fn selects_the_configured_db_authenticates_and_names_the_connection() {
     plain.password = Some("s3cret".into());
     let db0 = Store::new(plain);
     assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), Reply::Nil);
+    // A SELECT sent as a command moves the one connection it ran on, which is then closed: the
+    // pool stays on its database. `select` moves the pool.
     call(&db0, &["SELECT", "3"]).unwrap();
+    assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), Reply::Nil);
+    db0.select(3);
     assert_eq!(call(&db0, &["GET", "in-db-3"]).unwrap(), bulk("yes"));
 }
 

@@ -130,11 +130,15 @@ module GitlabMultistore
       store&.close
     end
 
-    # No feature flags here: the default store is the secondary unless --default says the
-    # switch has happened (it decides where `--repair` copies from).
+    # The command line sends no application traffic: its flags describe the migration as the
+    # application runs it -- dual-write on (so a verify here can vouch for the stores), the
+    # secondary the default store unless --default says the switch has happened (it decides
+    # where `--repair` copies from).
     def multi_store(options)
       primary_default = options[:default] == "primary"
-      flags = ->(flag) { primary_default && flag.to_s.start_with?("use_primary_store_as_default") }
+      flags = lambda do |flag|
+        flag.to_s.start_with?("use_primary_and_secondary") || (primary_default && flag.to_s.start_with?("use_primary_store"))
+      end
       Gitlab::Redis::MultiStore.new(options[:primary], options[:secondary], "gitlab_multistore_cli", feature_flags: flags)
     end
 

@@ -16,6 +16,12 @@ module MultiStoreHelpers
       flags.each { |flag| @enabled.delete(flag) }
     end
 
+    # Exactly these flags on, at once: a step of the runbook, with no moment in between where
+    # a flag that stays on was off.
+    def set(*flags)
+      @enabled = flags.to_h { |flag| [flag, true] }
+    end
+
     def call(flag)
       @enabled.fetch(flag, false)
     end
@@ -27,7 +33,8 @@ module MultiStoreHelpers
     type = redis.type(key)
     value =
       case type
-      when "string" then redis.get(key)
+      # A HyperLogLog by its count: PFCOUNT rewrites the cached count in the bytes it read.
+      when "string" then redis.get(key).then { |v| v&.start_with?("HYLL") ? [:hll, redis.pfcount(key)] : v }
       when "list" then redis.lrange(key, 0, -1)
       when "set" then redis.smembers(key).sort
       when "zset" then redis.zrange(key, 0, -1, with_scores: true)

@@ -41,6 +41,8 @@ module RedisServers
 
     def self.included(base)
       base.after do
+        # Stores are reused between examples: what MultiStores learned about them goes too.
+        Gitlab::Redis::MultiStore.forget_partitions!
         (@dedicated_servers || []).each(&:cleanup)
         primary_server.client.tap { |c| c.flushall; c.close }
         secondary_server.client.tap { |c| c.flushall; c.close }

@@ -14,6 +14,7 @@ struct RedisErrorClasses {
     timeout: Opaque<ExceptionClass>,
     method_missing: Opaque<ExceptionClass>,
     cross_slot: Opaque<ExceptionClass>,
+    protocol: Opaque<ExceptionClass>,
 }
 
 static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
@@ -37,6 +38,7 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
             ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
         ),
         cross_slot: keep(ruby.eval::<ExceptionClass>("Redis::Cluster::CrossSlotPipeliningError")?),
+        protocol: keep(redis.const_get("ProtocolError")?),
     };
     let _ = CLASSES.set(classes);
     Ok(())
@@ -67,6 +69,7 @@ pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
         CoreError::MethodMissing(_) => "Gitlab::Redis::MultiStore::MethodMissingError",
         CoreError::InvalidConfig(_) => "ArgumentError",
         CoreError::CrossSlot { .. } => "Redis::Cluster::CrossSlotPipeliningError",
+        CoreError::UnexpectedReplyType(_) => "Redis::ProtocolError",
     }
 }
 
@@ -84,6 +87,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         }
         CoreError::MethodMissing(_) => classes.method_missing,
         CoreError::CrossSlot { .. } => classes.cross_slot,
+        CoreError::UnexpectedReplyType(_) => classes.protocol,
         CoreError::InvalidConfig(_) => {
             return Error::new(ruby.exception_arg_error(), err.to_string())
         }
@@ -93,6 +97,14 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         CoreError::Server(reply) => {
             let message = ruby.str_from_slice(&reply.message);
             match class.get_inner_with(ruby).new_instance((message,)) {
+                Ok(exception) => Error::from(exception),
+                Err(e) => e,
+            }
+        }
+        // redis-rb builds its message from the byte.
+        CoreError::UnexpectedReplyType(byte) => {
+            let byte = ruby.str_new(&(*byte as char).to_string());
+            match class.get_inner_with(ruby).new_instance((byte,)) {
                 Ok(exception) => Error::from(exception),
                 Err(e) => e,
             }

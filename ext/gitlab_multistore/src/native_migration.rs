@@ -93,7 +93,7 @@ impl NativeVerify {
             count: count.max(1),
             sample,
             repair,
-            repair_source: default_role(Flags::from_bits(flags)),
+            repair_source: store.core().source_of_truth(Flags::from_bits(flags)),
             ..VerifyOptions::default()
         };
         Ok(NativeVerify {

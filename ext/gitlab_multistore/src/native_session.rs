@@ -153,12 +153,14 @@ impl NativeSession {
                         Ok(next)
                     }))
             })?;
-            let socket = match busy(ruby, step)?.map_err(|e| to_ruby_error(ruby, e))? {
+            let sockets = match busy(ruby, step)?.map_err(|e| to_ruby_error(ruby, e))? {
                 NextMessage::Reply(reply) => return reply_to_ruby(ruby, reply),
-                NextMessage::WaitOn(socket) => socket,
+                NextMessage::WaitOn(sockets) => sockets,
             };
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let waited = without_gvl(ruby, || poll::wait(socket, Ready::Readable, left, &cancel))?;
+            let waited = without_gvl(ruby, || {
+                poll::wait_any(&sockets, Ready::Readable, left, &cancel)
+            })?;
             match waited {
                 Ok(()) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {

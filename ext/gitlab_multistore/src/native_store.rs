@@ -83,7 +83,10 @@ impl NativeStore {
     }
 
     /// The core's cutover-readiness facts; the Ruby side adds the last verify and the verdict.
-    fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+    fn status(ruby: &Ruby, rb_self: &Self, flags: u32) -> Result<RHash, Error> {
+        let flags = Flags::from_bits(flags);
+        let cancel = crate::nogvl::cancel_token();
+        without_gvl(ruby, || rb_self.inner.check_stores(flags, &cancel))?;
         let status = rb_self.inner.status();
         let sym = |name: &str| ruby.to_symbol(name).into_value_with(ruby);
         let v = |value: u64| value.into_value_with(ruby);
@@ -109,6 +112,10 @@ impl NativeStore {
                 ),
                 ("store_resets", resets.as_value()),
                 (
+                    "repair_from",
+                    sym(rb_self.inner.source_of_truth(flags).name()),
+                ),
+                (
                     "backfill_needed",
                     rb_self.inner.reset_seen().into_value_with(ruby),
                 ),
@@ -125,12 +132,12 @@ impl NativeStore {
         self.inner.acknowledge_backfill();
     }
 
-    fn verify_token(&self) -> u64 {
-        self.inner.verify_token()
+    fn verify_token(&self, flags: u32) -> Option<u64> {
+        self.inner.verify_token(Flags::from_bits(flags))
     }
 
-    fn acknowledge_verify(&self, token: u64) {
-        self.inner.acknowledge_verify(token);
+    fn acknowledge_verify(&self, token: u64) -> bool {
+        self.inner.acknowledge_verify(token)
     }
 
     fn reporter(&self, ruby: &Ruby) -> Value {
@@ -222,8 +229,37 @@ impl NativeStore {
         events::report(ruby, rb_self.reporter(ruby), &outcome)
     }
 
+    /// Writes run on a session's pinned connection outside a transaction reached that store only:
+    /// their keys are journaled for re-sync to the other one.
+    fn journal_pinned(
+        ruby: &Ruby,
+        rb_self: &Self,
+        commands: RArray,
+        flags: u32,
+        session: &NativeSession,
+    ) -> Result<(), Error> {
+        let cmds = commands_from_ruby(commands)?;
+        let flags = Flags::from_bits(flags);
+        let pinned = session.role();
+        let cancel = crate::nogvl::cancel_token();
+        without_gvl(ruby, || {
+            rb_self.inner.journal_pinned(&cmds, pinned, flags, &cancel)
+        })
+    }
+
     fn session(&self, flags: u32) -> NativeSession {
         NativeSession::new(self.inner.session(Flags::from_bits(flags)))
+    }
+
+    fn subscription_session(
+        ruby: &Ruby,
+        rb_self: &Self,
+        flags: u32,
+    ) -> Result<NativeSession, Error> {
+        let flags = Flags::from_bits(flags);
+        let cancel = crate::nogvl::cancel_token();
+        let session = without_gvl(ruby, || rb_self.inner.subscription_session(flags, &cancel))?;
+        Ok(NativeSession::new(session))
     }
 
     /// Moves both stores to database `db` (after a pipelined SELECT ran).
@@ -274,6 +310,10 @@ impl NativeStore {
     }
 }
 
+fn forget_partitions() {
+    gitlab_multistore::migration_state::MigrationState::forget_all();
+}
+
 fn metrics_text() -> String {
     gitlab_multistore::metrics::text()
 }
@@ -297,17 +337,18 @@ fn set_request_metrics(enabled: bool) {
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("NativeStore", ruby.class_object())?;
     class.define_singleton_method("new", function!(NativeStore::new, 6))?;
-    class.define_method("_status", method!(NativeStore::status, 0))?;
+    class.define_method("_status", method!(NativeStore::status, 1))?;
     class.define_method(
         "_acknowledge_backfill",
         method!(NativeStore::acknowledge_backfill, 0),
     )?;
-    class.define_method("_verify_token", method!(NativeStore::verify_token, 0))?;
+    class.define_method("_verify_token", method!(NativeStore::verify_token, 1))?;
     class.define_method(
         "_acknowledge_verify",
         method!(NativeStore::acknowledge_verify, 1),
     )?;
     class.define_singleton_method("metrics_text", function!(metrics_text, 0))?;
+    class.define_singleton_method("forget_partitions", function!(forget_partitions, 0))?;
     class.define_singleton_method("log_level=", function!(set_log_level, 1))?;
     class.define_singleton_method("flush_logs", function!(flush_logs, 0))?;
     class.define_singleton_method("metrics_hook=", function!(set_metrics_hook, 1))?;
@@ -317,8 +358,13 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_call_blocking", method!(NativeStore::call_blocking, 3))?;
     class.define_method("_pipeline", method!(NativeStore::pipeline, 3))?;
     class.define_method("_session", method!(NativeStore::session, 1))?;
+    class.define_method(
+        "_subscription_session",
+        method!(NativeStore::subscription_session, 1),
+    )?;
     class.define_method("_mirror", method!(NativeStore::mirror, 3))?;
     class.define_method("_set_db", method!(NativeStore::set_db, 1))?;
+    class.define_method("_journal_pinned", method!(NativeStore::journal_pinned, 3))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
     class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;
     class.define_method("_store_id", method!(NativeStore::store_id, 1))?;

@@ -66,6 +66,14 @@ module Gitlab
           GitlabMultistore::NativeStore.request_metrics = enabled ? true : false
         end
 
+        # The MultiStores of one partition (instance name and stores) in a process share what they
+        # learn: keys a store missed, breakers, restarts, dual-write gaps. This forgets it all --
+        # after both stores were wiped (FLUSHALL), or between the examples of a test suite that
+        # reuses its stores.
+        def forget_partitions!
+          GitlabMultistore::NativeStore.forget_partitions
+        end
+
         # Prometheus text exposition (0.0.4) of every MultiStore's metrics in this process.
         def metrics_text
           GitlabMultistore::NativeStore.metrics_text
@@ -189,7 +197,13 @@ module Gitlab
         queued = state&.queued
         session = state&.session
         reply = super
-        @client.mirror([[:multi], *queued, [:exec]], session) if queued && session && !reply.nil?
+        if queued && session && !reply.nil?
+          @client.mirror([[:multi], *queued, [:exec]], session)
+          # A SELECT queued in the transaction moved the pinned connection at EXEC: both stores
+          # follow, as redis-rb's one connection does.
+          at = queued.rindex { |command| command.first.to_s.casecmp?("select") }
+          @client.db = queued[at][1] if at && reply[at] == "OK"
+        end
         reply
       ensure
         state.queued = nil if state

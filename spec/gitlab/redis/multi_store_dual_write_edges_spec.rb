@@ -12,6 +12,12 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
   let(:primary) { primary_server.client }
   let(:secondary) { secondary_server.client }
 
+  def wait_for_resync(store)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
+    sleep 0.02 until store.migration_status[:journal_keys].zero? ||
+                     Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+  end
+
   def multi_store(primary_store = primary_server.url, secondary_store = secondary_server.url, **options)
     described_class.new(primary_store, secondary_store, "edges", feature_flags: flags,
                                                                  on_error: ->(e, ctx) { reports << [e, ctx] }, **options)
@@ -51,6 +57,25 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
 
       expect(primary.get("counter")).to eq("1")
       expect(primary.lrange("list", 0, -1)).to eq(%w[a])
+    end
+
+    it "applies the first writes of threads starting at once only once" do
+      flags.enable(dual_write)
+      10.times do |round|
+        store = multi_store("redis://localhost:#{primary_server.port}/0", primary_server.url)
+        8.times.map { Thread.new { store.incr("counter:#{round}") } }.each(&:join)
+
+        expect(primary.get("counter:#{round}")).to eq("8")
+      end
+    end
+
+    it "applies once a transaction that SELECTs both databases of one server into the same one" do
+      flags.enable(dual_write)
+      store = multi_store("redis://localhost:#{primary_server.port}/0", "redis://127.0.0.1:#{primary_server.port}/1")
+      store.ping # the stores are told to be one server
+
+      expect(store.multi { |t| t.select(4); t.incr("c") }).to eq(["OK", 1])
+      expect(primary_server.client(db: 4).get("c")).to eq("1")
     end
 
     it "writes both databases when the two names are one server but different databases" do
@@ -177,6 +202,71 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
       end
     end
 
+    DUAL_WRITE_STATES.each do |state, enabled|
+      it "brings writes made while a WATCH is held to the other store too (#{state})" do
+        flags.enable(*enabled)
+        store = multi_store
+        store.set("a", "1")
+        store.watch("w") do
+          store.set("a", "2")
+          expect(store.get("a")).to eq("2")
+          store.hset("h", "f", "v")
+          store.pipelined { |p| p.incr("n"); p.rpush("l", "x") }
+          store.multi { |t| t.incr("n") }
+        end
+        wait_for_resync(store)
+
+        [primary, secondary].each do |client|
+          expect(client.mget("a", "n")).to eq(%w[2 2])
+          expect(client.hgetall("h")).to eq({ "f" => "v" })
+          expect(client.lrange("l", 0, -1)).to eq(["x"])
+        end
+      end
+    end
+
+    it "replays on the other store what a block-less MULTI queued through a pipeline or a blocking pop" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.rpush("list", %w[1 2])
+      store.set("a", "10")
+
+      store.multi
+      store.pipelined { |p| p.incr("a"); p.incr("b") }
+      store.blpop("list", timeout: 1)
+      expect(store.exec).to eq([11, 1, %w[list 1]])
+
+      [primary, secondary].each do |client|
+        expect(client.mget("a", "b")).to eq(%w[11 1])
+        expect(client.lrange("list", 0, -1)).to eq(["2"])
+      end
+    end
+
+    it "moves both stores to the database a SELECT queued in a block-less MULTI chose, as redis-rb's connection" do
+      flags.enable(dual_write)
+      store = multi_store
+
+      store.multi
+      store.select(1)
+      store.set("in-multi", "v")
+      expect(store.exec).to eq(%w[OK OK])
+      40.times { |i| store.set("after:#{i}", i) }
+
+      [primary_server, secondary_server].each do |server|
+        expect(server.client(db: 1).dbsize).to eq(41)
+        expect(server.client.dbsize).to eq(0)
+      end
+    end
+
+    it "keeps the pool on its database after a RESET sent as a command" do
+      store = multi_store
+      store.select(1)
+      store.call(:reset)
+      20.times { |i| store.set("k#{i}", i) }
+
+      expect(secondary_server.client(db: 1).dbsize).to eq(20)
+      expect(secondary.dbsize).to eq(0)
+    end
+
     it "gives the new default store the transaction when dual-write was turned off at the same time" do
       flags.enable(dual_write)
       store = multi_store
@@ -225,5 +315,163 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
     expect(store.call(:blpop, "jobs", 1)).to eq(%w[jobs a])
 
     expect([primary.lrange("jobs", 0, -1), secondary.lrange("jobs", 0, -1)]).to eq([%w[b c], %w[b c]])
+  end
+
+  describe "a write the stores answer differently" do
+    DUAL_WRITE_STATES.each do |state, enabled|
+      it "brings a counter the new store started from zero in line, reading it from the default meanwhile (#{state})" do
+        secondary.set("counter", "5") # written before dual-write began
+        primary.set("counter", "5") if enabled.include?(:use_primary_store_as_default_for_edges)
+        flags.enable(*enabled)
+        store = multi_store
+
+        first = store.incr("counter")
+        reads = [store.get("counter")]
+        wait_for_resync(store)
+        reads << store.get("counter")
+
+        expect(first).to eq(6)
+        expect(reads).to eq(%w[6 6])
+        expect([primary.get("counter"), secondary.get("counter")]).to eq(%w[6 6])
+      end
+    end
+
+    it "brings a set in line after SPOP took a different member on each store" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.sadd("s", %w[a b c d e f g h])
+
+      popped = store.spop("s")
+      wait_for_resync(store)
+
+      expect(secondary.smembers("s")).not_to include(popped)
+      expect(primary.smembers("s").sort).to eq(secondary.smembers("s").sort)
+      expect(store.verify.in_agreement?).to be(true)
+    end
+
+    it "does not take PUBLISH's subscriber counts for a difference in data" do
+      flags.enable(dual_write)
+      store = multi_store
+      listener = Thread.new do
+        secondary_server.client.subscribe_with_timeout(1, "news") { |on| on.message { nil } }
+      rescue Redis::TimeoutError
+        nil # nothing more arrived within the second
+      end
+      sleep 0.2
+
+      store.publish("news", "hello") # 1 subscriber on one store, 0 on the other
+
+      expect(store.migration_status).to include(journal_keys: 0, full_verify_needed: false)
+    ensure
+      listener&.join
+    end
+  end
+
+  describe "dual-write turned off and on again" do
+    it "reads the default store only until a full verify, since the other store missed the writes in between" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.set("k", "1")
+      flags.disable(dual_write)
+      store.set("k", "2") # the secondary only
+      flags.enable(dual_write)
+
+      expect(store.get("k")).to eq("2") # the primary still has "1"
+      expect(store.migration_status).to include(full_verify_needed: true, safe_to_switch: false)
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect(primary.get("k")).to eq("2")
+      expect(store.migration_status[:full_verify_needed]).to be(false)
+    end
+
+    it "does not bring back, through a fallback read, a key deleted while the primary was the only store" do
+      flags.enable(dual_write, primary_default)
+      store = multi_store
+      store.set("session", "data")
+      flags.disable(dual_write) # step 6: primary only
+      store.del("session")
+      flags.enable(dual_write) # rolled back to step 5
+
+      expect(store.get("session")).to be_nil
+      expect(secondary.get("session")).to eq("data")
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect(secondary.get("session")).to be_nil
+    end
+  end
+
+  describe "pub/sub during dual-write" do
+    # Subscribes through the MultiStore in a thread until `count` messages arrived (or 2 s),
+    # returning them.
+    def listen(store, count, pattern: false)
+      messages = Queue.new
+      subscribed = Queue.new
+      thread = Thread.new do
+        handler = lambda do |on|
+          on.subscribe { |_c, _n| subscribed << true }
+          on.psubscribe { |_c, _n| subscribed << true }
+          on.message { |channel, message| messages << [channel, message] }
+          on.pmessage { |_pattern, channel, message| messages << [channel, message] }
+        end
+        pattern ? store.psubscribe_with_timeout(2, "ne*", &handler) : store.subscribe_with_timeout(2, "news", &handler)
+      rescue Redis::TimeoutError
+        nil
+      end
+      subscribed.pop
+      sleep 0.1 # the other store's subscription is on its way too
+      [thread, messages]
+    end
+
+    DUAL_WRITE_STATES.each do |state, enabled|
+      it "hears messages published on either store, and once one published through a MultiStore (#{state})" do
+        flags.enable(*enabled)
+        store = multi_store
+        thread, messages = listen(store, 3)
+
+        primary.publish("news", "on the new store")
+        secondary.publish("news", "on the old store")
+        multi_store.publish("news", "through a MultiStore")
+        sleep 0.3
+        thread.kill
+
+        heard = Array.new(messages.size) { messages.pop }
+        expect(heard.map(&:last).sort).to eq(["on the new store", "on the old store", "through a MultiStore"])
+      end
+    end
+
+    it "delivers a payload published twice through a MultiStore twice, and pattern messages once each" do
+      flags.enable(dual_write)
+      store = multi_store
+      thread, messages = listen(store, 2, pattern: true)
+
+      2.times { multi_store.publish("news", "again") }
+      sleep 0.3
+      thread.kill
+
+      expect(Array.new(messages.size) { messages.pop }).to eq([%w[news again], %w[news again]])
+    end
+
+    it "listens on the default store only with dual-write off, as before" do
+      store = multi_store
+      thread, messages = listen(store, 1)
+
+      primary.publish("news", "not heard")
+      secondary.publish("news", "heard")
+      sleep 0.3
+      thread.kill
+
+      expect(Array.new(messages.size) { messages.pop }.map(&:last)).to eq(["heard"])
+    end
+
+    it "reports the default store's subscription counts, as one redis-rb connection does" do
+      flags.enable(dual_write)
+      store = multi_store
+      counts = []
+      store.subscribe_with_timeout(1, "a", "b") do |on|
+        on.subscribe { |_channel, count| counts << count; store.unsubscribe if count == 2 }
+        on.unsubscribe { |_channel, count| counts << count }
+      end
+
+      expect(counts).to eq([1, 2, 1, 0])
+      expect(store.set("after", "1")).to eq("OK")
+    end
   end
 end

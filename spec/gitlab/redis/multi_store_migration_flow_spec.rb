@@ -55,8 +55,7 @@ RSpec.describe Gitlab::Redis::MultiStore, "migration flow under load" do
     end
 
     steps.each_with_index do |on, index|
-      flags.disable(dual_write, primary_default)
-      flags.enable(*on)
+      flags.set(*on)
       # Only after the flip: a write counted as "since dual-write" must have seen the flags on.
       step = index
       sleep 0.4

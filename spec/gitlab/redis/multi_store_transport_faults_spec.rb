@@ -155,6 +155,29 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
       listener&.close
     end
 
+    it "raises redis-rb's ProtocolError for a reply that begins with a byte no reply begins with" do
+      listener = TCPServer.new("127.0.0.1", 0)
+      thread = Thread.new do
+        loop do
+          Thread.new(listener.accept) do |sock|
+            loop do
+              chunk = sock.readpartial(65_536)
+              info = "# Server\r\nrun_id:#{'e' * 40}\r\n"
+              sock.write(chunk.include?("info") ? "$#{info.bytesize}\r\n#{info}\r\n" : "?what\r\n")
+            end
+          rescue IOError, SystemCallError
+            sock.close
+          end
+        end
+      end
+      store = multi_store(primary_server.url, { host: "127.0.0.1", port: listener.addr[1], read_timeout: 1 })
+
+      expect { store.get("x") }.to raise_error(Redis::ProtocolError, /Got '\?' as initial reply byte/)
+    ensure
+      thread&.kill
+      listener&.close
+    end
+
     it "reads a value announced as 100 MB but never sent into a buffer that grows as bytes arrive" do
       listener, thread = fake_server(100_000_000)
       store = multi_store(primary_server.url, { host: "127.0.0.1", port: listener.addr[1], read_timeout: 0.3 })
@@ -228,6 +251,19 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
         expect { store.brpop("list", timeout: Float::INFINITY) }.to raise_error(RangeError)
       end
       expect(store.lpush("list", "x")).to eq(1)
+    end
+
+    it "raises redis-rb's TypeError for a blocking timeout that is not a number" do
+      expect { store.blpop("list", timeout: "1") }.to raise_error(TypeError, /String can't be coerced into Float/)
+      expect { secondary_server.client.blpop("list", timeout: "1") }.to raise_error(TypeError, /String can't be coerced/)
+    end
+
+    it "raises redis-rb's ArgumentError for subscribe_with_timeout with a timeout that is not positive" do
+      [-1, Float::NAN, -Float::INFINITY].each do |timeout|
+        expect { store.subscribe_with_timeout(timeout, "chan") { |_on| nil } }.to raise_error(ArgumentError)
+        expect { secondary_server.client.subscribe_with_timeout(timeout, "chan") { |_on| nil } }.to raise_error(ArgumentError)
+      end
+      expect(store.set("k", "v")).to eq("OK")
     end
 
     it "takes infinite and negative configured timeouts as redis-rb does: wait forever" do

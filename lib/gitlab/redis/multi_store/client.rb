@@ -11,6 +11,7 @@ module Gitlab
       class Client
         QUEUED = "QUEUED"
         REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
+        SUBSCRIBING = %w[subscribe psubscribe ssubscribe].freeze
         TRANSACTION_CONTROL = %i[multi exec discard watch unwatch].freeze
         # redis-rb's reply-to-Hash block (HGETALL, CONFIG GET …): the native side builds the Hash.
         HASHIFY = ::Redis::Commands::Hashify
@@ -38,8 +39,7 @@ module Gitlab
 
           reply =
             if state&.session
-              state.queued << command if state.queued && !TRANSACTION_CONTROL.include?(command.first)
-              state.session._call(command)
+              on_pinned(state, [command]) { state.session._call(command) }
             else
               @native._call(command, @flags.bits)
             end
@@ -49,10 +49,13 @@ module Gitlab
         # Blocking commands: the socket waits for the read timeout plus the command's own
         # timeout, or forever when the command's is 0 -- as redis-rb's `call_with_timeout`.
         def call_with_timeout(command, timeout, &block)
-          session = thread_state&.session
+          # redis-rb adds the timeout to its read timeout: a timeout that is not a number raises
+          # what that addition raises (a String "can't be coerced into Float").
+          self.timeout + timeout unless timeout.is_a?(Numeric)
+          state = thread_state
           reply =
-            if session
-              session._call_blocking(command, timeout.to_f)
+            if state&.session
+              on_pinned(state, [command]) { state.session._call_blocking(command, timeout.to_f) }
             else
               @native._call_blocking(command, timeout.to_f, @flags.bits)
             end
@@ -86,14 +89,14 @@ module Gitlab
           commands = pipeline.commands
           state = thread_state
           replies =
-            if state&.session
+            if state&.session && pipeline.is_a?(::Redis::Pipeline::Multi)
               pinned_replies = state.session._pipeline(commands)
               # A transaction on a watched connection ran on the store it was pinned to only;
               # once it committed, the other store gets the same commands.
-              if pipeline.is_a?(::Redis::Pipeline::Multi) && !pinned_replies.last.nil?
-                mirror(commands, state.session)
-              end
+              mirror(commands, state.session) unless pinned_replies.last.nil?
               pinned_replies
+            elsif state&.session
+              on_pinned(state, commands) { state.session._pipeline(commands) }
             else
               @native._pipeline(commands, @flags.bits, state&.readonly ? true : false)
             end
@@ -106,7 +109,10 @@ module Gitlab
         # Sends a command and yields every reply that follows on the same connection (MONITOR,
         # SUBSCRIBE), with the connection pinned to this thread until the loop ends.
         def call_loop(command, timeout = 0)
-          session = pin
+          # As redis-rb's socket does before anything is sent: a timeout that is not a number
+          # fails the comparison (`subscribe_with_timeout` with a channel where the timeout goes).
+          timeout > 0 # rubocop:disable Style/NumericPredicate -- raises for a non-number as redis-rb does
+          session = SUBSCRIBING.include?(command.first.to_s.downcase) ? pin_subscription : pin
           clean = true
           begin
             session._write(command)
@@ -133,6 +139,26 @@ module Gitlab
           commands.each { |command| session._write(command) }
         end
 
+        # A command run on this thread's pinned connection (inside WATCH or a block-less MULTI)
+        # reaches the store it is pinned to only. Inside a block-less MULTI it is recorded, and
+        # the whole transaction replayed on the other store after EXEC; otherwise the keys it
+        # writes are journaled, and re-synced from the pinned store (reads of them go there
+        # meanwhile). A command that raised may have been applied all the same.
+        def on_pinned(state, commands)
+          if state.queued
+            state.queued.concat(commands.reject { |command| TRANSACTION_CONTROL.include?(command.first) })
+            return yield
+          end
+          begin
+            reply = yield
+          rescue ::Redis::BaseConnectionError
+            @native._journal_pinned(commands, @flags.bits, state.session)
+            raise
+          end
+          @native._journal_pinned(commands, @flags.bits, state.session)
+          reply
+        end
+
         # Replays a transaction that committed on `session`'s pinned connection on the other
         # store: the other one of the store it was pinned to, even if the default store flipped
         # since MULTI (or WATCH).
@@ -143,10 +169,11 @@ module Gitlab
         # SELECT moves both stores (see the core's `select`); on a pinned connection (inside
         # WATCH or a block-less MULTI) it runs there, and both stores follow once it succeeded.
         def select(db)
-          session = thread_state&.session
-          return @native._call([:select, db], @flags.bits) unless session
+          state = thread_state
+          return @native._call([:select, db], @flags.bits) unless state&.session
 
-          reply = session._call([:select, db])
+          # Queued in a block-less MULTI it answers QUEUED; EXEC then moves both stores.
+          reply = on_pinned(state, [[:select, db]]) { state.session._call([:select, db]) }
           @native._set_db(Integer(db)) if reply == "OK"
           reply
         end
@@ -154,6 +181,12 @@ module Gitlab
         def pin
           state = thread_state!
           state.session ||= @native._session(@flags.bits)
+        end
+
+        # A subscription's pinned connection: with dual-write on it listens on both stores.
+        def pin_subscription
+          state = thread_state!
+          state.session ||= @native._subscription_session(@flags.bits)
         end
 
         def pinned?

@@ -10,6 +10,9 @@ module Gitlab
       PipelinedDiffError = Class.new(Error)
       # Raised: `with_readonly_pipeline` blocks do not nest.
       NestedReadonlyPipelineError = Class.new(Error)
+      # Raised: `backfill` once the primary is the default store (it would bring back onto the
+      # store callers read keys they have deleted since).
+      BackfillAfterSwitchError = Class.new(Error)
     end
   end
 end

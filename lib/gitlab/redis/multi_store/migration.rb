@@ -55,6 +55,12 @@ module Gitlab
         # @yieldparam progress [BackfillProgress] after each page
         # @return [BackfillProgress] the final report
         def backfill(match: nil, count: 1000, rate: nil)
+          if use_primary_store_as_default?
+            raise BackfillAfterSwitchError, "the primary is the default store: a backfill would copy onto it keys deleted " \
+                                            "since the switch; bring the stores in line with verify(repair: true), which " \
+                                            "copies from the default store"
+          end
+
           native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits)
           report = run_steps(native, BackfillProgress, rate) { |progress| yield progress if block_given? }
           # A full, clean copy has copied again what a restarted store lost. It does not show the
@@ -69,20 +75,25 @@ module Gitlab
         #
         # @param match [String] only keys matching this glob
         # @param sample [Integer] check this many random keys instead of all (no primary-only scan)
-        # @param repair [Boolean] copy each differing key from the default store to the other
-        #   (RESTORE REPLACE, or DEL where the default store has no such key), and check them again
+        # @param repair [Boolean] copy each differing key from the store that holds every write --
+        #   the default store, or after a disturbance the store known to have missed nothing
+        #   (`migration_status[:repair_from]`) -- to the other (RESTORE REPLACE, or DEL where that
+        #   store has no such key), and check them again
         # @yieldparam progress [VerifyProgress] after each page
         # @return [VerifyProgress] the final report; `in_agreement?` when the stores agree
         def verify(match: nil, sample: nil, repair: false, count: 1000)
-          token = @native._verify_token
+          # nil while dual-write is off: writes then reach the default store only, and no verify
+          # can vouch for the other.
+          token = @native._verify_token(@flags.bits)
           native = GitlabMultistore::NativeVerify.new(@native, match, Integer(count), sample && Integer(sample),
                                                       repair ? true : false, @flags.bits)
           report = run_steps(native, VerifyProgress, nil) { |progress| yield progress if block_given? }
           full = match.nil? && sample.nil?
-          # Clears "full verify needed" only if no store restart or unrecorded miss happened
-          # since this verify began.
-          @native._acknowledge_verify(token) if full && report.in_agreement?
-          @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full, at: Time.now }
+          # Clears "full verify needed" only if no store restart, unrecorded miss or dual-write
+          # pause happened since this verify began.
+          counted = full && report.in_agreement? && !token.nil? && @native._acknowledge_verify(token)
+          @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full,
+                           counted: counted ? true : false, at: Time.now }
           report
         end
 
@@ -93,8 +104,10 @@ module Gitlab
         #
         # @return [Hash] :safe_to_switch, :reasons (why not), and the facts behind them
         def migration_status
-          status = @native._status
+          # Each store is asked for its run_id first: a restart no call has run into yet counts.
+          status = @native._status(@flags.bits)
           reasons = []
+          reasons << "dual-write is off: writes reach the default store only" unless @flags.dual_write?
           reasons << "the primary's circuit breaker is #{status[:breaker][:primary]}" unless status[:breaker][:primary] == :closed
           if status[:recent_write_failures].positive?
             reasons << "#{status[:recent_write_failures]} write failures on the non-default store in the last 5 minutes"
@@ -102,13 +115,22 @@ module Gitlab
           reasons << "#{status[:journal_keys]} keys wait for re-sync" if status[:journal_keys].positive?
           if status[:full_verify_needed]
             reasons << "a store restarted or some missed writes could not be journaled since the last full verify: " \
-                       "run verify with repair"
+                       "run verify with repair (it copies from the #{status[:repair_from]}, which has every write)"
           end
-          reasons << "a store restarted since the last full backfill: backfill again" if status[:backfill_needed]
+          if status[:backfill_needed]
+            reasons << if use_primary_store_as_default?
+                         "a store restarted since the last full backfill or verify: run verify with repair"
+                       else
+                         "a store restarted since the last full backfill: backfill again"
+                       end
+          end
           if @last_verify.nil? || !@last_verify[:full]
             reasons << "no full verify has run"
           elsif !@last_verify[:in_agreement]
             reasons << format("the last verify found the stores different (readiness %.2f%%)", @last_verify[:readiness])
+          elsif !@last_verify[:counted]
+            reasons << "the last full verify cannot vouch for the stores: dual-write was off, a store restarted or " \
+                       "writes were missed while it ran"
           end
           status.merge(last_verify: @last_verify, safe_to_switch: reasons.empty?, reasons: reasons)
         end

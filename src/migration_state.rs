@@ -1,0 +1,87 @@
+//! What one partition's migration has been through, as this process knows it: the keys a store
+//! missed (journal), the stores' circuit breakers, the scripts seen, recent write failures,
+//! restarts, and whether dual-write was ever on and off again. Shared by every MultiStore of the
+//! same partition (instance name and stores) in the process: an application that keeps a pool
+//! of them (GitLab's `Wrapper.pool`) must not have one instance read a key another one knows to
+//! be stale, nor call the stores safe to switch while another one saw them fail.
+
+use crate::breaker::{Breaker, BreakerSettings};
+use crate::config::StoreConfig;
+use crate::fork::ForkSafeMutex;
+use crate::journal::Journal;
+use crate::scripts::ScriptCache;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::Instant;
+
+/// Keys journaled at most: past this a full verify is needed instead of more memory.
+pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+
+pub struct MigrationState {
+    pub journal: Journal,
+    /// One per store, used while that store is the non-default one: [primary, secondary].
+    pub breakers: [Breaker; 2],
+    pub scripts: ScriptCache,
+    /// When non-default writes failed, for `status`.
+    pub recent_failures: ForkSafeMutex<VecDeque<Instant>>,
+    /// A store restarted since the last full backfill or counted verify.
+    pub reset_seen: AtomicBool,
+    /// What this process has seen of the dual-write flag (`multi_store::DUAL_WRITE_*`).
+    pub dual_write_seen: AtomicU8,
+    /// The fork generation the re-sync thread was started in (threads do not survive a fork).
+    pub resync_started: ForkSafeMutex<Option<u64>>,
+}
+
+type Partition = (String, String, String);
+
+static PARTITIONS: LazyLock<ForkSafeMutex<HashMap<Partition, Weak<MigrationState>>>> =
+    LazyLock::new(|| ForkSafeMutex::new(HashMap::new()));
+
+impl MigrationState {
+    fn new() -> Self {
+        let breaker = || Breaker::new(BreakerSettings::default());
+        MigrationState {
+            journal: Journal::new(DEFAULT_JOURNAL_CAPACITY),
+            breakers: [breaker(), breaker()],
+            scripts: ScriptCache::default(),
+            recent_failures: ForkSafeMutex::new(VecDeque::new()),
+            reset_seen: AtomicBool::new(false),
+            dual_write_seen: AtomicU8::new(0),
+            resync_started: ForkSafeMutex::new(None),
+        }
+    }
+
+    /// Forgets what this process's MultiStores learned about their partitions: the MultiStores
+    /// built from now on start afresh, and those alive drop their journals. For when both stores
+    /// were wiped (FLUSHALL), and for test suites that reuse stores between examples.
+    pub fn forget_all() {
+        let partitions = std::mem::take(&mut *PARTITIONS.lock());
+        for state in partitions.values().filter_map(Weak::upgrade) {
+            state.journal.clear();
+            state.breakers.iter().for_each(Breaker::reset);
+            state.recent_failures.lock().clear();
+            state
+                .reset_seen
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The state of the partition `instance_name` moving from `secondary` to `primary`: the one
+    /// another MultiStore of it in this process already has, or a new one.
+    pub fn of_partition(
+        instance_name: &str,
+        primary: &StoreConfig,
+        secondary: &StoreConfig,
+    ) -> Arc<MigrationState> {
+        let key = (instance_name.to_string(), primary.id(), secondary.id());
+        let mut partitions = PARTITIONS.lock();
+        if let Some(state) = partitions.get(&key).and_then(Weak::upgrade) {
+            return state;
+        }
+        partitions.retain(|_, state| state.strong_count() > 0);
+        let state = Arc::new(MigrationState::new());
+        partitions.insert(key, Arc::downgrade(&state));
+        state
+    }
+}
