@@ -26,6 +26,7 @@ use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy::{self, Fingerprint, Snapshot};
 use crate::error::{Error, Result};
+use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::reply::Reply;
 use crate::routing::Role;
 use crate::store::Store;
@@ -121,6 +122,11 @@ impl Backfill {
             return Ok(&self.report);
         }
         if !self.started {
+            // Commands that timed out earlier may still land on either store: compared (or
+            // copied) before they land, a key would look right and then differ.
+            for store in [&self.primary, &self.secondary] {
+                store.settle_requests_in_doubt(WAIT_BEFORE_COMPARING, cancel)?;
+            }
             self.started = true;
             let dbsize =
                 self.secondary

@@ -15,6 +15,7 @@ use crate::command_table;
 use crate::config::{Address, StoreConfig};
 use crate::connection::Reply;
 use crate::error::{Error, Result, ServerErrorReply};
+use crate::in_doubt::InDoubt;
 use crate::store::{InFlight, ReadTimeout, Store};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -206,10 +207,16 @@ pub struct Cluster {
     next_master: AtomicUsize,
     /// Called when a node restarted (its run_id changed).
     on_node_reset: Arc<dyn Fn() + Send + Sync>,
+    /// The cluster store's: every node's sockets in doubt count for it.
+    in_doubt: Arc<InDoubt>,
 }
 
 impl Cluster {
-    pub fn new(config: &StoreConfig, on_node_reset: Arc<dyn Fn() + Send + Sync>) -> Cluster {
+    pub fn new(
+        config: &StoreConfig,
+        on_node_reset: Arc<dyn Fn() + Send + Sync>,
+        in_doubt: Arc<InDoubt>,
+    ) -> Cluster {
         let seeds = config
             .cluster
             .as_ref()
@@ -227,6 +234,7 @@ impl Cluster {
             refreshing: Mutex::new(()),
             next_master: AtomicUsize::new(0),
             on_node_reset,
+            in_doubt,
         }
     }
 
@@ -792,7 +800,11 @@ impl Cluster {
             let mut config = self.node_config.clone();
             config.address = address.clone();
             let hook = Arc::clone(&self.on_node_reset);
-            Arc::new(Store::new(config).with_reset_hook(move || hook()))
+            Arc::new(
+                Store::new(config)
+                    .with_reset_hook(move || hook())
+                    .sharing_in_doubt(Arc::clone(&self.in_doubt)),
+            )
         };
         // Waited for with a timeout, like `refreshing`: past it (the lock's holder did not
         // survive a fork) the node works unregistered, only without a pool shared with others.

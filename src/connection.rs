@@ -7,6 +7,7 @@ use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
+use crate::in_doubt::InDoubt;
 use crate::poll::Ready;
 pub use crate::reply::Reply;
 use crate::reply::ReplyReader;
@@ -16,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// See `Connection::still_open`.
@@ -115,6 +117,21 @@ pub struct Connection {
     /// Left in a state the pool's other users must not inherit (another database after a
     /// SELECT): closed instead of going back to the pool.
     pub(crate) retired: bool,
+    /// Commands sent whose replies were not read yet.
+    unanswered: usize,
+    /// Where the socket goes when dropped with commands unanswered (see `in_doubt.rs`).
+    in_doubt: Option<Arc<InDoubt>>,
+    fork_generation: u64,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.unanswered > 0 {
+            if let Some(in_doubt) = &self.in_doubt {
+                in_doubt.adopt(self.stream.as_raw_fd(), self.fork_generation);
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -189,6 +206,9 @@ impl Connection {
             run_id: None,
             idle_since: Instant::now(),
             retired: false,
+            unanswered: 0,
+            in_doubt: None,
+            fork_generation: crate::fork::generation(),
         };
         // As redis-rb: a timeout during AUTH/SELECT is a TimeoutError, not a failure to connect.
         conn.run_id = conn.handshake(config, cancel)?;
@@ -244,6 +264,7 @@ impl Connection {
             .watch(self.stream.as_raw_fd())
             .ok_or(Error::Interrupted)?;
         self.replies_read = 0;
+        self.unanswered += cmds.len();
         self.write_buf.clear();
         for cmd in cmds {
             cmd.pack_into(&mut self.write_buf);
@@ -258,7 +279,15 @@ impl Connection {
             .ok_or(Error::Interrupted)?;
         let reply = self.read_reply(cancel)?;
         self.replies_read += 1;
+        // Saturating: a subscription gets several replies to one SUBSCRIBE, and messages.
+        self.unanswered = self.unanswered.saturating_sub(1);
         Ok(reply)
+    }
+
+    /// From now on, dropping this connection with commands unanswered hands its socket to
+    /// `in_doubt` instead of just closing it.
+    pub(crate) fn report_unanswered_to(&mut self, in_doubt: Arc<InDoubt>) {
+        self.in_doubt = Some(in_doubt);
     }
 
     /// How many replies of the last batch sent were read: after a failure, zero means the

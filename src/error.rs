@@ -34,6 +34,11 @@ pub enum Error {
     #[error("Connection timed out")]
     Timeout,
 
+    /// Commands that timed out earlier may still run on the store: a re-sync, verify or
+    /// backfill waits for them before looking at keys, and gave up waiting.
+    #[error("Connection timed out: {store} has not finished commands that timed out earlier (waited {waited_ms} ms)")]
+    RequestsInDoubt { store: String, waited_ms: u64 },
+
     /// The caller's Ruby thread was interrupted (Thread#kill, Timeout, a signal) while waiting;
     /// the connection it was using has been shut down and discarded.
     #[error("Connection lost (interrupted)")]
@@ -71,7 +76,10 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Error::CannotConnect { .. } | Error::ConnectionLost { .. } | Error::Timeout
+            Error::CannotConnect { .. }
+                | Error::ConnectionLost { .. }
+                | Error::Timeout
+                | Error::RequestsInDoubt { .. }
         )
     }
 

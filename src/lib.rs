@@ -16,6 +16,7 @@ pub mod error;
 pub mod fork;
 pub mod glob;
 pub mod hyperloglog;
+pub mod in_doubt;
 pub mod journal;
 pub mod key_state;
 pub mod metrics;

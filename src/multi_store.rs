@@ -98,6 +98,9 @@ pub struct Status {
     pub full_verify_needed: bool,
     /// Restarts noticed (run_id changed): [primary, secondary].
     pub resets: [u64; 2],
+    /// Connections whose commands timed out and may still run on the server: [primary,
+    /// secondary]. Until they are settled the stores may yet change behind any comparison.
+    pub requests_in_doubt: [usize; 2],
 }
 
 /// What one call is doing, for the side effects (events, metrics, logs) of its round trips.
@@ -129,13 +132,33 @@ impl MultiStore {
                 }
             }
         };
+        // A request in doubt let go unseen may still land on its store: where, nobody knows.
+        let given_up_hook = |role: Role| {
+            let state = Arc::downgrade(&state);
+            move || {
+                tracing::warn!(
+                    store = role.name(),
+                    "a request in doubt was let go: a full verify is needed"
+                );
+                if let Some(state) = state.upgrade() {
+                    state.journal.require_full_verify(None);
+                }
+            }
+        };
+        let store = |config: StoreConfig, role: Role| {
+            Arc::new(
+                Store::new(config)
+                    .with_reset_hook(reset_hook(role))
+                    .with_in_doubt_given_up_hook(given_up_hook(role)),
+            )
+        };
         MultiStore {
             configured_same: primary.same_data_as(&secondary),
             same_server: AtomicU8::new(SAME_SERVER_UNKNOWN),
             same_server_asked: ForkSafeMutex::new(None),
             same_server_asking: parking_lot::Mutex::new(()),
-            primary: Arc::new(Store::new(primary).with_reset_hook(reset_hook(Role::Primary))),
-            secondary: Arc::new(Store::new(secondary).with_reset_hook(reset_hook(Role::Secondary))),
+            primary: store(primary, Role::Primary),
+            secondary: store(secondary, Role::Secondary),
             metrics,
             instance_name,
             read_strategy: ReadStrategy::PrimaryWithFallback,
@@ -190,6 +213,10 @@ impl MultiStore {
             journal_overflows: self.state.journal.overflows(),
             full_verify_needed: self.state.journal.full_verify_needed(),
             resets: [self.primary.resets(), self.secondary.resets()],
+            requests_in_doubt: [
+                self.primary.requests_in_doubt(),
+                self.secondary.requests_in_doubt(),
+            ],
         }
     }
 
@@ -229,9 +256,6 @@ impl MultiStore {
         flags.dual_write.then(|| self.state.journal.verify_token())
     }
 
-    /// A full verify that started at `token` found the stores in agreement. If no store restart
-    /// and no unrecorded miss happened since it started, the stores are known to agree: no
-    /// backfill or full verify is needed any more.
     /// The store whose data is the truth for a repair: the one known to hold every write since
     /// a disturbance (a restarted default store lost its data: the other one has it), else the
     /// default store.
@@ -244,7 +268,9 @@ impl MultiStore {
             .unwrap_or(default_role(flags))
     }
 
-    /// Returns whether the verify counts.
+    /// A full verify that started at `token` found the stores in agreement. If no store restart
+    /// and no unrecorded miss happened since it started, the stores are known to agree: no
+    /// backfill or full verify is needed any more. Returns whether the verify counts.
     pub fn acknowledge_verify(&self, token: u64) -> bool {
         let counts = self.state.journal.verified(token);
         if counts {
@@ -897,6 +923,12 @@ impl MultiStore {
                 return Ok(reply)
             }
             Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
+            // The primary is the default store, the one every write reached: its error reply
+            // (WRONGTYPE, say) is the answer, as a single Redis would give it. The secondary may
+            // have restarted empty unnoticed; its nil would hide the error.
+            Some(Ok((Reply::Error(line), _))) if default == Role::Primary => {
+                return Ok(Reply::Error(line))
+            }
             Some(Ok((Reply::Error(line), _))) => {
                 self.read_failed_on_primary(Error::Server(ServerErrorReply::from_line(&line)), ctx);
                 Some(Ok(Reply::Error(line)))
@@ -962,12 +994,15 @@ impl MultiStore {
         if self.state.journal.full_verify_needed() {
             return read(self.state.journal.complete_store().unwrap_or(default));
         }
+        // With the primary the default store, its error replies are answers (see
+        // `read_with_fallback`): only its misses send the batch to the secondary.
+        let primary_default = default == Role::Primary;
         let missed = |replies: &[Reply]| {
             replies
                 .iter()
                 .zip(cmds)
                 .any(|(reply, cmd)| match command_table::lookup(cmd) {
-                    Some(spec) => is_miss(spec, reply) || reply.is_error(),
+                    Some(spec) => is_miss(spec, reply) || (reply.is_error() && !primary_default),
                     None => false,
                 })
         };
@@ -988,7 +1023,8 @@ impl MultiStore {
             .map(|mut replies| {
                 let answers = replies.split_off(probes.len());
                 let lacks_some = replies.iter().any(|r| *r != Reply::Integer(1));
-                let missed = lacks_some || answers.iter().any(Reply::is_error);
+                let missed =
+                    lacks_some || (!primary_default && answers.iter().any(Reply::is_error));
                 (answers, missed)
             })
         };
@@ -1006,13 +1042,17 @@ impl MultiStore {
             Some(Ok(replies)) => Some(replies.clone()),
             _ => None,
         };
-        self.fall_back(
+        let replies = self.fall_back(
             default,
             primary,
             || read(Role::Secondary),
             ctx,
             |secondary| primary_replies.as_ref().is_some_and(|p| p != secondary),
-        )
+        )?;
+        Ok(match primary_replies {
+            Some(primary) if primary_default => keep_errors_of(primary, replies),
+            _ => replies,
+        })
     }
 
     fn pipeline_both(
@@ -1356,4 +1396,17 @@ fn other_role(role: Role) -> Role {
         Role::Primary => Role::Secondary,
         Role::Secondary => Role::Primary,
     }
+}
+
+/// The secondary's answers to a read-only batch, but the default primary's error replies where
+/// it gave them: those are answers, not misses.
+fn keep_errors_of(primary: Vec<Reply>, secondary: Vec<Reply>) -> Vec<Reply> {
+    if primary.len() != secondary.len() {
+        return secondary;
+    }
+    primary
+        .into_iter()
+        .zip(secondary)
+        .map(|(p, s)| if p.is_error() { p } else { s })
+        .collect()
 }

@@ -9,6 +9,7 @@ use crate::breaker::{Admission, Breaker, Transition};
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy;
+use crate::in_doubt::WAIT_BEFORE_RESYNC;
 use crate::journal::{Entry, Journal};
 use crate::metrics::InstanceMetrics;
 use crate::migration_state::MigrationState;
@@ -149,6 +150,13 @@ fn resync_batch(
     let failed_on = |store: Role| move |error| Failed { store, error };
     let source = ctx.store(source_role);
     let target = ctx.store(lagging);
+    // A write that timed out may still land on either store: copied before it lands, the key
+    // would differ again once it does, and compare equal now.
+    for role in [source_role, lagging] {
+        ctx.store(role)
+            .settle_requests_in_doubt(WAIT_BEFORE_RESYNC, cancel)
+            .map_err(failed_on(role))?;
+    }
     let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
     let snapshots = copy::read(source, &names, cancel).map_err(failed_on(source_role))?;
     let writes: Vec<Command> = names

@@ -10,6 +10,7 @@ use crate::config::StoreConfig;
 use crate::connection::{Connection, Reply};
 use crate::error::{Error, Result};
 use crate::fork::{self, ForkSafeMutex};
+use crate::in_doubt::InDoubt;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -33,6 +34,9 @@ struct Pool {
 /// Commands sent whose replies have not been read yet.
 pub struct InFlight(Sent);
 
+// Lives on the stack for one round trip: boxing the connection would cost an allocation per
+// dual write.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     Node { conn: Connection, expected: usize },
     Cluster(Box<ClusterInFlight>),
@@ -72,15 +76,23 @@ pub struct Store {
     /// A Redis Cluster: commands go to its nodes, each a standalone `Store`, and this store's
     /// own pool stays unused.
     cluster: Option<Cluster>,
+    /// Sockets dropped with commands unanswered, until the server has closed them.
+    in_doubt: Arc<InDoubt>,
 }
 
 impl Store {
     pub fn new(config: StoreConfig) -> Store {
         fork::install_handler();
         let reset = Arc::new(ResetSignal::default());
+        // A cluster's nodes share it: the cluster store is settled as a whole.
+        let in_doubt = Arc::new(InDoubt::new());
         let cluster = config.cluster.as_ref().map(|_| {
             let reset = Arc::clone(&reset);
-            Cluster::new(&config, Arc::new(move || reset.fire()))
+            Cluster::new(
+                &config,
+                Arc::new(move || reset.fire()),
+                Arc::clone(&in_doubt),
+            )
         });
         Store {
             db: AtomicI64::new(config.db),
@@ -95,7 +107,42 @@ impl Store {
             reset,
             resolved: ForkSafeMutex::new(None),
             cluster,
+            in_doubt,
         }
+    }
+
+    /// Waits until every command this store sent without reading its reply (a timeout, an
+    /// interrupt) has run or never will: a re-sync, verify or backfill that reads or copies keys
+    /// before that could see a write land behind it. `Error::Timeout` when the server is still
+    /// busy with them (or stopped) after `timeout`.
+    pub fn settle_requests_in_doubt(&self, timeout: Duration, cancel: &CancelToken) -> Result<()> {
+        self.in_doubt
+            .settle(timeout, cancel)
+            .map_err(|error| match error {
+                Error::Timeout => Error::RequestsInDoubt {
+                    store: self.id(),
+                    waited_ms: timeout.as_millis() as u64,
+                },
+                other => other,
+            })
+    }
+
+    /// Sockets whose commands may still run on the server, after a look that does not wait.
+    pub fn requests_in_doubt(&self) -> usize {
+        self.in_doubt.pending()
+    }
+
+    /// Called when a socket in doubt had to be let go before its server closed it (too many at
+    /// once): a write it carried may land unseen.
+    pub fn with_in_doubt_given_up_hook(self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.in_doubt.on_given_up(hook);
+        self
+    }
+
+    /// A cluster node: its sockets in doubt are the cluster store's.
+    pub(crate) fn sharing_in_doubt(mut self, in_doubt: Arc<InDoubt>) -> Self {
+        self.in_doubt = in_doubt;
+        self
     }
 
     /// Called (without the GVL, from whichever thread noticed) when the server restarted.
@@ -371,6 +418,7 @@ impl Store {
             *self.resolved.lock() = Some(config.address.clone());
         }
         let mut conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
+        conn.report_unanswered_to(Arc::clone(&self.in_doubt));
         if let Some(sentinel) = &self.config.sentinel {
             crate::sentinel::check_role(&mut conn, sentinel, cancel)?;
         }

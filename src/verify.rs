@@ -9,6 +9,7 @@ use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy;
 use crate::error::Result;
+use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::key_state::{self, KeyState};
 use crate::reply::Reply;
 use crate::routing::Role;
@@ -127,6 +128,11 @@ impl Verify {
     /// Checks one page of keys. Call until the report says `done`.
     pub fn step(&mut self, cancel: &CancelToken) -> Result<&VerifyReport> {
         if !self.started {
+            // Commands that timed out earlier may still land on either store: compared (or
+            // copied) before they land, a key would look right and then differ.
+            for store in [&self.primary, &self.secondary] {
+                store.settle_requests_in_doubt(WAIT_BEFORE_COMPARING, cancel)?;
+            }
             self.started = true;
             let dbsize =
                 self.secondary

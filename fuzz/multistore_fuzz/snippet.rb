@@ -77,7 +77,9 @@ module MultistoreFuzz
       when :backfill_under_load
         ["t = Thread.new { store.backfill(count: 3) }", *args[0].map { |a| "both.call(#{a.inspect}) { |c| c.call(*#{a.inspect}) }" }, "t.join"]
       when :fork_check then ["pid = fork { exit!(store.type(#{args[0].inspect}) == reference.type(#{args[0].inspect}) ? 0 : 1) }; p Process.wait2(pid)"]
-      when :threads then ["# threads: #{args[0].size} threads running #{args[0].first.size} commands each on keys of their own"]
+      when :threads
+        batches = args[0].each_with_index.map { |commands, t| World.thread_commands(commands, t) }
+        ["#{batches.inspect}.map { |cs| Thread.new { cs.each { |a| both.call(a) { |c| c.call(*a) } } } }.each(&:join) # threads"]
       else ["# #{step}"]
       end
     end

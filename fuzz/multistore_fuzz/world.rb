@@ -22,8 +22,8 @@ module MultistoreFuzz
   # and operator actions a program drives. After every step it checks:
   # - the MultiStore answered as the reference did (value, or exception class and message);
   # - the default store holds what the reference holds: no write lost or applied twice;
-  # - with dual-write on and nothing pending (no fault, journal empty, no full verify needed),
-  #   both stores hold the same;
+  # - with dual-write on and nothing pending (no fault, journal empty, no full verify needed, no
+  #   command in doubt), both stores hold the same;
   # - `migration_status[:safe_to_switch]` true means the stores hold the same;
   # - no call took longer than its timeouts plus a margin.
   class World
@@ -68,6 +68,8 @@ module MultistoreFuzz
           c.close
         end
       end
+      # The servers were wiped: what earlier MultiStores of this partition learned goes too.
+      Gitlab::Redis::MultiStore.forget_partitions!
       @flags = { dual: false, primary_default: false }
       @mechanism = :callback
       ENV.delete(ENV_DUAL)
@@ -192,6 +194,12 @@ module MultistoreFuzz
       @mechanism = mechanism == :raise && STATES[target][:dual] ? :callback : mechanism
       @flags = STATES[target].dup
       @synced = [] unless @flags[:dual] # writes reach the default store only
+      publish_flags
+    end
+
+    # With the ENV mechanism the MultiStore sees the flags through the environment (which wins
+    # over a source that says the opposite): every change of @flags goes there too.
+    def publish_flags
       if @mechanism == :env
         ENV[ENV_DUAL] = @flags[:dual].to_s
         ENV[ENV_DEFAULT] = @flags[:primary_default].to_s
@@ -219,6 +227,7 @@ module MultistoreFuzz
 
       @state = :dual_primary
       @flags = STATES[:dual_primary].dup
+      publish_flags
     end
 
     def step_hang
@@ -333,15 +342,19 @@ module MultistoreFuzz
     end
 
     # Threads sharing the MultiStore, each on keys of its own, each compared with the reference.
+    # What thread `t` of a threads step runs: the commands on keys of its own, without those
+    # that reach every key (patterns, KEYS, SORT … BY).
+    def self.thread_commands(commands, t)
+      commands.map { |args| args.map { |a| Grammar::KEYS.include?(a) ? "t#{t}:#{a}" : a } }
+              .reject { |args| args.any? { |a| Grammar::PATTERNS.include?(a) } || %w[KEYS DBSIZE FLUSHDB SORT SORT_RO].include?(args.first) }
+    end
+
     def step_threads(batches)
       failures = Queue.new
       threads = batches.each_with_index.map do |commands, t|
         Thread.new do
           reference = Redis.new(url: @servers[:reference].url(@db), timeout: 10)
-          commands.each do |args|
-            args = args.map { |a| Grammar::KEYS.include?(a) ? "t#{t}:#{a}" : a }
-            next if args.any? { |a| Grammar::PATTERNS.include?(a) } || %w[KEYS DBSIZE FLUSHDB SORT SORT_RO].include?(args.first)
-
+          World.thread_commands(commands, t).each do |args|
             actual = outcome { @store.call(*args) }
             expected = outcome { reference.call(*args) }
             problem = mismatch(args.first, actual, expected)
@@ -460,6 +473,9 @@ module MultistoreFuzz
     # --- invariants ----------------------------------------------------------------------------
 
     def check_invariants
+      # Asked before the snapshots: what it says is pending (a re-sync, a command in doubt
+      # that may still land) cannot land between a snapshot and the verdict about it.
+      status = @store.migration_status
       snapshots = @servers.keys.reject { |role| role == @hung }.to_h do |role|
         [role, Snapshot.of(@readers[role])]
       end
@@ -470,7 +486,6 @@ module MultistoreFuzz
                                             "#{differences.first(3).join('; ')}", @index)
       end
       @checks[:default_equal] += 1
-      status = @store.migration_status
       notice_restart(status)
       both = snapshots[:primary] && snapshots[:secondary]
       if status[:safe_to_switch] && both
@@ -481,7 +496,7 @@ module MultistoreFuzz
         @checks[:safe_verified] += 1
       end
       return unless both && @synced.any? && @flags[:dual] && !@restart_unnoticed && status[:journal_keys].zero? &&
-                    !status[:full_verify_needed]
+                    !status[:full_verify_needed] && status[:requests_in_doubt].values.all?(&:zero?)
 
       lines = Snapshot.differences(snapshots[:primary], snapshots[:secondary], "primary", "secondary")
       lines = @synced.flat_map { |db| in_db(lines, db) }

@@ -62,7 +62,7 @@ pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
     match err {
         CoreError::Server(_) => "Redis::CommandError",
         CoreError::CannotConnect { .. } => "Redis::CannotConnectError",
-        CoreError::Timeout => "Redis::TimeoutError",
+        CoreError::Timeout | CoreError::RequestsInDoubt { .. } => "Redis::TimeoutError",
         CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
             "Redis::ConnectionError"
         }
@@ -81,7 +81,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
     let class = match &err {
         CoreError::Server(_) => classes.command,
         CoreError::CannotConnect { .. } => classes.cannot_connect,
-        CoreError::Timeout => classes.timeout,
+        CoreError::Timeout | CoreError::RequestsInDoubt { .. } => classes.timeout,
         CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
             classes.connection
         }

@@ -98,6 +98,10 @@ impl NativeStore {
             sym(status.breakers[1].name()),
         )?;
         let resets = per_store(v(status.resets[0]), v(status.resets[1]))?;
+        let in_doubt = per_store(
+            v(status.requests_in_doubt[0] as u64),
+            v(status.requests_in_doubt[1] as u64),
+        )?;
         symbol_hash(
             ruby,
             &[
@@ -111,6 +115,7 @@ impl NativeStore {
                     status.full_verify_needed.into_value_with(ruby),
                 ),
                 ("store_resets", resets.as_value()),
+                ("requests_in_doubt", in_doubt.as_value()),
                 (
                     "repair_from",
                     sym(rb_self.inner.source_of_truth(flags).name()),

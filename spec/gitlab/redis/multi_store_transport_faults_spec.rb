@@ -104,6 +104,64 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
     end
   end
 
+  describe "commands in doubt: sent, their reply timed out, maybe still to run" do
+    let(:busy) { dedicated_redis_server }
+    let(:store) do
+      multi_store({ host: "127.0.0.1", port: busy.port, read_timeout: 0.25 }, secondary_server.url)
+    end
+
+    # The primary (the non-default store) runs a script for `seconds`: a write sent meanwhile
+    # times out for the MultiStore and runs when the script ends.
+    def keep_primary_busy(seconds)
+      client = busy.client
+      Thread.new { client.eval(busy_script(seconds)) }.tap { sleep 0.1 }
+    end
+
+    before do
+      flags.enable(dual_write)
+      store.set("counter", "0")
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+    end
+
+    it "are named by migration_status, which is not safe to switch until the store has run them" do
+      script = keep_primary_busy(1.0)
+      store.incr("counter")
+
+      status = store.migration_status
+      expect(status[:requests_in_doubt]).to eq(primary: 1, secondary: 0)
+      expect(status[:reasons]).to include(a_string_matching(/connections to the primary store carry commands that timed out/))
+      expect(status[:safe_to_switch]).to be(false)
+
+      script.join
+      sleep 0.2 # the script ended, the INCR ran, the server closed the connection
+      expect(store.migration_status[:requests_in_doubt]).to eq(primary: 0, secondary: 0)
+    end
+
+    it "are waited for by verify, so it compares what the stores end up holding" do
+      script = keep_primary_busy(1.0)
+      store.incr("counter")
+
+      report = store.verify(repair: true)
+
+      expect(report.in_agreement?).to be(true)
+      expect([busy.client.get("counter"), secondary_server.client.get("counter")]).to eq(%w[1 1])
+      script.join
+    end
+
+    it "make verify give up with a TimeoutError naming the store when it does not run them in 5 s" do
+      Process.kill(:STOP, busy.pid)
+      resume = Thread.new { sleep 6; Process.kill(:CONT, busy.pid) }
+      store.incr("counter")
+
+      expect { store.verify }.to raise_error(Redis::TimeoutError, /has not finished commands that timed out earlier/)
+      resume.join
+      expect(store.verify(repair: true).in_agreement?).to be(true)
+      expect([busy.client.get("counter"), secondary_server.client.get("counter")]).to eq(%w[1 1])
+    ensure
+      Process.kill(:CONT, busy.pid)
+    end
+  end
+
   describe "a pooled connection the server closed while idle (redis.conf `timeout`)" do
     it "is replaced before the next write, which reaches both stores with nothing reported or journaled" do
       flags.enable(dual_write)

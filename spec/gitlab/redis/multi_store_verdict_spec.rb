@@ -395,6 +395,22 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     expect(failing.client.get("k7")).to eq("7")
   end
 
+  it "answers reads with the default primary's error replies, never with a restarted secondary's nil" do
+    flags.enable(dual_write, primary_default)
+    failing = dedicated_redis_server
+    store = multi_store(primary_server.url, failing.url)
+    store.rpush("list", "a")
+    store.set("string", "s")
+    failing.restart # not noticed: nothing was written since
+
+    expect { store.get("list") }.to raise_error(Redis::CommandError, /WRONGTYPE/)
+    expect { store.pipelined { |p| [p.get("list"), p.get("string"), p.get("missing")] } }
+      .to raise_error(Redis::CommandError, /WRONGTYPE/)
+    expect(store.mget("string", "missing")).to eq(["s", nil])
+    expect(primary.lrange("list", 0, -1)).to eq(["a"])
+    expect(failing.client.dbsize).to eq(0)
+  end
+
   describe "repair copies from the default store" do
     before do
       primary.set("differs", "new")

@@ -93,7 +93,7 @@ module Gitlab
           # pause happened since this verify began.
           counted = full && report.in_agreement? && !token.nil? && @native._acknowledge_verify(token)
           @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full,
-                           counted: counted ? true : false, at: Time.now }
+                           counted: counted ? true : false, db: @client.db, at: Time.now }
           report
         end
 
@@ -113,9 +113,14 @@ module Gitlab
             reasons << "#{status[:recent_write_failures]} write failures on the non-default store in the last 5 minutes"
           end
           reasons << "#{status[:journal_keys]} keys wait for re-sync" if status[:journal_keys].positive?
+          status[:requests_in_doubt].each do |store, count|
+            next if count.zero?
+
+            reasons << "#{count} connections to the #{store} store carry commands that timed out and may still run there"
+          end
           if status[:full_verify_needed]
             reasons << "a store restarted or some missed writes could not be journaled since the last full verify: " \
-                       "run verify with repair (it copies from the #{status[:repair_from]}, which has every write)"
+                       "run verify with repair (it copies from the #{status[:repair_from]})"
           end
           if status[:backfill_needed]
             reasons << if use_primary_store_as_default?
@@ -128,6 +133,8 @@ module Gitlab
             reasons << "no full verify has run"
           elsif !@last_verify[:in_agreement]
             reasons << format("the last verify found the stores different (readiness %.2f%%)", @last_verify[:readiness])
+          elsif @last_verify[:db] != @client.db
+            reasons << "the last full verify ran in database #{@last_verify[:db]}; the MultiStore is on #{@client.db} now"
           elsif !@last_verify[:counted]
             reasons << "the last full verify cannot vouch for the stores: dual-write was off, a store restarted or " \
                        "writes were missed while it ran"
