@@ -110,6 +110,14 @@ struct CallContext<'a> {
     events: Vec<Event>,
 }
 
+/// What the presence look before an in-place write found.
+enum Presence {
+    /// Keys that exist on one store only, to re-sync once the write has run.
+    Partial(Vec<Vec<u8>>),
+    /// The non-default store did not answer: it is not sent the write either.
+    OtherDidNotAnswer(Error),
+}
+
 impl MultiStore {
     pub fn new(
         instance_name: impl Into<String>,
@@ -741,11 +749,55 @@ impl MultiStore {
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
-        let in_flight_journaled = self.journaled_keys(std::slice::from_ref(cmd));
-        let partial = self.keys_only_one_store_has(std::slice::from_ref(cmd), default, ctx.cancel);
-        let reply = self.write_both_unguarded(cmd, default, kind, ctx);
+        let cmds = std::slice::from_ref(cmd);
+        let in_flight_journaled = self.journaled_keys(cmds);
+        let reply = match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+            Presence::Partial(partial) => {
+                let reply = self.write_both_unguarded(cmd, default, kind, ctx);
+                self.journal_partial(partial, default);
+                reply
+            }
+            Presence::OtherDidNotAnswer(look_failed) => {
+                let cancel = ctx.cancel;
+                self.write_default_only(cmds, default, kind, look_failed, ctx, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                })
+            }
+        };
         self.rejournal(in_flight_journaled);
-        self.journal_partial(partial, default);
+        reply
+    }
+
+    /// The other store did not answer the presence look before a write: it is not sent the
+    /// write too, which would make the caller wait out its timeout a second time (and a write
+    /// answered late would count as no failure, leaving the breaker closed). The write counts
+    /// as failed there: reported, fed to its breaker and journaled.
+    fn write_default_only<T>(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        kind: RequestKind,
+        look_failed: Error,
+        ctx: &mut CallContext,
+        write: impl FnOnce(&Store) -> Result<T>,
+    ) -> Result<T> {
+        if matches!(look_failed, Error::Interrupted) {
+            return Err(Error::Interrupted); // nothing of the write was sent yet
+        }
+        let other = other_role(default);
+        let reply = self.missing_write(cmds, other, || self.timed(default, kind, write));
+        self.report_non_default_failure(other, look_failed, ctx);
+        reply
+    }
+
+    /// Runs a write the `lagging` store does not get. Its keys are journaled before it, so reads
+    /// go to the default store meanwhile, and again after it, so a re-sync that copied a key in
+    /// between copies it once more (a key the full journal dropped is not counted twice).
+    fn missing_write<T>(&self, cmds: &[Command], lagging: Role, write: impl FnOnce() -> T) -> T {
+        self.journal_missed(cmds, lagging);
+        let journaled = self.journaled_keys(cmds);
+        let reply = write();
+        self.rejournal(journaled);
         reply
     }
 
@@ -760,9 +812,10 @@ impl MultiStore {
         let cancel = ctx.cancel;
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
-            self.journal_missed(std::slice::from_ref(cmd), other);
-            return self.timed(default, kind, |s| {
-                s.call(cmd, ReadTimeout::Configured, cancel)
+            return self.missing_write(std::slice::from_ref(cmd), other, || {
+                self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                })
             });
         }
         let other_started = Instant::now();
@@ -1062,10 +1115,21 @@ impl MultiStore {
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
         let in_flight_journaled = self.journaled_keys(cmds);
-        let partial = self.keys_only_one_store_has(cmds, default, ctx.cancel);
-        let replies = self.pipeline_both_unguarded(cmds, default, ctx);
+        let replies = match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+            Presence::Partial(partial) => {
+                let replies = self.pipeline_both_unguarded(cmds, default, ctx);
+                self.journal_partial(partial, default);
+                replies
+            }
+            Presence::OtherDidNotAnswer(look_failed) => {
+                let cancel = ctx.cancel;
+                let kind = RequestKind::Pipeline;
+                self.write_default_only(cmds, default, kind, look_failed, ctx, |s| {
+                    s.pipeline(cmds, cancel)
+                })
+            }
+        };
         self.rejournal(in_flight_journaled);
-        self.journal_partial(partial, default);
         replies
     }
 
@@ -1082,9 +1146,9 @@ impl MultiStore {
         cmds: &[Command],
         default: Role,
         cancel: &CancelToken,
-    ) -> Vec<Vec<u8>> {
+    ) -> Result<Presence> {
         if self.state.journal.stores_agree() {
-            return Vec::new();
+            return Ok(Presence::Partial(Vec::new()));
         }
         let mut keys: Vec<Vec<u8>> = Vec::new();
         for cmd in cmds {
@@ -1101,26 +1165,29 @@ impl MultiStore {
             }
         }
         if keys.is_empty() {
-            return keys;
+            return Ok(Presence::Partial(keys));
         }
         let other = other_role(default);
         if self.breaker(other).state() != BreakerState::Closed {
-            return Vec::new(); // the write is journaled anyway
+            return Ok(Presence::Partial(Vec::new())); // the write is journaled anyway
         }
         let probes = exists_probes(keys.iter().map(Vec::as_slice));
         let in_flight = self.store(other).send(&probes, cancel);
         let on_default = self.store(default).pipeline(&probes, cancel);
         let on_other = in_flight.and_then(|f| self.store(other).receive(f, cancel));
-        match (on_default, on_other) {
-            (Ok(on_default), Ok(on_other)) => keys
-                .into_iter()
-                .zip(on_default.iter().zip(&on_other))
-                .filter(|(_, (d, o))| d != o)
-                .map(|(key, _)| key)
-                .collect(),
-            // The write that follows meets the same failure, and is reported and journaled.
-            _ => Vec::new(),
-        }
+        // A default store that did not answer fails the call before any of the write is sent
+        // anywhere, as the write itself would have, instead of waiting out its timeout twice.
+        let on_default = on_default?;
+        Ok(match on_other {
+            Ok(on_other) => Presence::Partial(
+                keys.into_iter()
+                    .zip(on_default.iter().zip(&on_other))
+                    .filter(|(_, (d, o))| d != o)
+                    .map(|(key, _)| key)
+                    .collect(),
+            ),
+            Err(error) => Presence::OtherDidNotAnswer(error),
+        })
     }
 
     /// EXISTS of each key the commands name, while the stores are not known to agree (empty once
@@ -1164,8 +1231,9 @@ impl MultiStore {
         let cancel = ctx.cancel;
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
-            self.journal_missed(cmds, other);
-            return self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            return self.missing_write(cmds, other, || {
+                self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
+            });
         }
         let other_started = Instant::now();
         let (replies, other_replies) = if crate::stream_ids::has_auto_id(cmds) {
@@ -1227,11 +1295,15 @@ impl MultiStore {
         error: Error,
         ctx: &mut CallContext,
     ) {
+        self.journal_missed(cmds, role);
+        self.report_non_default_failure(role, error, ctx);
+    }
+
+    fn report_non_default_failure(&self, role: Role, error: Error, ctx: &mut CallContext) {
         self.metrics.non_default_write_failure();
         if error.is_connection_error() {
             self.breaker_failure(role);
         }
-        self.journal_missed(cmds, role);
         self.state.recent_failures.lock().push_back(Instant::now());
         tracing::debug!(
             instance_name = %self.instance_name,

@@ -524,6 +524,69 @@ module MultiStoreFaults
         end
       end
 
+      # Until a verify says the stores agree, a write that changes a key in place (HSET, INCR)
+      # first asks both stores whether they have its keys. A hung store that did not answer that
+      # look used to be sent the write as well, so the caller waited out its timeout twice -- and
+      # on a hang shorter than that, the late write went through with no failure counted, no
+      # journal entry and the breaker left closed.
+      it "waits out a hanging non-default secondary once per in-place write, counts the write as failed there " \
+         "and re-syncs it" do
+        timeout = 0.8
+        server = dedicated_redis_server
+        store = build_store(store_options(primary_server), store_options(server, timeout: timeout), default: :primary)
+        store.hset("in-place", "warm", "1")
+        waited = nil
+        Process.kill(:STOP, server.pid)
+        begin
+          started = monotonic
+          expect(store.hset("in-place", "f0", "0")).to eq(1)
+          waited = monotonic - started
+          expect(store.incr("counter")).to eq(1)
+        ensure
+          resume(server)
+        end
+        drained = seconds_until(deadline: 10) { journal_drained?(store) }
+
+        aggregate_failures do
+          expect(waited).to be < 1.6 * timeout, "the write waited #{waited.round(2)}s on a store with a #{timeout}s timeout"
+          error, context = reports.pop(true)
+          expect([error.class, context[:message]]).to eq([Redis::TimeoutError, "Failed to write to secondary store"])
+          expect(drained).not_to be_nil, "the journal drained: #{store.migration_status.slice(:journal_keys, :breaker)}"
+          expect(primary_server.client.hgetall("in-place")).to eq("warm" => "1", "f0" => "0")
+          expect(server.client.hgetall("in-place")).to eq("warm" => "1", "f0" => "0")
+          expect([primary_server.client.get("counter"), server.client.get("counter")]).to eq(%w[1 1])
+        end
+      end
+
+      it "fails an in-place write on a hanging default primary after one timeout, having sent it to neither store" do
+        timeout = 0.8
+        server = dedicated_redis_server
+        store = build_store(store_options(server, timeout: timeout), store_options(secondary_server), default: :primary)
+        store.hset("in-place-default", "warm", "1")
+        raised = nil
+        waited = nil
+        Process.kill(:STOP, server.pid)
+        begin
+          started = monotonic
+          begin
+            store.hset("in-place-default", "f0", "0")
+          rescue StandardError => e
+            raised = e
+          end
+          waited = monotonic - started
+        ensure
+          resume(server)
+        end
+
+        aggregate_failures do
+          expect(raised).to be_a(Redis::TimeoutError)
+          expect(waited).to be < 1.6 * timeout, "the write waited #{waited.round(2)}s on a store with a #{timeout}s timeout"
+          expect(server.client.hgetall("in-place-default")).to eq("warm" => "1")
+          expect(secondary_server.client.hgetall("in-place-default")).to eq("warm" => "1")
+          expect(store.hgetall("in-place-default")).to eq("warm" => "1")
+        end
+      end
+
       it "writes to the non-default store again within a few cool-downs after its connections were reset, " \
          "not one cool-down per dead pooled connection" do
         server = dedicated_redis_server
