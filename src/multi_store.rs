@@ -676,6 +676,30 @@ impl MultiStore {
         tracing::warn!(instance_name = %self.instance_name, "dual-write is back after a gap: the store that was not the default missed writes; a full verify is needed");
     }
 
+    /// A backfill or a repairing verify is about to copy keys from one store to the other. While
+    /// dual-write is off only the default store gets writes, so what is copied goes stale on the
+    /// other store: when dual-write comes on, that is a gap like dual-write turned off and on
+    /// again (a full verify is needed; until then reads go to the store that was the default).
+    /// Without this, a copy made before dual-write was ever on would be read, stale, from the
+    /// primary once dual-write began.
+    pub fn copying_between_stores(&self, flags: Flags) {
+        self.watch_dual_write(flags);
+        if flags.dual_write {
+            return;
+        }
+        let off = match default_role(flags) {
+            Role::Primary => DUAL_WRITE_OFF_PRIMARY_DEFAULT,
+            Role::Secondary => DUAL_WRITE_OFF_SECONDARY_DEFAULT,
+        };
+        // Only "never on" changes: any other off state already counts as a gap.
+        let _ = self.state.dual_write_seen.compare_exchange(
+            DUAL_WRITE_NEVER_ON,
+            off,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Remembers the body of every script loaded or run through this MultiStore, in every flag
     /// state: an EVALSHA of a script loaded before dual-write began is then recovered on a store
     /// that does not know it yet.

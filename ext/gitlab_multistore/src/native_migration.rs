@@ -39,6 +39,7 @@ impl NativeBackfill {
         count: usize,
         flags: u32,
     ) -> Result<Self, Error> {
+        store.core().copying_between_stores(Flags::from_bits(flags));
         let (primary, secondary) = stores(store);
         let backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
             .with_default_store(default_role(Flags::from_bits(flags)));
@@ -87,6 +88,9 @@ impl NativeVerify {
         repair: bool,
         flags: u32,
     ) -> Result<Self, Error> {
+        if repair {
+            store.core().copying_between_stores(Flags::from_bits(flags));
+        }
         let (primary, secondary) = stores(store);
         let options = VerifyOptions {
             pattern: pattern.map(glob_bytes),

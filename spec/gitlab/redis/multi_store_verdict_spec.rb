@@ -304,6 +304,52 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     end
   end
 
+
+  # Found by the fuzzer (seed 251140549): a copy to the primary made before dual-write began
+  # went stale there as writes kept reaching the old store only, and once dual-write came on,
+  # primary-first reads answered from the stale copy (TTL -1 instead of the TTL set meanwhile).
+  describe "copies made before dual-write began" do
+    { "backfill" => ->(store) { store.backfill }, "verify with repair" => ->(store) { store.verify(repair: true) } }
+      .each do |copy, run|
+      it "are not read from the primary after a #{copy} while dual-write was off: the old store answers until verified" do
+        store = multi_store
+        store.set("session", "v1")
+        store.hset("profile", "name", "old")
+        run.call(store)
+        expect(primary.get("session")).to eq("v1") # copied, and about to go stale
+        store.set("session", "v2")
+        store.pexpireat("session", 4_000_000_000_000)
+        store.hset("profile", "name", "new")
+        flags.enable(dual_write)
+
+        aggregate_failures do
+          expect(store.get("session")).to eq("v2")
+          expect(store.ttl("session")).to be > 1_000_000
+          expect(store.hget("profile", "name")).to eq("new")
+          expect(store.migration_status[:full_verify_needed]).to be(true)
+          expect(store.migration_status[:safe_to_switch]).to be(false)
+        end
+
+        expect(store.verify(repair: true)).to be_in_agreement
+        aggregate_failures do
+          expect(primary.get("session")).to eq("v2")
+          expect(primary.pexpiretime("session")).to eq(4_000_000_000_000)
+          expect(primary.hgetall("profile")).to eq(secondary.hgetall("profile"))
+          expect(store.migration_status[:full_verify_needed]).to be(false)
+        end
+      end
+    end
+
+    it "leave a first dual-write without a copy before it as it was: no full verify asked for" do
+      store = multi_store
+      store.set("session", "v1")
+      flags.enable(dual_write)
+      store.set("session", "v2")
+
+      expect(store.migration_status[:full_verify_needed]).to be(false)
+      expect([primary.get("session"), secondary.get("session")]).to eq(%w[v2 v2])
+    end
+  end
   describe "what verify compares" do
     it "compares a HyperLogLog by its registers: PFCOUNT on one store is no difference" do
       flags.enable(dual_write)
