@@ -135,6 +135,11 @@ impl Drop for Connection {
 }
 
 impl Connection {
+    /// The process generation that opened the socket (see `fork::generation`).
+    pub fn fork_generation(&self) -> u64 {
+        self.fork_generation
+    }
+
     /// Connects and runs the handshake redis-rb runs: AUTH, SELECT, CLIENT SETNAME.
     pub fn open(config: &StoreConfig, cancel: &CancelToken, epoch: u64) -> Result<Connection> {
         let location = config.address.location();

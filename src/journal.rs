@@ -9,6 +9,7 @@ use crate::fork::ForkSafeMutex;
 use crate::routing::Role;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -17,7 +18,16 @@ pub struct Entry {
     /// Bumped each time the key is recorded again, so a re-sync that raced with a newer miss
     /// does not drop it.
     pub generation: u64,
+    /// Dual writes of the key on their way to the stores (see `writes_begin`).
+    in_flight: u32,
+    /// The re-sync is copying and comparing the key: writes of it wait (see `fence`).
+    fenced: bool,
 }
+
+/// How long a write waits for the re-sync to finish with a key before going ahead anyway (the
+/// key is then recorded again, so that round does not settle it).
+const FENCE_WAIT: Duration = Duration::from_millis(100);
+const FENCE_POLL: Duration = Duration::from_micros(100);
 
 const COMPLETE_UNKNOWN: u8 = 0;
 const COMPLETE_PRIMARY: u8 = 1;
@@ -67,6 +77,27 @@ impl Journal {
         keys: Option<impl IntoIterator<Item = &'k [u8]>>,
         lagging: Role,
     ) -> u64 {
+        self.record_with(keys, lagging, None)
+    }
+
+    /// `record`, for a write about to be sent to the other store only: the keys are also
+    /// registered as written (`writes_begin`), in one step, so the re-sync cannot copy and
+    /// settle them before the write lands. Hand `registered` to `writes_end` afterwards.
+    pub fn record_in_flight<'k>(
+        &self,
+        keys: Option<impl IntoIterator<Item = &'k [u8]>>,
+        lagging: Role,
+        registered: &mut Vec<Vec<u8>>,
+    ) -> u64 {
+        self.record_with(keys, lagging, Some(registered))
+    }
+
+    fn record_with<'k>(
+        &self,
+        keys: Option<impl IntoIterator<Item = &'k [u8]>>,
+        lagging: Role,
+        mut registered: Option<&mut Vec<Vec<u8>>>,
+    ) -> u64 {
         let Some(keys) = keys else {
             self.require_full_verify(Some(lagging.other()));
             return 0;
@@ -76,21 +107,27 @@ impl Journal {
         let mut dropped = 0;
         for key in keys {
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            let in_flight = u32::from(registered.is_some());
             if let Some(entry) = map.get_mut(key) {
-                *entry = Entry {
-                    lagging,
-                    generation,
-                };
+                entry.lagging = lagging;
+                entry.generation = generation;
+                entry.in_flight += in_flight;
             } else if map.len() < capacity {
                 map.insert(
                     key.to_vec(),
                     Entry {
                         lagging,
                         generation,
+                        in_flight,
+                        fenced: false,
                     },
                 );
             } else {
                 dropped += 1;
+                continue;
+            }
+            if let Some(registered) = registered.as_deref_mut() {
+                registered.push(key.to_vec());
             }
         }
         self.len.store(map.len(), Ordering::Release);
@@ -222,6 +259,14 @@ impl Journal {
         self.disturbances.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Drops the keys recorded as missed by `lagging` (`None`: by either store): they must not
+    /// be copied onto it any more. Keys that could not be recorded stay counted.
+    pub fn forget_lagging(&self, lagging: Option<Role>) {
+        let mut map = self.keys.lock();
+        map.retain(|_, entry| lagging.is_some_and(|role| entry.lagging != role));
+        self.len.store(map.len(), Ordering::Release);
+    }
+
     /// Up to `n` recorded keys, still recorded until `settle`.
     pub fn batch(&self, n: usize) -> Vec<(Vec<u8>, Entry)> {
         self.keys
@@ -235,7 +280,92 @@ impl Journal {
     /// Drops a key once both stores agree on it, unless it was recorded again since `entry`.
     pub fn settle(&self, key: &[u8], entry: Entry) -> bool {
         let mut map = self.keys.lock();
-        let settled = map.get(key) == Some(&entry);
+        let settled = map
+            .get(key)
+            .is_some_and(|now| now.generation == entry.generation && now.lagging == entry.lagging);
+        if settled {
+            map.remove(key);
+        }
+        self.len.store(map.len(), Ordering::Release);
+        settled
+    }
+
+    /// A dual write of `keys` is about to be sent. For each recorded one, it waits while the
+    /// re-sync copies and compares it (bounded by `FENCE_WAIT`), then keeps the re-sync from
+    /// taking it until the write has been answered (`writes_end`): a write landing between the
+    /// copy and the comparison could otherwise be lost on the lagging store while both stores
+    /// look alike. Free while nothing is recorded. Returns the keys to hand to `writes_end`.
+    pub fn writes_begin<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Vec<u8>> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<&[u8]> = keys.into_iter().collect();
+        let deadline = Instant::now() + FENCE_WAIT;
+        loop {
+            let mut map = self.keys.lock();
+            let fenced = keys
+                .iter()
+                .any(|key| map.get(*key).is_some_and(|entry| entry.fenced));
+            if !fenced || Instant::now() >= deadline {
+                let mut registered = Vec::new();
+                for key in keys {
+                    if let Some(entry) = map.get_mut(key) {
+                        if entry.fenced {
+                            // Going ahead while the re-sync holds the key: this round must
+                            // not settle it.
+                            entry.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                        }
+                        entry.in_flight += 1;
+                        registered.push(key.to_vec());
+                    }
+                }
+                return registered;
+            }
+            drop(map);
+            std::thread::sleep(FENCE_POLL);
+        }
+    }
+
+    /// The write registered by `writes_begin` was answered (or failed).
+    pub fn writes_end(&self, registered: Vec<Vec<u8>>) {
+        if registered.is_empty() {
+            return;
+        }
+        let mut map = self.keys.lock();
+        for key in registered {
+            if let Some(entry) = map.get_mut(&key) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// For the re-sync: takes the keys of `batch` that no write is on its way to, and holds
+    /// new writes of them back until `release`. The copy and comparison that follow then see
+    /// every write of those keys either before or after them, never in between.
+    pub fn fence(&self, batch: Vec<(Vec<u8>, Entry)>) -> Vec<(Vec<u8>, Entry)> {
+        let mut map = self.keys.lock();
+        batch
+            .into_iter()
+            .filter_map(|(key, seen)| {
+                let entry = map.get_mut(&key)?;
+                if entry.in_flight > 0 || entry.fenced || entry.lagging != seen.lagging {
+                    return None;
+                }
+                entry.fenced = true;
+                Some((key, *entry))
+            })
+            .collect()
+    }
+
+    /// Ends the re-sync's hold on a fenced key, dropping it if the stores agreed on it and it
+    /// was not recorded again meanwhile. Whether it was dropped.
+    pub fn release(&self, key: &[u8], entry: Entry, equal: bool) -> bool {
+        let mut map = self.keys.lock();
+        let Some(now) = map.get_mut(key) else {
+            return false;
+        };
+        now.fenced = false;
+        let settled = equal && now.generation == entry.generation && now.lagging == entry.lagging;
         if settled {
             map.remove(key);
         }

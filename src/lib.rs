@@ -4,6 +4,7 @@
 
 pub mod backfill;
 pub mod blocking;
+pub mod borrowed;
 pub mod breaker;
 pub mod cancel;
 pub mod cluster;

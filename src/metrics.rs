@@ -49,7 +49,7 @@ impl Metrics {
                 &registry,
                 "gitlab_redis_multi_store_read_fallback_total",
                 "Reads the primary store could not answer (reason: miss or error) that fell back to the secondary",
-                &["instance_name", "reason"],
+                &["instance_name", "command", "reason"],
             )?,
             method_missing: counter(
                 &registry,
@@ -60,8 +60,8 @@ impl Metrics {
             pipelined_diff: counter(
                 &registry,
                 "gitlab_redis_multi_store_pipelined_diff_error_total",
-                "Pipelines whose results differed between the two stores",
-                &["instance_name"],
+                "Pipelines (command: pipelined) and transactions (multi) whose results differed between the two stores",
+                &["instance_name", "command"],
             )?,
             non_default_write_failures: counter(
                 &registry,
@@ -245,9 +245,6 @@ struct StoreHandles {
 #[derive(Clone, Default)]
 pub struct InstanceMetrics {
     instance_name: String,
-    read_fallback_miss: Option<IntCounter>,
-    read_fallback_error: Option<IntCounter>,
-    pipelined_diff: Option<IntCounter>,
     non_default_write_failures: Option<IntCounter>,
     stores: [StoreHandles; 2],
 }
@@ -266,9 +263,6 @@ impl InstanceMetrics {
         };
         InstanceMetrics {
             instance_name: instance_name.to_string(),
-            read_fallback_miss: Some(m.read_fallback.with_label_values(&[instance_name, "miss"])),
-            read_fallback_error: Some(m.read_fallback.with_label_values(&[instance_name, "error"])),
-            pipelined_diff: Some(m.pipelined_diff.with_label_values(&[instance_name])),
             non_default_write_failures: Some(
                 m.non_default_write_failures
                     .with_label_values(&[instance_name]),
@@ -317,27 +311,52 @@ impl InstanceMetrics {
         record("gitlab_redis_multi_store_duration_seconds", labels, seconds);
     }
 
-    pub fn read_fallback_miss(&self) {
-        self.inc(
-            &self.read_fallback_miss,
+    /// A read answered by the secondary after the primary missed, labelled with the command as
+    /// GitLab's dashboards query it (`pipelined` / `multi` for a batch). Not on the hot path: a
+    /// fallback already cost a second round trip.
+    pub fn read_fallback_miss(&self, command: &str) {
+        self.read_fallback(command, "miss");
+    }
+
+    pub fn read_fallback_error(&self, command: &str) {
+        self.read_fallback(command, "error");
+    }
+
+    fn read_fallback(&self, command: &str, reason: &'static str) {
+        if let Some(m) = global() {
+            m.read_fallback
+                .with_label_values(&[&self.instance_name, command, reason])
+                .inc();
+        }
+        record(
             "gitlab_redis_multi_store_read_fallback_total",
-            Some(("reason", "miss")),
+            || {
+                vec![
+                    ("instance_name", self.instance_name.clone()),
+                    ("command", command.to_string()),
+                    ("reason", reason.to_string()),
+                ]
+            },
+            1.0,
         );
     }
 
-    pub fn read_fallback_error(&self) {
-        self.inc(
-            &self.read_fallback_error,
-            "gitlab_redis_multi_store_read_fallback_total",
-            Some(("reason", "error")),
-        );
-    }
-
-    pub fn pipelined_diff(&self) {
-        self.inc(
-            &self.pipelined_diff,
+    /// `command`: `pipelined` or `multi`.
+    pub fn pipelined_diff(&self, command: &str) {
+        if let Some(m) = global() {
+            m.pipelined_diff
+                .with_label_values(&[&self.instance_name, command])
+                .inc();
+        }
+        record(
             "gitlab_redis_multi_store_pipelined_diff_error_total",
-            None,
+            || {
+                vec![
+                    ("instance_name", self.instance_name.clone()),
+                    ("command", command.to_string()),
+                ]
+            },
+            1.0,
         );
     }
 

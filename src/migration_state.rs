@@ -9,14 +9,24 @@ use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::StoreConfig;
 use crate::fork::ForkSafeMutex;
 use crate::journal::Journal;
+use crate::routing::Role;
 use crate::scripts::ScriptCache;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Instant;
 
 /// Keys journaled at most: past this a full verify is needed instead of more memory.
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+
+/// What this process has seen of the dual-write flag (see `MultiStore::watch_dual_write`):
+/// never on, on, or off since it was on -- and then which store was the default (the one that
+/// got the writes), or both in turn.
+pub const DUAL_WRITE_NEVER_ON: u8 = 0;
+pub const DUAL_WRITE_ON: u8 = 1;
+pub const DUAL_WRITE_OFF_PRIMARY_DEFAULT: u8 = 2;
+pub const DUAL_WRITE_OFF_SECONDARY_DEFAULT: u8 = 3;
+pub const DUAL_WRITE_OFF_BOTH_DEFAULT: u8 = 4;
 
 pub struct MigrationState {
     pub journal: Journal,
@@ -27,7 +37,7 @@ pub struct MigrationState {
     pub recent_failures: ForkSafeMutex<VecDeque<Instant>>,
     /// A store restarted since the last full backfill or counted verify.
     pub reset_seen: AtomicBool,
-    /// What this process has seen of the dual-write flag (`multi_store::DUAL_WRITE_*`).
+    /// What this process has seen of the dual-write flag (`DUAL_WRITE_*`).
     pub dual_write_seen: AtomicU8,
     /// The fork generation the re-sync thread was started in (threads do not survive a fork).
     pub resync_started: ForkSafeMutex<Option<u64>>,
@@ -49,6 +59,18 @@ impl MigrationState {
             reset_seen: AtomicBool::new(false),
             dual_write_seen: AtomicU8::new(0),
             resync_started: ForkSafeMutex::new(None),
+        }
+    }
+
+    /// Whether `role` gets writes the other store does not: dual-write is off (as this process
+    /// last saw the flags) and `role` is, or was during the gap, the default store. Nothing may
+    /// be copied onto such a store from the other: it would undo those writes.
+    pub fn written_alone(&self, role: Role) -> bool {
+        match self.dual_write_seen.load(Ordering::Acquire) {
+            DUAL_WRITE_OFF_PRIMARY_DEFAULT => role == Role::Primary,
+            DUAL_WRITE_OFF_SECONDARY_DEFAULT => role == Role::Secondary,
+            DUAL_WRITE_OFF_BOTH_DEFAULT => true,
+            _ => false,
         }
     }
 

@@ -23,14 +23,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What this process has seen of the dual-write flag (see `watch_dual_write`): never on, on,
-/// or off since it was on -- and then which store was the default (the one that got the
-/// writes), or both in turn.
-const DUAL_WRITE_NEVER_ON: u8 = 0;
-const DUAL_WRITE_ON: u8 = 1;
-const DUAL_WRITE_OFF_PRIMARY_DEFAULT: u8 = 2;
-const DUAL_WRITE_OFF_SECONDARY_DEFAULT: u8 = 3;
-const DUAL_WRITE_OFF_BOTH_DEFAULT: u8 = 4;
+use crate::migration_state::{
+    DUAL_WRITE_NEVER_ON, DUAL_WRITE_OFF_BOTH_DEFAULT, DUAL_WRITE_OFF_PRIMARY_DEFAULT,
+    DUAL_WRITE_OFF_SECONDARY_DEFAULT, DUAL_WRITE_ON,
+};
 
 const SAME_SERVER_UNKNOWN: u8 = 0;
 const SAME_SERVER: u8 = 1;
@@ -108,6 +104,19 @@ struct CallContext<'a> {
     cmd_name: &'a dyn Fn() -> String,
     cancel: &'a CancelToken,
     events: Vec<Event>,
+}
+
+/// Keys registered with `Journal::writes_begin`, handed back when dropped: the write was
+/// answered, failed, or was interrupted.
+struct WritesInFlight<'j> {
+    journal: &'j Journal,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Drop for WritesInFlight<'_> {
+    fn drop(&mut self) {
+        self.journal.writes_end(std::mem::take(&mut self.keys));
+    }
 }
 
 /// What the presence look before an in-place write found.
@@ -453,11 +462,19 @@ impl MultiStore {
             s.call(cmd, read_timeout, cancel)
         });
         if flags.dual_write {
-            if let Ok(reply) = &result {
-                let mirror = blocking::mirror(cmd, reply);
-                if !mirror.is_empty() && !self.same_store(flags, cancel) {
-                    self.mirror(&mirror, other_role(default), &mut ctx);
+            match &result {
+                Ok(reply) => {
+                    let mirror = blocking::mirror(cmd, reply);
+                    if !mirror.is_empty() && !self.same_store(flags, cancel) {
+                        self.mirror(&mirror, other_role(default), &mut ctx);
+                    }
                 }
+                // What it popped, if it popped anything before the connection failed, cannot be
+                // told: the other store is re-synced from the default one.
+                Err(error) if error.is_connection_error() => {
+                    self.journal_missed(std::slice::from_ref(cmd), other_role(default));
+                }
+                Err(_) => {}
             }
         }
         self.outcome(ctx, result)
@@ -518,7 +535,13 @@ impl MultiStore {
         cancel: &CancelToken,
     ) -> Outcome<Vec<Reply>> {
         self.watch_dual_write(flags);
-        let name = || "pipeline".to_string();
+        // GitLab's names for a batch in logs and metric labels.
+        let batch_name = if cmds.first().is_some_and(|cmd| cmd.name_is("multi")) {
+            "multi"
+        } else {
+            "pipelined"
+        };
+        let name = || batch_name.to_string();
         let mut ctx = CallContext {
             cmd_name: &name,
             cancel,
@@ -626,6 +649,18 @@ impl MultiStore {
         self.secondary.disconnect();
     }
 
+    /// Until `give_back_connections`, this thread uses one connection of each store for all
+    /// its calls (GitLab's `with_borrowed_connection`). Borrows nest.
+    pub fn borrow_connections(&self) {
+        self.primary.borrow();
+        self.secondary.borrow();
+    }
+
+    pub fn give_back_connections(&self) {
+        self.primary.give_back();
+        self.secondary.give_back();
+    }
+
     pub fn is_connected(&self, flags: Flags) -> bool {
         self.default_store(flags).is_connected()
     }
@@ -651,11 +686,17 @@ impl MultiStore {
             (false, DUAL_WRITE_ON) => {
                 // A verify running across this cannot vouch for the writes that follow.
                 self.state.journal.disturb();
+                // What the store now written alone missed before is not copied onto it any
+                // more: that would undo the writes it gets from now on (see `resync`).
+                self.state.journal.forget_lagging(Some(default_role(flags)));
                 off
             }
             // The default store changed while dual-write was off: each store got writes the
-            // other did not.
-            (false, _) => DUAL_WRITE_OFF_BOTH_DEFAULT,
+            // other did not, and neither may be copied onto.
+            (false, _) => {
+                self.state.journal.forget_lagging(None);
+                DUAL_WRITE_OFF_BOTH_DEFAULT
+            }
         };
         if self
             .state
@@ -672,6 +713,10 @@ impl MultiStore {
             DUAL_WRITE_OFF_SECONDARY_DEFAULT => Some(Role::Secondary),
             _ => None,
         };
+        // Keys journaled before the gap as missed by the store written alone during it (or by
+        // either, when both were the default in turn) would be copied onto it from a store
+        // that missed the gap's writes.
+        self.state.journal.forget_lagging(complete);
         self.state.journal.require_full_verify(complete);
         tracing::warn!(instance_name = %self.instance_name, "dual-write is back after a gap: the store that was not the default missed writes; a full verify is needed");
     }
@@ -774,22 +819,26 @@ impl MultiStore {
         ctx: &mut CallContext,
     ) -> Result<Reply> {
         let cmds = std::slice::from_ref(cmd);
-        let in_flight_journaled = self.journaled_keys(cmds);
-        let reply = match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+        let other = other_role(default);
+        let cancel = ctx.cancel;
+        let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
+        // One admission per call, taken before the presence look: a probe after the cool-down
+        // is looked before like any write (its keys may exist on one store only).
+        if self.breaker(other).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
+        }
+        let _writes = self.writes_in_flight(cmds);
+        match self.keys_only_one_store_has(cmds, default, cancel)? {
             Presence::Partial(partial) => {
                 let reply = self.write_both_unguarded(cmd, default, kind, ctx);
                 self.journal_partial(partial, default);
                 reply
             }
             Presence::OtherDidNotAnswer(look_failed) => {
-                let cancel = ctx.cancel;
-                self.write_default_only(cmds, default, kind, look_failed, ctx, |s| {
-                    s.call(cmd, ReadTimeout::Configured, cancel)
-                })
+                self.write_default_only(cmds, default, kind, look_failed, ctx, on_default)
             }
-        };
-        self.rejournal(in_flight_journaled);
-        reply
+        }
     }
 
     /// The other store did not answer the presence look before a write: it is not sent the
@@ -815,14 +864,37 @@ impl MultiStore {
     }
 
     /// Runs a write the `lagging` store does not get. Its keys are journaled before it, so reads
-    /// go to the default store meanwhile, and again after it, so a re-sync that copied a key in
-    /// between copies it once more (a key the full journal dropped is not counted twice).
+    /// go to the default store meanwhile, and registered as written until it is answered, so the
+    /// re-sync cannot copy and settle them before the write has landed.
     fn missing_write<T>(&self, cmds: &[Command], lagging: Role, write: impl FnOnce() -> T) -> T {
-        self.journal_missed(cmds, lagging);
-        let journaled = self.journaled_keys(cmds);
-        let reply = write();
-        self.rejournal(journaled);
-        reply
+        let mut registered = Vec::new();
+        self.journal_missed_with(cmds, lagging, Some(&mut registered));
+        let _writes = WritesInFlight {
+            journal: &self.state.journal,
+            keys: registered,
+        };
+        write()
+    }
+
+    /// Registers a dual write of `cmds` with the journal (see `Journal::writes_begin`) until
+    /// the returned guard is dropped.
+    fn writes_in_flight(&self, cmds: &[Command]) -> WritesInFlight<'_> {
+        let journal = &self.state.journal;
+        if journal.is_empty() {
+            return WritesInFlight {
+                journal,
+                keys: Vec::new(),
+            };
+        }
+        let keys: Vec<&[u8]> = cmds
+            .iter()
+            .filter_map(|cmd| command_table::keys(cmd, command_table::lookup(cmd)?))
+            .flatten()
+            .collect();
+        WritesInFlight {
+            journal,
+            keys: journal.writes_begin(keys),
+        }
     }
 
     fn write_both_unguarded(
@@ -834,14 +906,6 @@ impl MultiStore {
     ) -> Result<Reply> {
         let other = other_role(default);
         let cancel = ctx.cancel;
-        if self.breaker(other).admit() == Admission::Skipped {
-            self.metrics.breaker_skipped();
-            return self.missing_write(std::slice::from_ref(cmd), other, || {
-                self.timed(default, kind, |s| {
-                    s.call(cmd, ReadTimeout::Configured, cancel)
-                })
-            });
-        }
         let other_started = Instant::now();
         let (reply, other_reply) = match crate::stream_ids::auto_id_position(cmd) {
             // The other store gets the stream entry under the ID the default store chose.
@@ -1038,7 +1102,7 @@ impl MultiStore {
         match (self.ask(Role::Secondary, default, read_secondary), primary) {
             (Some(Ok(reply)), _) => {
                 if found_more(&reply) {
-                    self.metrics.read_fallback_miss();
+                    self.metrics.read_fallback_miss(&(ctx.cmd_name)());
                     ctx.events.push(Event::ReadFallback);
                 }
                 Ok(reply)
@@ -1138,43 +1202,47 @@ impl MultiStore {
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
-        let in_flight_journaled = self.journaled_keys(cmds);
-        let replies = match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+        let other = other_role(default);
+        let cancel = ctx.cancel;
+        let kind = RequestKind::Pipeline;
+        let on_default = |s: &Store| s.pipeline(cmds, cancel);
+        if self.breaker(other).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
+        }
+        let _writes = self.writes_in_flight(cmds);
+        match self.keys_only_one_store_has(cmds, default, cancel)? {
             Presence::Partial(partial) => {
                 let replies = self.pipeline_both_unguarded(cmds, default, ctx);
                 self.journal_partial(partial, default);
                 replies
             }
             Presence::OtherDidNotAnswer(look_failed) => {
-                let cancel = ctx.cancel;
-                let kind = RequestKind::Pipeline;
-                self.write_default_only(cmds, default, kind, look_failed, ctx, |s| {
-                    s.pipeline(cmds, cancel)
-                })
+                self.write_default_only(cmds, default, kind, look_failed, ctx, on_default)
             }
-        };
-        self.rejournal(in_flight_journaled);
-        replies
+        }
     }
 
     /// Until a full verify has shown the stores agree, a key may exist on one store only (not
     /// backfilled yet). A write that changes such a key in place -- HSET of one field, SADD,
     /// INCR, EXPIRE -- leaves the other store holding a part of it (a hash of one field), which
-    /// a primary-first read would return as if whole. So before such writes, both stores are
-    /// asked which of their keys they have (EXISTS, one pipelined round trip to each, at once);
-    /// a key only one has is journaled after the write and re-synced from the default store.
-    /// Writes that replace the whole key (SET, DEL, MSET …) need no such look, nor does anything
-    /// once the stores are known to agree.
+    /// a primary-first read would return as if whole; one that reads it (ZUNIONSTORE, BITOP, a
+    /// script) computes another result there for its other keys. So before such writes, both
+    /// stores are asked which of their keys they have (EXISTS, one pipelined round trip to
+    /// each, at once); every key of a command that names a key only one store has is journaled
+    /// after the write and re-synced from `source`. Writes that replace the whole key (SET, DEL,
+    /// MSET …) need no such look, nor does anything once the stores are known to agree.
     fn keys_only_one_store_has(
         &self,
         cmds: &[Command],
-        default: Role,
+        source: Role,
         cancel: &CancelToken,
     ) -> Result<Presence> {
         if self.state.journal.stores_agree() {
             return Ok(Presence::Partial(Vec::new()));
         }
-        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut per_command: Vec<Vec<&[u8]>> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
         for cmd in cmds {
             let Some(spec) = command_table::lookup(cmd) else {
                 continue;
@@ -1182,36 +1250,46 @@ impl MultiStore {
             if spec.kind() != CommandKind::Write || command_table::replaces_whole_keys(cmd, spec) {
                 continue;
             }
-            for key in command_table::keys(cmd, spec).unwrap_or_default() {
-                if !keys.iter().any(|k| k == key) {
-                    keys.push(key.to_vec());
+            let named = command_table::keys(cmd, spec).unwrap_or_default();
+            for key in &named {
+                if !keys.contains(key) {
+                    keys.push(key);
                 }
             }
+            per_command.push(named);
         }
         if keys.is_empty() {
-            return Ok(Presence::Partial(keys));
+            return Ok(Presence::Partial(Vec::new()));
         }
-        let other = other_role(default);
-        if self.breaker(other).state() != BreakerState::Closed {
-            return Ok(Presence::Partial(Vec::new())); // the write is journaled anyway
-        }
-        let probes = exists_probes(keys.iter().map(Vec::as_slice));
+        let other = other_role(source);
+        let probes = exists_probes(keys.iter().copied());
         let in_flight = self.store(other).send(&probes, cancel);
-        let on_default = self.store(default).pipeline(&probes, cancel);
+        let on_source = self.store(source).pipeline(&probes, cancel);
         let on_other = in_flight.and_then(|f| self.store(other).receive(f, cancel));
         // A default store that did not answer fails the call before any of the write is sent
         // anywhere, as the write itself would have, instead of waiting out its timeout twice.
-        let on_default = on_default?;
-        Ok(match on_other {
-            Ok(on_other) => Presence::Partial(
-                keys.into_iter()
-                    .zip(on_default.iter().zip(&on_other))
-                    .filter(|(_, (d, o))| d != o)
-                    .map(|(key, _)| key)
-                    .collect(),
-            ),
-            Err(error) => Presence::OtherDidNotAnswer(error),
-        })
+        let on_source = on_source?;
+        let on_other = match on_other {
+            Ok(on_other) => on_other,
+            Err(error) => return Ok(Presence::OtherDidNotAnswer(error)),
+        };
+        let differing: Vec<&[u8]> = keys
+            .iter()
+            .zip(on_source.iter().zip(&on_other))
+            .filter(|(_, (s, o))| s != o)
+            .map(|(key, _)| *key)
+            .collect();
+        let mut journaled: Vec<Vec<u8>> = Vec::new();
+        for named in per_command {
+            if named.iter().any(|key| differing.contains(key)) {
+                for key in named {
+                    if !journaled.iter().any(|k| k == key) {
+                        journaled.push(key.to_vec());
+                    }
+                }
+            }
+        }
+        Ok(Presence::Partial(journaled))
     }
 
     /// EXISTS of each key the commands name, while the stores are not known to agree (empty once
@@ -1253,12 +1331,6 @@ impl MultiStore {
     ) -> Result<Vec<Reply>> {
         let other = other_role(default);
         let cancel = ctx.cancel;
-        if self.breaker(other).admit() == Admission::Skipped {
-            self.metrics.breaker_skipped();
-            return self.missing_write(cmds, other, || {
-                self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
-            });
-        }
         let other_started = Instant::now();
         let (replies, other_replies) = if crate::stream_ids::has_auto_id(cmds) {
             // The other store stores XADD * entries under the IDs the default store chose.
@@ -1287,7 +1359,7 @@ impl MultiStore {
             Ok(other_replies) => {
                 self.breaker_success(other);
                 if matches!(&replies, Ok(r) if *r != other_replies) {
-                    self.metrics.pipelined_diff();
+                    self.metrics.pipelined_diff(&(ctx.cmd_name)());
                     tracing::debug!(instance_name = %self.instance_name, "pipeline results differ between the stores");
                     ctx.events.push(Event::PipelinedDiff);
                     // Which of the two is right cannot be told here; the default store's data
@@ -1299,6 +1371,9 @@ impl MultiStore {
         replies
     }
 
+    /// Replays on `role` writes that already ran on the other store (a transaction on a pinned
+    /// connection, what a blocking pop took). Looked before like any dual write: a key the
+    /// other store had and `role` did not is re-synced whole afterwards.
     fn mirror(&self, cmds: &[Command], role: Role, ctx: &mut CallContext) {
         let cancel = ctx.cancel;
         if self.breaker(role).admit() == Admission::Skipped {
@@ -1306,9 +1381,22 @@ impl MultiStore {
             self.journal_missed(cmds, role);
             return;
         }
+        let source = other_role(role);
+        let partial = match self.keys_only_one_store_has(cmds, source, cancel) {
+            Ok(Presence::Partial(partial)) => Some(partial),
+            Ok(Presence::OtherDidNotAnswer(error)) => {
+                return self.non_default_failed(cmds, role, error, ctx)
+            }
+            // The source did not answer the look: the replay goes ahead, all its keys re-synced.
+            Err(_) => None,
+        };
         match self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
             Ok(_) => self.breaker_success(role),
             Err(error) => self.non_default_failed(cmds, role, error, ctx),
+        }
+        match partial {
+            Some(partial) => self.journal_partial(partial, source),
+            None => self.journal_missed(cmds, role),
         }
     }
 
@@ -1340,13 +1428,24 @@ impl MultiStore {
     }
 
     fn read_failed_on_primary(&self, error: Error, ctx: &mut CallContext) {
-        self.metrics.read_fallback_error();
+        self.metrics.read_fallback_error(&(ctx.cmd_name)());
         ctx.events.push(Event::ReadFromPrimaryFailed { error });
     }
 
     /// Records the keys of the writes among `cmds` as missed by `lagging`, and makes sure the
     /// re-sync task runs.
     fn journal_missed(&self, cmds: &[Command], lagging: Role) {
+        self.journal_missed_with(cmds, lagging, None);
+    }
+
+    /// `journal_missed`; with `registered`, the keys are also registered as being written (see
+    /// `Journal::record_in_flight`).
+    fn journal_missed_with(
+        &self,
+        cmds: &[Command],
+        lagging: Role,
+        mut registered: Option<&mut Vec<Vec<u8>>>,
+    ) {
         for cmd in cmds {
             let Some(spec) = command_table::lookup(cmd) else {
                 continue;
@@ -1354,10 +1453,14 @@ impl MultiStore {
             if spec.kind() != CommandKind::Write {
                 continue;
             }
-            let dropped = self
-                .state
-                .journal
-                .record(command_table::keys(cmd, spec), lagging);
+            let keys = command_table::keys(cmd, spec);
+            let dropped = match registered.as_deref_mut() {
+                Some(registered) => self
+                    .state
+                    .journal
+                    .record_in_flight(keys, lagging, registered),
+                None => self.state.journal.record(keys, lagging),
+            };
             if dropped > 0 {
                 self.metrics.journal_overflow(dropped);
                 tracing::warn!(instance_name = %self.instance_name, dropped, "journal full: a full verify is needed");
@@ -1385,30 +1488,6 @@ impl MultiStore {
     /// to such a key may race with its re-sync (the copy lands between the write reaching one
     /// store and the other); recording the key again once the write is done on both makes the
     /// re-sync look at it once more instead of settling it on a stale comparison.
-    fn journaled_keys(&self, cmds: &[Command]) -> Vec<(Vec<u8>, Role)> {
-        if self.state.journal.is_empty() {
-            return Vec::new();
-        }
-        let mut found = Vec::new();
-        for cmd in cmds {
-            let Some(spec) = command_table::lookup(cmd) else {
-                continue;
-            };
-            for key in command_table::keys(cmd, spec).unwrap_or_default() {
-                if let Some(lagging) = self.state.journal.lagging(key) {
-                    found.push((key.to_vec(), lagging));
-                }
-            }
-        }
-        found
-    }
-
-    fn rejournal(&self, keys: Vec<(Vec<u8>, Role)>) {
-        for (key, lagging) in keys {
-            self.state.journal.record(Some([key.as_slice()]), lagging);
-        }
-    }
-
     /// The store that missed the latest write of the command's key, if it is journaled.
     fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
         if self.state.journal.is_empty() {

@@ -90,6 +90,10 @@ fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToke
         if keys.is_empty() {
             continue;
         }
+        // With dual-write off, a store written alone holds writes the other one never got.
+        if state.written_alone(lagging) {
+            continue;
+        }
         // The lagging store is only asked when its breaker lets a call through.
         let breaker = breaker(state, lagging);
         if breaker.admit() == Admission::Skipped {
@@ -157,6 +161,16 @@ fn resync_batch(
             .settle_requests_in_doubt(WAIT_BEFORE_RESYNC, cancel)
             .map_err(failed_on(role))?;
     }
+    // Writes of these keys wait until the copy and the comparison are done (see
+    // `Journal::fence`); keys with a write on its way are left for a later round.
+    let fenced = Fenced {
+        journal,
+        keys: journal.fence(keys.to_vec()),
+    };
+    let keys = &fenced.keys;
+    if keys.is_empty() {
+        return Ok(0);
+    }
     let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
     let snapshots = copy::read(source, &names, cancel).map_err(failed_on(source_role))?;
     let writes: Vec<Command> = names
@@ -164,6 +178,10 @@ fn resync_batch(
         .zip(snapshots)
         .filter_map(|(key, snapshot)| copy::overwrite(key, snapshot))
         .collect();
+    // Dual-write may have gone off since the round began (looked at again as late as can be).
+    if state_written_alone(ctx, lagging) {
+        return Ok(0); // `fenced` releases the keys unsettled
+    }
     if !writes.is_empty() {
         target
             .pipeline(&writes, cancel)
@@ -172,13 +190,43 @@ fn resync_batch(
 
     let equal = same_on_both(&ctx.primary, &ctx.secondary, &names, cancel)
         .map_err(failed_on(source_role))?;
-    let mut settled = 0;
-    for ((key, entry), equal) in keys.iter().zip(equal) {
-        if equal && journal.settle(key, *entry) {
-            settled += 1;
+    Ok(fenced.release(&equal))
+}
+
+/// Keys the re-sync holds (`Journal::fence`); released when dropped if `release` did not run
+/// (a round that failed half-way settles nothing).
+struct Fenced<'j> {
+    journal: &'j Journal,
+    keys: Vec<(Vec<u8>, Entry)>,
+}
+
+impl Fenced<'_> {
+    /// Releases every key, dropping those the stores agree on; how many were dropped.
+    fn release(mut self, equal: &[bool]) -> u64 {
+        let keys = std::mem::take(&mut self.keys);
+        let mut settled = 0;
+        for (i, (key, entry)) in keys.iter().enumerate() {
+            let agree = equal.get(i).copied().unwrap_or(false);
+            if self.journal.release(key, *entry, agree) {
+                settled += 1;
+            }
+        }
+        settled
+    }
+}
+
+impl Drop for Fenced<'_> {
+    fn drop(&mut self) {
+        for (key, entry) in std::mem::take(&mut self.keys) {
+            self.journal.release(&key, entry, false);
         }
     }
-    Ok(settled)
+}
+
+fn state_written_alone(ctx: &ResyncContext, role: Role) -> bool {
+    ctx.state
+        .upgrade()
+        .is_some_and(|state| state.written_alone(role))
 }
 
 fn other(role: Role) -> Role {

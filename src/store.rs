@@ -60,6 +60,8 @@ impl ResetSignal {
 }
 
 pub struct Store {
+    /// Names this store in the threads' borrowed connections (`borrowed`).
+    uid: u64,
     config: StoreConfig,
     /// The database new connections select; `select` changes it for the whole pool.
     db: AtomicI64,
@@ -95,6 +97,7 @@ impl Store {
             )
         });
         Store {
+            uid: crate::borrowed::next_store_id(),
             db: AtomicI64::new(config.db),
             config,
             epoch: AtomicU64::new(0),
@@ -313,6 +316,13 @@ impl Store {
     /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`. On a cluster,
     /// ask `node_for` which node's connection to take.
     pub fn checkout(&self, cancel: &CancelToken) -> Result<Connection> {
+        if let Some(conn) = crate::borrowed::take(self.uid) {
+            // One the server closed, or of a database or pool left since, is replaced by the
+            // next one this thread opens or takes.
+            if conn.epoch == self.epoch.load(Ordering::Acquire) && conn.still_open() {
+                return Ok(conn);
+            }
+        }
         if let Some(conn) = self.take_idle() {
             return Ok(conn);
         }
@@ -328,9 +338,27 @@ impl Store {
             return;
         }
         conn.set_idle();
+        let Some(conn) = crate::borrowed::keep(self.uid, conn) else {
+            return; // kept for the thread that borrows this store's connection
+        };
         let mut idle = pool.idle.lock();
         if idle.len() < self.config.pool_size {
             idle.push(conn);
+        }
+    }
+
+    /// From now until the matching `give_back`, this thread's round trips to this store use one
+    /// connection (see `borrowed`). Borrows nest. A Redis Cluster store keeps no connection for
+    /// the thread: its commands go to whichever node owns their keys.
+    pub fn borrow(&self) {
+        if self.cluster.is_none() {
+            crate::borrowed::begin(self.uid);
+        }
+    }
+
+    pub fn give_back(&self) {
+        if let Some(conn) = crate::borrowed::end(self.uid) {
+            self.checkin(conn);
         }
     }
 

@@ -86,7 +86,7 @@ module MultistoreFuzz
       command.arguments.each_with_index do |argument, index|
         emit(random, argument, args, command.arguments[index + 1])
       end
-      words + args
+      words + deterministic(command, args)
     end
 
     # The parts of a blocking command with a short timeout.
@@ -98,6 +98,16 @@ module MultistoreFuzz
     TIMEOUT_MARK = "\u0000timeout"
 
     private
+
+    # SORT … BY a pattern that names no key (or BY nosort) leaves the order of a set's members
+    # as the server's hash table has them, which differs between two servers: SORT is generated
+    # without BY.
+    def deterministic(command, args)
+      return args unless %w[sort sort_ro].include?(command.name)
+
+      at = args.index { |arg| arg.to_s.casecmp?("BY") }
+      at ? args[0...at] + args[(at + 2)..] : args
+    end
 
     def argument(raw)
       raw = raw.each_slice(2).to_h

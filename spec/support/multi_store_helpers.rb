@@ -45,14 +45,15 @@ module MultiStoreHelpers
   end
 
   # Reads one sample from MultiStore.metrics_text (0 when the series does not exist yet).
+  # The sum over the series of `name` whose labels include `labels` (a counter labelled by
+  # command as well is summed over the commands).
   def metric_value(name, **labels)
-    Gitlab::Redis::MultiStore.metrics_text.each_line do |line|
-      next unless line.start_with?("#{name}{")
+    Gitlab::Redis::MultiStore.metrics_text.each_line.sum(0.0) do |line|
+      next 0.0 unless line.start_with?("#{name}{")
 
       series, value = line.rpartition(" ").values_at(0, 2)
-      return Float(value) if labels.all? { |key, expected| series.include?(%(#{key}="#{expected}")) }
+      labels.all? { |key, expected| series.include?(%(#{key}="#{expected}")) } ? Float(value) : 0.0
     end
-    0.0
   end
 
   # How much a block changes a metric sample.

@@ -276,6 +276,16 @@ impl NativeStore {
         self.inner.disconnect();
     }
 
+    /// Called with the GVL held, on the Ruby thread's own OS thread: the borrow is that
+    /// thread's (see the core's `borrowed`).
+    fn borrow_connections(&self) {
+        self.inner.borrow_connections();
+    }
+
+    fn give_back_connections(&self) {
+        self.inner.give_back_connections();
+    }
+
     fn is_connected(&self, flags: u32) -> bool {
         self.inner.is_connected(Flags::from_bits(flags))
     }
@@ -371,6 +381,14 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_set_db", method!(NativeStore::set_db, 1))?;
     class.define_method("_journal_pinned", method!(NativeStore::journal_pinned, 3))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
+    class.define_method(
+        "_borrow_connections",
+        method!(NativeStore::borrow_connections, 0),
+    )?;
+    class.define_method(
+        "_give_back_connections",
+        method!(NativeStore::give_back_connections, 0),
+    )?;
     class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;
     class.define_method("_store_id", method!(NativeStore::store_id, 1))?;
     class.define_method("_store_db", method!(NativeStore::store_db, 1))?;

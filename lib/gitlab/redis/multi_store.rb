@@ -8,6 +8,7 @@ require "gitlab/redis/multi_store/reporter"
 require "gitlab/redis/multi_store/native_events"
 require "gitlab/redis/multi_store/client"
 require "gitlab/redis/multi_store/migration"
+require "gitlab/redis/multi_store/pooled"
 
 module Gitlab
   module Redis
@@ -17,6 +18,7 @@ module Gitlab
     # construction. The transport and the routing run in the native core, without the GVL.
     class MultiStore < ::Redis
       include Migration
+      include Pooled
 
       READ_STRATEGIES = %i[primary_with_fallback default_only].freeze
       LOG_LEVELS = { debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN, error: Logger::ERROR }.freeze
@@ -292,6 +294,8 @@ module Gitlab
       end
 
       def dup
+        return self.class.create_using_pool(primary_pool, secondary_pool, instance_name, **@constructor_options) if primary_pool
+
         self.class.new(primary_store, secondary_store, instance_name, **@constructor_options)
       end
 

@@ -19,6 +19,32 @@ RSpec.describe Gitlab::Redis::MultiStore, "observability" do
     metric_value("gitlab_redis_multi_store_requests_total", instance_name: instance_name, store: store_role, kind: kind)
   end
 
+  # The labels GitLab's dashboards query these two counters by.
+  describe "command labels" do
+    before { flags.enable(dual_write) }
+
+    it "labels a read fallback with the command and the reason" do
+      secondary_server.client.set("k", "v")
+      secondary_server.client.sadd("s", "m")
+
+      expect { store.get("k"); store.smembers("s") }
+        .to change { metric_value("gitlab_redis_multi_store_read_fallback_total", instance_name: instance_name, command: "get", reason: "miss") }.by(1)
+        .and change { metric_value("gitlab_redis_multi_store_read_fallback_total", instance_name: instance_name, command: "smembers", reason: "miss") }.by(1)
+      expect { store.pipelined { |p| p.get("k") } }
+        .to change { metric_value("gitlab_redis_multi_store_read_fallback_total", instance_name: instance_name, command: "pipelined") }.by(1)
+    end
+
+    it "labels a pipeline whose results differed pipelined, and a transaction multi" do
+      primary_server.client.set("c1", 5)
+      primary_server.client.set("c2", 5)
+
+      expect { store.pipelined { |p| p.incr("c1") } }
+        .to change { metric_value("gitlab_redis_multi_store_pipelined_diff_error_total", instance_name: instance_name, command: "pipelined") }.by(1)
+      expect { store.multi { |tx| tx.incr("c2") } }
+        .to change { metric_value("gitlab_redis_multi_store_pipelined_diff_error_total", instance_name: instance_name, command: "multi") }.by(1)
+    end
+  end
+
   describe "requests_total and duration_seconds" do
     it "counts round trips per store and kind: the default store only while the flags are off" do
       expect { store.set("k", "v") }.to change { requests("secondary", "write") }.by(1)

@@ -535,4 +535,137 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
 
     expect(outcomes.tally).to eq({ 0 => 20 })
   end
+
+  # Found by an adversarial run against real servers (each failed before its fix).
+  describe "what a write on one store leaves behind" do
+    def store_differences
+      keys = (primary.keys("*") + secondary.keys("*")).uniq.sort
+      keys.reject { |key| contents(primary, key) == contents(secondary, key) }
+    end
+
+    describe "a default store that times out" do
+      let(:store) do
+        flags.enable(dual_write)
+        multi_store(primary_server.url, { url: hanging.url, read_timeout: 0.3 })
+      end
+      let(:hanging) { dedicated_redis_server }
+      let(:old) { hanging.client }
+
+      def while_hung
+        Process.kill(:STOP, hanging.pid)
+        yield
+      rescue Redis::TimeoutError => e
+        e
+      ensure
+        Process.kill(:CONT, hanging.pid)
+      end
+
+      def primary = primary_server.client
+      def secondary = old
+
+      before do
+        store.rpush("q", %w[x y])
+        store.set("w", "0")
+        expect(store.verify).to be_in_agreement
+      end
+
+      # What runs before the store hangs, then what times out.
+      {
+        "a blocking pop" => [->(_store) {}, ->(store) { store.blpop("q", timeout: 0.2) }],
+        "a WATCH … MULTI transaction" => [->(store) { store.watch("w") }, ->(store) { store.multi { |tx| tx.incr("w") } }],
+        "a block-less MULTI … EXEC" => [->(store) { store.multi; store.incr("w") }, ->(store) { store.exec }]
+      }.each do |what, (before_hang, run)|
+        it "re-syncs the other store after #{what} whose reply timed out, instead of saying safe while they differ" do
+          before_hang.call(store)
+          raised = while_hung { run.call(store) }
+          wait_until { store.migration_status[:journal_keys].zero? && store.migration_status[:requests_in_doubt].values.sum.zero? }
+
+          aggregate_failures do
+            expect(raised).to be_a(Redis::TimeoutError)
+            expect(store_differences).to eq([])
+            expect(store.verify).to be_in_agreement
+          end
+        end
+      end
+    end
+
+    it "never copies onto the store that is the only one written once dual-write is off" do
+      store = multi_store(primary_server.url, { url: hanging.url, read_timeout: 0.2 }, breaker_threshold: 1, breaker_cool_down: 1)
+      flags.enable(dual_write, primary_default) # step 5
+      store.set("k", "v1")
+      Process.kill(:STOP, hanging.pid)
+      begin
+        store.set("k", "v2") # the old store misses it: journaled, breaker open
+      ensure
+        Process.kill(:CONT, hanging.pid)
+      end
+      flags.disable(primary_default) # rolled back to step 2 …
+      store.set("other", "x")
+      flags.disable(dual_write) # … and to step 1: the old store only
+      store.set("k", "v3")
+      sleep 2 # the breaker's cool-down is over: the re-sync would run now
+
+      expect([store.get("k"), hanging.client.get("k")]).to eq(%w[v3 v3])
+    end
+
+    it "looks before the write that probes a half-open breaker, like before any other in-place write" do
+      store = multi_store({ url: hanging.url, read_timeout: 0.3 }, secondary_server.url, breaker_threshold: 1, breaker_cool_down: 0.5)
+      flags.enable(dual_write)
+      secondary.hset("h", "a", "1", "b", "2") # on the old store only, not backfilled yet
+      store.ping
+      Process.kill(:STOP, hanging.pid)
+      begin
+        store.get("other") # times out on the primary: the breaker opens
+      ensure
+        Process.kill(:CONT, hanging.pid)
+      end
+      sleep 0.7 # half-open
+
+      store.hset("h", "c", "3")
+
+      expect(store.hgetall("h")).to eq("a" => "1", "b" => "2", "c" => "3")
+    end
+
+    it "re-syncs what a write computed from a key only one store has, not only that key" do
+      store = multi_store
+      flags.enable(dual_write)
+      secondary.zadd("a", 5, "m") # on the old store only
+      [primary, secondary].each { |c| c.zadd("b", 1, "m") }
+      secondary.set("s1", "\x01")
+      [primary, secondary].each { |c| c.set("s2", "\x02") }
+      secondary.set("src", "old-value")
+
+      store.zunionstore("d", %w[a b])
+      store.bitop("or", "bd", "s1", "s2")
+      store.eval("return redis.call('set', KEYS[2], redis.call('get', KEYS[1]) or 'none')", keys: %w[src copy])
+      wait_until { store.migration_status[:journal_keys].zero? }
+
+      aggregate_failures do
+        expect(store.zscore("d", "m")).to eq(6.0)
+        expect(store.get("bd")).to eq("\x03")
+        expect(store.get("copy")).to eq("old-value")
+        expect(store_differences).to eq([])
+      end
+    end
+
+    it "looks before replaying a transaction or a blocking move on the other store" do
+      store = multi_store
+      flags.enable(dual_write)
+      secondary.hset("h", "a", "1", "b", "2") # on the old store only
+      secondary.rpush("dst", %w[d1 d2])
+      [primary, secondary].each { |c| c.rpush("src", "x") }
+
+      store.watch("h") { store.multi { |tx| tx.hset("h", "c", "3") } }
+      store.blmove("src", "dst", "LEFT", "RIGHT", timeout: 1)
+      wait_until { store.migration_status[:journal_keys].zero? }
+
+      aggregate_failures do
+        expect(store.hgetall("h")).to eq("a" => "1", "b" => "2", "c" => "3")
+        expect(store.lrange("dst", 0, -1)).to eq(%w[d1 d2 x])
+        expect(store_differences).to eq([])
+      end
+    end
+
+    let(:hanging) { dedicated_redis_server }
+  end
 end

@@ -90,7 +90,7 @@ module Gitlab
           state = thread_state
           replies =
             if state&.session && pipeline.is_a?(::Redis::Pipeline::Multi)
-              pinned_replies = state.session._pipeline(commands)
+              pinned_replies = in_doubt_on_pinned(state, commands) { state.session._pipeline(commands) }
               # A transaction on a watched connection ran on the store it was pinned to only;
               # once it committed, the other store gets the same commands.
               mirror(commands, state.session) unless pinned_replies.last.nil?
@@ -147,7 +147,8 @@ module Gitlab
         def on_pinned(state, commands)
           if state.queued
             state.queued.concat(commands.reject { |command| TRANSACTION_CONTROL.include?(command.first) })
-            return yield
+            # EXEC itself: the queued commands are what may have run.
+            return commands.any? { |command| command.first == :exec } ? in_doubt_on_pinned(state, state.queued) { yield } : yield
           end
           begin
             reply = yield
@@ -157,6 +158,16 @@ module Gitlab
           end
           @native._journal_pinned(commands, @flags.bits, state.session)
           reply
+        end
+
+        # A transaction on the pinned connection whose EXEC failed with a connection error may
+        # have committed there all the same: its keys are journaled, re-synced from the pinned
+        # store, so the other store cannot keep what the transaction changed.
+        def in_doubt_on_pinned(state, commands)
+          yield
+        rescue ::Redis::BaseConnectionError
+          @native._journal_pinned(commands, @flags.bits, state.session)
+          raise
         end
 
         # Replays a transaction that committed on `session`'s pinned connection on the other
