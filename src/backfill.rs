@@ -128,10 +128,7 @@ impl Backfill {
                 store.settle_requests_in_doubt(WAIT_BEFORE_COMPARING, cancel)?;
             }
             self.started = true;
-            let dbsize =
-                self.secondary
-                    .call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
-            self.report.total = integer(&dbsize).unwrap_or(0).max(0) as u64;
+            self.report.total = estimated_keys(&self.secondary, cancel)?;
         }
         let (cursor, keys) = scan_page(
             &self.secondary,
@@ -363,4 +360,14 @@ pub(crate) fn integer(reply: &Reply) -> Option<i64> {
         Reply::Integer(n) => Some(*n),
         _ => None,
     }
+}
+
+/// How many keys a store holds, for progress (DBSIZE); 0, unknown, inside a key namespace,
+/// whose keys only a full SCAN could count.
+pub fn estimated_keys(store: &Store, cancel: &CancelToken) -> Result<u64> {
+    if store.config().namespace.is_some() {
+        return Ok(0);
+    }
+    let dbsize = store.call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
+    Ok(integer(&dbsize).unwrap_or(0).max(0) as u64)
 }

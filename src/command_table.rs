@@ -167,10 +167,19 @@ pub fn replaces_whole_keys(cmd: &Command, spec: &CommandSpec) -> bool {
 /// commands whose keys move (`movablekeys`) from their own syntax. `None` when they cannot be
 /// named (FLUSHDB, a command this function does not know how to read).
 pub fn keys<'c>(cmd: &'c Command, spec: &CommandSpec) -> Option<Vec<&'c [u8]>> {
+    key_positions(cmd, spec)?
+        .into_iter()
+        .map(|at| cmd.arg(at))
+        .collect()
+}
+
+/// Where `keys` finds the keys: indexes into the command's arguments (the name is 0).
+pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Option<Vec<usize>> {
     let args: Vec<&[u8]> = cmd.args().collect();
-    let numkeys_at = |at: usize| -> Option<Vec<&'c [u8]>> {
+    let numkeys_at = |at: usize| -> Option<Vec<usize>> {
         let n: usize = std::str::from_utf8(cmd.arg(at)?).ok()?.parse().ok()?;
-        (at + 1..at + 1 + n).map(|i| cmd.arg(i)).collect()
+        let keys: Vec<usize> = (at + 1..at + 1 + n).collect();
+        keys.iter().all(|&i| i < args.len()).then_some(keys)
     };
     if spec.has_flag(flag::MOVABLEKEYS) {
         return match spec.name {
@@ -180,24 +189,24 @@ pub fn keys<'c>(cmd: &'c Command, spec: &CommandSpec) -> Option<Vec<&'c [u8]>> {
             }
             "blmpop" | "bzmpop" => numkeys_at(2),
             "zunionstore" | "zinterstore" | "zdiffstore" => {
-                let mut keys = vec![cmd.arg(1)?];
+                let mut keys = vec![1];
                 keys.extend(numkeys_at(2)?);
-                Some(keys)
+                (args.len() > 1).then_some(keys)
             }
             "xread" | "xreadgroup" => {
                 let streams = args
                     .iter()
                     .position(|a| a.eq_ignore_ascii_case(b"streams"))?;
-                let rest = &args[streams + 1..];
-                Some(rest[..rest.len() / 2].to_vec())
+                let count = (args.len() - streams - 1) / 2;
+                Some((streams + 1..streams + 1 + count).collect())
             }
             "sort" | "sort_ro" | "georadius" | "georadiusbymember" => {
-                let mut keys = vec![cmd.arg(1)?];
+                let mut keys = vec![1];
                 let store = args.iter().position(|a| {
                     a.eq_ignore_ascii_case(b"store") || a.eq_ignore_ascii_case(b"storedist")
                 });
-                keys.extend(store.and_then(|i| args.get(i + 1).copied()));
-                Some(keys)
+                keys.extend(store.map(|i| i + 1).filter(|&i| i < args.len()));
+                (args.len() > 1).then_some(keys)
             }
             _ => None,
         };
@@ -219,7 +228,7 @@ pub fn keys<'c>(cmd: &'c Command, spec: &CommandSpec) -> Option<Vec<&'c [u8]>> {
     Some(
         (spec.first_key as usize..=last.max(0) as usize)
             .step_by(step)
-            .filter_map(|i| args.get(i).copied())
+            .filter(|&i| i < args.len())
             .collect(),
     )
 }

@@ -52,6 +52,8 @@ pub struct StoreConfig {
     pub sentinel: Option<crate::sentinel::SentinelConfig>,
     /// A Redis Cluster: `address` is then its first configured node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// A key namespace (`Redis::Namespace`): keys are sent as `<namespace>:<key>`.
+    pub namespace: Option<crate::namespace::Namespace>,
 }
 
 impl StoreConfig {
@@ -88,6 +90,7 @@ impl StoreConfig {
             spin_wait: DEFAULT_SPIN_WAIT,
             sentinel: None,
             cluster: None,
+            namespace: None,
         }
     }
 
@@ -136,7 +139,8 @@ impl StoreConfig {
             (None, None, None, None) => self.address == other.address,
             _ => false,
         };
-        same_server && self.db == other.db
+        // One server and database holds as many partitions as namespaces.
+        same_server && self.db == other.db && self.namespace == other.namespace
     }
 }
 

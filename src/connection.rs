@@ -8,11 +8,13 @@ use crate::command::Command;
 use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
 use crate::in_doubt::InDoubt;
+use crate::namespace::{Namespace, ReplyKeys};
 use crate::poll::Ready;
 pub use crate::reply::Reply;
 use crate::reply::ReplyReader;
 use crate::spin_wait::SpinWait;
 use crate::tls::TlsStream;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -122,6 +124,11 @@ pub struct Connection {
     /// Where the socket goes when dropped with commands unanswered (see `in_doubt.rs`).
     in_doubt: Option<Arc<InDoubt>>,
     fork_generation: u64,
+    /// The store's key namespace, and how to read the replies still to come (one per command
+    /// sent, in order; a subscription's further messages are read as pub/sub replies).
+    namespace: Option<Namespace>,
+    reply_keys: VecDeque<ReplyKeys>,
+    subscribed: bool,
 }
 
 impl Drop for Connection {
@@ -214,9 +221,13 @@ impl Connection {
             unanswered: 0,
             in_doubt: None,
             fork_generation: crate::fork::generation(),
+            namespace: None,
+            reply_keys: VecDeque::new(),
+            subscribed: false,
         };
         // As redis-rb: a timeout during AUTH/SELECT is a TimeoutError, not a failure to connect.
         conn.run_id = conn.handshake(config, cancel)?;
+        conn.namespace = config.namespace.clone();
         Ok(conn)
     }
 
@@ -268,12 +279,25 @@ impl Connection {
         let _watch = cancel
             .watch(self.stream.as_raw_fd())
             .ok_or(Error::Interrupted)?;
+        self.write_buf.clear();
+        match &self.namespace {
+            None => cmds
+                .iter()
+                .for_each(|cmd| cmd.pack_into(&mut self.write_buf)),
+            Some(namespace) => {
+                // Every command is checked before any is sent: a refused one sends nothing.
+                let mut keys = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    let (namespaced, reply_keys) = namespace.command(cmd)?;
+                    namespaced.pack_into(&mut self.write_buf);
+                    keys.push(reply_keys);
+                }
+                self.subscribed |= keys.contains(&ReplyKeys::PubSub);
+                self.reply_keys.extend(keys);
+            }
+        }
         self.replies_read = 0;
         self.unanswered += cmds.len();
-        self.write_buf.clear();
-        for cmd in cmds {
-            cmd.pack_into(&mut self.write_buf);
-        }
         self.flush_write_buf(cancel)
     }
 
@@ -282,7 +306,15 @@ impl Connection {
         let _watch = cancel
             .watch(self.stream.as_raw_fd())
             .ok_or(Error::Interrupted)?;
-        let reply = self.read_reply(cancel)?;
+        let mut reply = self.read_reply(cancel)?;
+        if let Some(namespace) = &self.namespace {
+            let keys = self.reply_keys.pop_front().unwrap_or(if self.subscribed {
+                ReplyKeys::PubSub
+            } else {
+                ReplyKeys::Untouched
+            });
+            reply = namespace.reply(reply, keys);
+        }
         self.replies_read += 1;
         // Saturating: a subscription gets several replies to one SUBSCRIBE, and messages.
         self.unanswered = self.unanswered.saturating_sub(1);

@@ -57,6 +57,11 @@ pub enum Error {
     #[error("{0}")]
     Server(ServerErrorReply),
 
+    /// A command a store inside a key namespace cannot run there: it acts on the whole
+    /// database, or names keys the command table cannot place (see `namespace.rs`).
+    #[error("{0} cannot run inside a key namespace: it would reach keys of other namespaces")]
+    NotNamespaced(String),
+
     /// A command not in the command table, refused in strict mode.
     #[error("Method missing {0}. Add it to the command table or route it explicitly.")]
     MethodMissing(String),

@@ -23,6 +23,7 @@ pub mod key_state;
 pub mod metrics;
 pub mod migration_state;
 pub mod multi_store;
+pub mod namespace;
 pub mod poll;
 pub mod reply;
 pub mod resync;

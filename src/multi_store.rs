@@ -324,7 +324,9 @@ impl MultiStore {
             SAME_SERVER_UNKNOWN => self.ask_same_server(flags, cancel),
             known => known == SAME_SERVER,
         };
-        same_server && self.primary.db() == self.secondary.db()
+        same_server
+            && self.primary.db() == self.secondary.db()
+            && self.primary.config().namespace == self.secondary.config().namespace
     }
 
     /// Compares the servers' run_ids (read by every connection's handshake), connecting to a
@@ -547,6 +549,9 @@ impl MultiStore {
             cancel,
             events: Vec::new(),
         };
+        if let Err(refused) = self.runs_in_namespaces(cmds) {
+            return self.outcome(ctx, Err(refused));
+        }
         for cmd in cmds {
             self.observe_script(command_table::lookup(cmd), cmd);
         }
@@ -781,6 +786,9 @@ impl MultiStore {
             cancel,
             events: Vec::new(),
         };
+        if let Err(refused) = self.runs_in_namespaces(std::slice::from_ref(cmd)) {
+            return Err(self.outcome(ctx, Err(refused)));
+        }
         if spec.is_some() {
             return Ok(ctx);
         }
@@ -792,6 +800,19 @@ impl MultiStore {
             return Err(self.outcome(ctx, Err(Error::MethodMissing(command_name))));
         }
         Ok(ctx)
+    }
+
+    /// A command a namespaced store would refuse is refused before it reaches either store,
+    /// so the other one neither runs it nor counts it as a missed write.
+    fn runs_in_namespaces(&self, cmds: &[Command]) -> Result<()> {
+        for store in [&self.primary, &self.secondary] {
+            if let Some(namespace) = &store.config().namespace {
+                for cmd in cmds {
+                    namespace.command(cmd)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn outcome<T>(&self, ctx: CallContext, result: Result<T>) -> Outcome<T> {
@@ -1391,7 +1412,17 @@ impl MultiStore {
             Err(_) => None,
         };
         match self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
-            Ok(_) => self.breaker_success(role),
+            Ok(replies) => {
+                self.breaker_success(role);
+                // The other store did not have what the replayed command was to take (the entry
+                // a blocking XREADGROUP got had not reached it yet, the element was not there)
+                // or refused it: the stores differ, and the key is re-synced from the source.
+                for (cmd, reply) in cmds.iter().zip(&replies) {
+                    if reply.is_error() || took_nothing(cmd, reply) {
+                        self.journal_keys_of(cmd, role);
+                    }
+                }
+            }
             Err(error) => self.non_default_failed(cmds, role, error, ctx),
         }
         match partial {
@@ -1484,10 +1515,6 @@ impl MultiStore {
         }
     }
 
-    /// The journaled keys among the writes of `cmds`, with the store that lags on each. A write
-    /// to such a key may race with its re-sync (the copy lands between the write reaching one
-    /// store and the other); recording the key again once the write is done on both makes the
-    /// re-sync look at it once more instead of settling it on a stale comparison.
     /// The store that missed the latest write of the command's key, if it is journaled.
     fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
         if self.state.journal.is_empty() {
@@ -1543,6 +1570,17 @@ fn exists_probes<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Command> {
     keys.into_iter()
         .map(|key| Command::from_args([&b"EXISTS"[..], key]))
         .collect()
+}
+
+/// A replayed removal that removed nothing (see `blocking::mirror`): LREM/ZREM answering 0, an
+/// XREADGROUP delivering nothing.
+fn took_nothing(cmd: &Command, reply: &Reply) -> bool {
+    match reply {
+        Reply::Integer(0) => cmd.name_is("lrem") || cmd.name_is("zrem") || cmd.name_is("srem"),
+        Reply::Nil => cmd.name_is("xreadgroup"),
+        Reply::Array(items) => cmd.name_is("xreadgroup") && items.is_empty(),
+        _ => false,
+    }
 }
 
 /// Whether two stores answering a write differently means their data differs. PUBLISH answers

@@ -4,7 +4,7 @@
 //! that differs is copied from the default store -- the store callers are answered from, whose
 //! data is the truth -- and checked again.
 
-use crate::backfill::{integer, scan_page};
+use crate::backfill::scan_page;
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy;
@@ -134,13 +134,10 @@ impl Verify {
                 store.settle_requests_in_doubt(WAIT_BEFORE_COMPARING, cancel)?;
             }
             self.started = true;
-            let dbsize =
-                self.secondary
-                    .call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
-            self.report.total = self
-                .options
-                .sample
-                .unwrap_or(integer(&dbsize).unwrap_or(0).max(0) as u64);
+            self.report.total = match self.options.sample {
+                Some(sample) => sample,
+                None => crate::backfill::estimated_keys(&self.secondary, cancel)?,
+            };
         }
         match self.phase {
             Phase::SecondaryKeys => {

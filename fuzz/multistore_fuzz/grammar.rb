@@ -168,8 +168,10 @@ module MultistoreFuzz
       case name
       when "timeout" then TIMEOUT_MARK
       when /count|numkeys|len|threshold|limit/ then random.rand(0..4).to_s
-      when /seconds/ then random.rand(1000..100_000).to_s
+      # Milliseconds first: the name "milliseconds" also matches /seconds/, and a PX of a few
+      # thousand would expire while both stores are being compared.
       when /milliseconds|ms/ then random.rand(1_000_000..100_000_000).to_s
+      when /seconds/ then random.rand(1000..100_000).to_s
       when /db/ then random.rand(0..1).to_s
       when /bit\z|value/ then random.rand(0..1).to_s
       when /offset|start|end|stop|index|rank|min|max/ then random.rand(-3..6).to_s

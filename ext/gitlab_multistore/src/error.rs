@@ -13,6 +13,7 @@ struct RedisErrorClasses {
     connection: Opaque<ExceptionClass>,
     timeout: Opaque<ExceptionClass>,
     method_missing: Opaque<ExceptionClass>,
+    not_namespaced: Opaque<ExceptionClass>,
     cross_slot: Opaque<ExceptionClass>,
     protocol: Opaque<ExceptionClass>,
 }
@@ -36,6 +37,9 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
         timeout: keep(redis.const_get("TimeoutError")?),
         method_missing: keep(
             ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
+        ),
+        not_namespaced: keep(
+            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::NamespaceError")?,
         ),
         cross_slot: keep(ruby.eval::<ExceptionClass>("Redis::Cluster::CrossSlotPipeliningError")?),
         protocol: keep(redis.const_get("ProtocolError")?),
@@ -67,6 +71,7 @@ pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
             "Redis::ConnectionError"
         }
         CoreError::MethodMissing(_) => "Gitlab::Redis::MultiStore::MethodMissingError",
+        CoreError::NotNamespaced(_) => "Gitlab::Redis::MultiStore::NamespaceError",
         CoreError::InvalidConfig(_) => "ArgumentError",
         CoreError::CrossSlot { .. } => "Redis::Cluster::CrossSlotPipeliningError",
         CoreError::UnexpectedReplyType(_) => "Redis::ProtocolError",
@@ -86,6 +91,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
             classes.connection
         }
         CoreError::MethodMissing(_) => classes.method_missing,
+        CoreError::NotNamespaced(_) => classes.not_namespaced,
         CoreError::CrossSlot { .. } => classes.cross_slot,
         CoreError::UnexpectedReplyType(_) => classes.protocol,
         CoreError::InvalidConfig(_) => {

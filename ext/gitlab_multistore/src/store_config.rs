@@ -87,6 +87,19 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
             config.address = first.clone();
         }
     }
+    if let Some(namespace) = fetch("namespace")? {
+        let namespace = RString::try_convert(namespace)?;
+        // SAFETY: copied at once.
+        let name = unsafe { namespace.as_slice() }.to_vec();
+        if config.cluster.is_some() {
+            // A cluster routes by the hash slot of the key as sent, which the prefix changes.
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                "a Redis::Namespace over a Redis Cluster client is not supported as a store",
+            ));
+        }
+        config.namespace = Some(gitlab_multistore::namespace::Namespace::new(&name));
+    }
     if config.pool_size == 0 {
         return Err(Error::new(
             ruby.exception_arg_error(),

@@ -126,6 +126,7 @@ module Gitlab
                                                   cache_seconds: flag_cache_seconds)
         @primary_options = StoreOptions.normalize(primary_store, pool_size: pool_size, spin_wait: spin_wait)
         @secondary_options = StoreOptions.normalize(secondary_store, pool_size: pool_size, spin_wait: spin_wait)
+        StoreOptions.check_namespaces!(@primary_options, @secondary_options)
         @native = GitlabMultistore::NativeStore.new(
           @instance_name,
           @primary_options,

@@ -35,6 +35,13 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
       expect(forms.each_index.map { |i| cluster.server_for("form:#{i}").client.get("form:#{i}") }).to eq(%w[0 1 2 3])
     end
 
+    it "refuses a Redis::Namespace over a cluster client: the prefix would change the keys' slots" do
+      require "redis/namespace"
+      namespaced = Redis::Namespace.new("app", redis: Redis.new(cluster: cluster.urls))
+
+      expect { store_onto_cluster(namespaced) }.to raise_error(ArgumentError, /Redis Cluster client is not supported/)
+    end
+
     it "refuses a cluster option that is not a list, with redis-rb's error" do
       expect { store_onto_cluster({ cluster: "redis://127.0.0.1:1" }) }
         .to raise_error(Redis::InvalidClientOptionError, /must be an Array/)

@@ -85,6 +85,8 @@ RSpec.describe Gitlab::Redis::MultiStore, "observability" do
     flags.enable(dual_write)
     store.set("k", "v")
     store.get("missing")
+    secondary_server.client.set("only-old", "v")
+    store.get("only-old") # a fallback: its series exists once one happened, labelled by command
     store.call(["NOT.A.COMMAND"]) rescue Redis::CommandError # rubocop:disable Style/RescueModifier
 
     parser = <<~PY

@@ -13,6 +13,10 @@ module Gitlab
       # Raised: `backfill` once the primary is the default store (it would bring back onto the
       # store callers read keys they have deleted since).
       BackfillAfterSwitchError = Class.new(Error)
+      # Raised: a command a namespaced store (a Redis::Namespace) cannot run inside its
+      # namespace -- FLUSHDB, DBSIZE, RANDOMKEY … act on the whole database -- refused before
+      # anything is sent (redis-namespace refuses or warns about the same ones).
+      NamespaceError = Class.new(Error)
     end
   end
 end

@@ -18,10 +18,20 @@ module Gitlab
         module_function
 
         def valid?(store)
+          return valid?(store.redis) if namespaced?(store)
+
           store.is_a?(::Redis) || store.is_a?(String) || store.is_a?(Hash) || store.is_a?(Array)
         end
 
+        # A Redis::Namespace (Debian's ruby-redis-namespace), nested ones too: the store is the
+        # client inside, and its keys live under the namespace (see the core's namespace.rs).
+        def namespaced?(store)
+          defined?(::Redis::Namespace) && store.is_a?(::Redis::Namespace)
+        end
+
         def normalize(store, pool_size: nil, spin_wait: nil)
+          return normalize_namespaced(store, pool_size: pool_size, spin_wait: spin_wait) if namespaced?(store)
+
           cluster = cluster_options(store)
           return normalize_cluster(cluster, pool_size: pool_size).merge(tuning(spin_wait)) if cluster
 
@@ -32,6 +42,41 @@ module Gitlab
           normalized[:pool_size] = Integer(pool_size) if pool_size
           normalized[:ssl_params] = tls_params(options[:ssl_params] || {}) if options[:ssl]
           normalized.merge(tuning(spin_wait))
+        end
+
+        def normalize_namespaced(store, pool_size:, spin_wait:)
+          names = []
+          while namespaced?(store)
+            # A namespace given as a Proc is read per call by redis-namespace; the MultiStore's
+            # connections need one, fixed when it is built.
+            if store.instance_variable_get(:@namespace).respond_to?(:call)
+              raise ArgumentError, "a Redis::Namespace whose namespace is a Proc cannot be a MultiStore store"
+            end
+
+            name = store.namespace
+            names.unshift(name.to_s) unless name.nil?
+            store = store.redis
+          end
+          if names.any? { |name| name.match?(/[*?\[\]\\]/) }
+            # Prefixed to KEYS and SCAN patterns, such a name would match other namespaces' keys.
+            raise ArgumentError, "a namespace with glob characters (* ? [ ] \\) cannot be a MultiStore store"
+          end
+          normalized = normalize(store, pool_size: pool_size, spin_wait: spin_wait)
+          names.empty? ? normalized : normalized.merge(namespace: names.join(":"))
+        end
+
+        # Two namespaces of one server and database, one inside the other ("cache" and
+        # "cache:v2"): the outer one's SCAN would see the inner one's keys as its own, and a
+        # backfill would copy them into the inner namespace once more.
+        def check_namespaces!(primary, secondary)
+          return unless primary[:namespace] && secondary[:namespace]
+          return unless primary.values_at(:host, :port, :path, :db) == secondary.values_at(:host, :port, :path, :db)
+
+          outer, inner = [primary[:namespace], secondary[:namespace]].sort_by(&:length)
+          return unless inner.start_with?("#{outer}:") || inner == outer
+
+          raise ArgumentError, "the namespaces #{outer.inspect} and #{inner.inspect} of one server overlap: " \
+                               "the keys of one would be seen as the other's"
         end
 
         def tuning(spin_wait)
