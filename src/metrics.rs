@@ -323,38 +323,40 @@ impl InstanceMetrics {
     }
 
     fn read_fallback(&self, command: &str, reason: &'static str) {
-        if let Some(m) = global() {
-            m.read_fallback
-                .with_label_values(&[&self.instance_name, command, reason])
-                .inc();
-        }
-        record(
+        self.inc_labelled(
+            |m| &m.read_fallback,
             "gitlab_redis_multi_store_read_fallback_total",
-            || {
-                vec![
-                    ("instance_name", self.instance_name.clone()),
-                    ("command", command.to_string()),
-                    ("reason", reason.to_string()),
-                ]
-            },
-            1.0,
+            &[("command", command), ("reason", reason)],
         );
     }
 
     /// `command`: `pipelined` or `multi`.
     pub fn pipelined_diff(&self, command: &str) {
+        self.inc_labelled(
+            |m| &m.pipelined_diff,
+            "gitlab_redis_multi_store_pipelined_diff_error_total",
+            &[("command", command)],
+        );
+    }
+
+    /// Counts one on the series of `instance_name` and `labels` (in the counter's label order).
+    fn inc_labelled(
+        &self,
+        counter: impl FnOnce(&Metrics) -> &IntCounterVec,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) {
         if let Some(m) = global() {
-            m.pipelined_diff
-                .with_label_values(&[&self.instance_name, command])
-                .inc();
+            let mut values = vec![self.instance_name.as_str()];
+            values.extend(labels.iter().map(|(_, value)| *value));
+            counter(m).with_label_values(&values).inc();
         }
         record(
-            "gitlab_redis_multi_store_pipelined_diff_error_total",
+            name,
             || {
-                vec![
-                    ("instance_name", self.instance_name.clone()),
-                    ("command", command.to_string()),
-                ]
+                let mut all = vec![("instance_name", self.instance_name.clone())];
+                all.extend(labels.iter().map(|(k, v)| (*k, v.to_string())));
+                all
             },
             1.0,
         );

@@ -839,20 +839,39 @@ impl MultiStore {
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
-        let cmds = std::slice::from_ref(cmd);
-        let other = other_role(default);
         let cancel = ctx.cancel;
-        let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
-        // One admission per call, taken before the presence look: a probe after the cool-down
-        // is looked before like any write (its keys may exist on one store only).
+        self.guarded_dual_write(
+            std::slice::from_ref(cmd),
+            default,
+            kind,
+            ctx,
+            |s| s.call(cmd, ReadTimeout::Configured, cancel),
+            |ctx| self.write_both_unguarded(cmd, default, kind, ctx),
+        )
+    }
+
+    /// What every dual write goes through: one breaker admission, taken before the presence
+    /// look (a probe after the cool-down is looked before like any write: its keys may exist on
+    /// one store only); the writes registered in flight for the re-sync; the presence look; then
+    /// `both` -- or `on_default` alone when the other store is skipped or did not answer.
+    fn guarded_dual_write<T>(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        kind: RequestKind,
+        ctx: &mut CallContext,
+        on_default: impl FnOnce(&Store) -> Result<T>,
+        both: impl FnOnce(&mut CallContext) -> Result<T>,
+    ) -> Result<T> {
+        let other = other_role(default);
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
         }
         let _writes = self.writes_in_flight(cmds);
-        match self.keys_only_one_store_has(cmds, default, cancel)? {
+        match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
             Presence::Partial(partial) => {
-                let reply = self.write_both_unguarded(cmd, default, kind, ctx);
+                let reply = both(ctx);
                 self.journal_partial(partial, default);
                 reply
             }
@@ -1223,25 +1242,15 @@ impl MultiStore {
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
-        let other = other_role(default);
         let cancel = ctx.cancel;
-        let kind = RequestKind::Pipeline;
-        let on_default = |s: &Store| s.pipeline(cmds, cancel);
-        if self.breaker(other).admit() == Admission::Skipped {
-            self.metrics.breaker_skipped();
-            return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
-        }
-        let _writes = self.writes_in_flight(cmds);
-        match self.keys_only_one_store_has(cmds, default, cancel)? {
-            Presence::Partial(partial) => {
-                let replies = self.pipeline_both_unguarded(cmds, default, ctx);
-                self.journal_partial(partial, default);
-                replies
-            }
-            Presence::OtherDidNotAnswer(look_failed) => {
-                self.write_default_only(cmds, default, kind, look_failed, ctx, on_default)
-            }
-        }
+        self.guarded_dual_write(
+            cmds,
+            default,
+            RequestKind::Pipeline,
+            ctx,
+            |s| s.pipeline(cmds, cancel),
+            |ctx| self.pipeline_both_unguarded(cmds, default, ctx),
+        )
     }
 
     /// Until a full verify has shown the stores agree, a key may exist on one store only (not
