@@ -19,7 +19,7 @@ Gem::Specification.new do |spec|
 
   spec.files = Dir[
     "lib/**/*.rb", "exe/*", "ext/**/*.{rb,rs,toml}", "src/**/*.rs",
-    "Cargo.toml", "Cargo.lock", "README.md", "LICENSE", "prometheus/**/*.yml"
+    "Cargo.toml", "Cargo.lock", "README.md", "LICENSE", "prometheus/**/*.{yml,json}"
   ]
   spec.bindir = "exe"
   spec.executables = Dir["exe/*"].map { |path| File.basename(path) }

@@ -261,6 +261,23 @@ impl InstanceMetrics {
         let Some(m) = global() else {
             return Self::default();
         };
+        // Every series whose labels are known now starts at 0: a counter first scraped at 1
+        // shows no increase, and an alert on `increase()` would miss the first failure.
+        let _ = m.journal_overflows.with_label_values(&[instance_name]);
+        let _ = m.breaker_skipped.with_label_values(&[instance_name]);
+        let _ = m.resynced.with_label_values(&[instance_name]);
+        let _ = m.journal_keys.with_label_values(&[instance_name]);
+        for store in [Role::Primary, Role::Secondary] {
+            let _ = m
+                .breaker_opened
+                .with_label_values(&[instance_name, store.name()]);
+            let _ = m
+                .store_resets
+                .with_label_values(&[instance_name, store.name()]);
+        }
+        for batch in ["pipelined", "multi"] {
+            let _ = m.pipelined_diff.with_label_values(&[instance_name, batch]);
+        }
         InstanceMetrics {
             instance_name: instance_name.to_string(),
             non_default_write_failures: Some(

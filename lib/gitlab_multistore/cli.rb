@@ -17,7 +17,8 @@ module GitlabMultistore
         verify    compare the stores key by key; exit 0 only when they agree
         status    verify, then print whether switching the default is safe, and why not
         demo      start two throw-away redis-servers and walk through a whole migration
-                  (--cluster: the new store is a throw-away 3-master Redis Cluster; --quick)
+                  (--cluster: the new store is a throw-away 3-master Redis Cluster; --quick;
+                  --metrics-port N: serve /metrics for a Prometheus while it runs)
 
       Options for backfill and verify:
     TEXT
@@ -77,6 +78,9 @@ module GitlabMultistore
           options[:default] = v
         end
         o.on("--json", "print the final report as JSON") { options[:json] = true }
+        o.on("--metrics-port N", Integer, "serve /metrics (Prometheus) on this port while running, with progress gauges") do |v|
+          options[:metrics_port] = v
+        end
       end
     end
 
@@ -92,20 +96,36 @@ module GitlabMultistore
       raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
 
       store = multi_store(options)
+      metrics = metrics_server(options)
       progress = Progress.new(@err, tty: @tty, label: command)
+      on_progress = lambda do |p|
+        progress.update(p)
+        metrics&.progress(command, p)
+      end
       report =
         if command == "backfill"
-          store.backfill(match: options[:match], count: options[:count], rate: options[:rate]) { |p| progress.update(p) }
+          store.backfill(match: options[:match], count: options[:count], rate: options[:rate], &on_progress)
         else
           store.verify(match: options[:match], count: options[:count], sample: options[:sample],
-                       repair: options[:repair]) { |p| progress.update(p) }
+                       repair: options[:repair], &on_progress)
         end
+      metrics&.progress(command, report)
       progress.finish
       print_report(command, report, json: options[:json])
       success = command == "backfill" ? report.ok? : report.in_agreement?
       success ? 0 : 1
     ensure
+      metrics&.close
       store&.close
+    end
+
+    def metrics_server(options)
+      return unless options[:metrics_port]
+
+      require "gitlab_multistore/metrics_server"
+      MetricsServer.new(port: options[:metrics_port]).tap do |server|
+        @err.puts "metrics: http://127.0.0.1:#{server.port}/metrics"
+      end
     end
 
     def status(argv)
@@ -160,7 +180,16 @@ module GitlabMultistore
 
     def demo(argv)
       require "gitlab_multistore/demo"
-      Demo.new(@out, quick: argv.include?("--quick"), cluster: argv.include?("--cluster")).run ? 0 : 1
+      options = {}
+      OptionParser.new do |o|
+        o.on("--quick") { options[:quick] = true }
+        o.on("--cluster") { options[:cluster] = true }
+        o.on("--metrics-port N", Integer) { |v| options[:metrics_port] = v }
+      end.parse!(argv)
+      metrics = metrics_server(options)
+      Demo.new(@out, quick: options[:quick], cluster: options[:cluster], metrics: metrics).run ? 0 : 1
+    ensure
+      metrics&.close
     end
 
     # A progress bar on a terminal; elsewhere (logs, CI) a plain line per 10 %.

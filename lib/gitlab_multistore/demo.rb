@@ -54,8 +54,11 @@ module GitlabMultistore
       end
     end
 
-    def initialize(out, quick: false, cluster: false)
+    # @param metrics [MetricsServer, nil] serves /metrics while the demo runs, with the
+    #   backfill's and verify's progress
+    def initialize(out, quick: false, cluster: false, metrics: nil)
       @out = out
+      @metrics = metrics
       @cluster = cluster
       @step_seconds = quick ? 0.4 : 3.0
       @sessions = quick ? 200 : SESSIONS
@@ -69,6 +72,7 @@ module GitlabMultistore
     attr_reader :summary
 
     def run
+      explain_metrics
       start_servers
       configure_instances
       seed_old_store
@@ -183,6 +187,20 @@ module GitlabMultistore
       @workers&.each { |w| w.join(5) }
     end
 
+    # How to watch the run in Prometheus: with --metrics-port the demo serves /metrics.
+    def explain_metrics
+      unless @metrics
+        say "To watch the migration in Prometheus, run the demo with --metrics-port 9394 " \
+            "(bin/demo --metrics-port 9394)."
+        return
+      end
+      rules = File.expand_path("../../prometheus/gitlab_multistore.rules.yml", __dir__)
+      say "Metrics: http://127.0.0.1:#{@metrics.port}/metrics -- to watch in Prometheus, add to prometheus.yml:"
+      say "  rule_files: [#{rules}]"
+      say "  scrape_configs: [{ job_name: gitlab_multistore_demo, scrape_interval: 1s, " \
+          "static_configs: [{ targets: ['127.0.0.1:#{@metrics.port}'] }] }]"
+    end
+
     def walk_through_the_migration
       step(1, "All traffic on the old store (no flag on)") { @flags.set }
       step(2, "Dual-write: #{DUAL_WRITE}") do
@@ -230,11 +248,13 @@ module GitlabMultistore
       say "Step #{number}: Backfill -- copy the keys dual-writes never touch (set, hash, old sessions)"
       report = DemoSessions.with do |redis|
         redis.backfill(count: 500) do |p|
+          @metrics&.progress("backfill", p)
           say format("  backfill %3d%%: %d/%d keys scanned, %d copied, %d already present", p.fraction * 100,
                      p.scanned, p.total, p.copied, p.already_present)
         end
       end
       @backfill = report
+      @metrics&.progress("backfill", report)
       say format("  done in %.2fs: copied %d, already present %d, expired %d, failed %d",
                  report.elapsed, report.copied, report.already_present, report.expired, report.failed)
     end
@@ -244,7 +264,8 @@ module GitlabMultistore
     def verify_step(number)
       say ""
       say "Step #{number}: Verify -- do the stores agree?"
-      @verify = DemoSessions.with { |redis| redis.verify(count: 500) }
+      @verify = DemoSessions.with { |redis| redis.verify(count: 500) { |p| @metrics&.progress("verify", p) } }
+      @metrics&.progress("verify", @verify)
       report_verify(@verify)
       return if @verify.in_agreement?
 

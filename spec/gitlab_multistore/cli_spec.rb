@@ -2,6 +2,7 @@
 
 require "gitlab_multistore/cli"
 require "json"
+require "net/http"
 require "open3"
 require "rbconfig"
 require "stringio"
@@ -166,6 +167,30 @@ RSpec.describe GitlabMultistore::CLI do
       expect(frames.last).to include("[#{'#' * 30}] 1000/1000 keys")
       expect(result.err).to end_with("\n")
       expect(result.out).to include("checked 1000")
+    end
+  end
+
+  describe "--metrics-port" do
+    it "serves /metrics with the backfill's progress gauges while it runs" do
+      populate(secondary, 300, prefix: "key")
+      err = StringIO.new
+      cli = described_class.new(out: StringIO.new, err: err, tty: false)
+      runner = Thread.new { cli.run(["backfill", *stores, "--rate", "300", "--count", "50", "--metrics-port", "0"]) }
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+      sleep 0.05 until err.string.include?("/metrics") || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      url = err.string[%r{http://127\.0\.0\.1:\d+/metrics}]
+      sleep 0.3 # a few pages copied
+      body = Net::HTTP.get(URI(url))
+      not_found = Net::HTTP.get_response(URI(url.sub("/metrics", "/other")))
+
+      expect(runner.value).to eq(0)
+      aggregate_failures do
+        expect(body[/^gitlab_multistore_backfill_scanned (\S+)$/, 1].to_f).to be_positive
+        expect(body).to include("gitlab_multistore_backfill_total 300.0", "# TYPE gitlab_multistore_backfill_done gauge",
+                                "gitlab_redis_multi_store_requests_total{")
+        expect(not_found.code).to eq("404")
+        expect(primary.dbsize).to eq(300)
+      end
     end
   end
 
