@@ -134,8 +134,13 @@ module GitlabMultistore
       raise ArgumentError, "--primary and --secondary are required" unless options[:primary] && options[:secondary]
 
       store = multi_store(options)
+      metrics = metrics_server(options)
       progress = Progress.new(@err, tty: @tty, label: "verify")
-      store.verify(match: options[:match], count: options[:count], repair: options[:repair]) { |p| progress.update(p) }
+      report = store.verify(match: options[:match], count: options[:count], repair: options[:repair]) do |p|
+        progress.update(p)
+        metrics&.progress("verify", p)
+      end
+      metrics&.progress("verify", report)
       progress.finish
       status = store.migration_status
       if options[:json]
@@ -147,6 +152,7 @@ module GitlabMultistore
       end
       status[:safe_to_switch] ? 0 : 1
     ensure
+      metrics&.close
       store&.close
     end
 
