@@ -194,18 +194,20 @@ pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Option<Vec<usize>> {
                 (args.len() > 1).then_some(keys)
             }
             "xread" | "xreadgroup" => {
-                let streams = args
-                    .iter()
-                    .position(|a| a.eq_ignore_ascii_case(b"streams"))?;
+                let streams = streams_at(&args, spec.name == "xreadgroup")?;
                 let count = (args.len() - streams - 1) / 2;
                 Some((streams + 1..streams + 1 + count).collect())
             }
-            "sort" | "sort_ro" | "georadius" | "georadiusbymember" => {
+            "sort" | "sort_ro" => {
                 let mut keys = vec![1];
-                let store = args.iter().position(|a| {
-                    a.eq_ignore_ascii_case(b"store") || a.eq_ignore_ascii_case(b"storedist")
-                });
-                keys.extend(store.map(|i| i + 1).filter(|&i| i < args.len()));
+                keys.extend(sort_store_at(&args));
+                (args.len() > 1).then_some(keys)
+            }
+            "georadius" | "georadiusbymember" => {
+                // GEORADIUS key lon lat radius unit …, GEORADIUSBYMEMBER key member radius unit …
+                let options = if spec.name == "georadius" { 6 } else { 5 };
+                let mut keys = vec![1];
+                keys.extend(geo_store_at(&args, options));
                 (args.len() > 1).then_some(keys)
             }
             _ => None,
@@ -233,6 +235,67 @@ pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Option<Vec<usize>> {
     )
 }
 
+/// Where STREAMS is among XREAD's / XREADGROUP's options: read option by option (a group or
+/// consumer may be named "streams").
+fn streams_at(args: &[&[u8]], group: bool) -> Option<usize> {
+    let mut i = if group { 4 } else { 1 }; // XREADGROUP GROUP g c …
+    while i < args.len() {
+        let option = args[i];
+        if option.eq_ignore_ascii_case(b"streams") {
+            return Some(i);
+        }
+        i += if option.eq_ignore_ascii_case(b"count") || option.eq_ignore_ascii_case(b"block") {
+            2
+        } else {
+            1
+        };
+    }
+    None
+}
+
+/// SORT key [BY pattern] [LIMIT offset count] [GET pattern …] [ASC|DESC] [ALPHA] [STORE dest]:
+/// the destination, read option by option (a pattern or key may be named "store"; the last
+/// STORE wins, as in Redis).
+pub(crate) fn sort_store_at(args: &[&[u8]]) -> Option<usize> {
+    let mut store = None;
+    let mut i = 2;
+    while i < args.len() {
+        let option = args[i];
+        let skip = if option.eq_ignore_ascii_case(b"by") || option.eq_ignore_ascii_case(b"get") {
+            2
+        } else if option.eq_ignore_ascii_case(b"limit") {
+            3
+        } else if option.eq_ignore_ascii_case(b"store") {
+            store = Some(i + 1).filter(|&at| at < args.len());
+            2
+        } else {
+            1
+        };
+        i += skip;
+    }
+    store
+}
+
+/// GEORADIUS's STORE / STOREDIST destination (the last one given), from its options on.
+fn geo_store_at(args: &[&[u8]], options: usize) -> Option<usize> {
+    let mut store = None;
+    let mut i = options;
+    while i < args.len() {
+        let option = args[i];
+        let skip =
+            if option.eq_ignore_ascii_case(b"store") || option.eq_ignore_ascii_case(b"storedist") {
+                store = Some(i + 1).filter(|&at| at < args.len());
+                2
+            } else if option.eq_ignore_ascii_case(b"count") {
+                2
+            } else {
+                1
+            };
+        i += skip;
+    }
+    store
+}
+
 /// Binary search by name, ignoring the case of the caller's spelling (table names are lower case).
 fn find(table: &'static [CommandSpec], name: &[u8]) -> Option<&'static CommandSpec> {
     table
@@ -258,6 +321,56 @@ mod tests {
 
     fn kind_of(args: &[&str]) -> Option<CommandKind> {
         lookup(&Command::from_args(args)).map(CommandSpec::kind)
+    }
+
+    fn key_names(args: &[&str]) -> Option<Vec<String>> {
+        let cmd = Command::from_args(args);
+        let spec = lookup(&cmd)?;
+        keys(&cmd, spec).map(|keys| {
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn reads_options_one_by_one_where_a_name_could_be_an_option_word() {
+        assert_eq!(
+            key_names(&["SORT", "l", "GET", "store", "ALPHA", "STORE", "a", "STORE", "dst"]),
+            Some(vec!["l".into(), "dst".into()])
+        );
+        assert_eq!(
+            key_names(&["SORT", "store", "ALPHA"]),
+            Some(vec!["store".into()])
+        );
+        assert_eq!(
+            key_names(&[
+                "GEORADIUSBYMEMBER",
+                "shops",
+                "store",
+                "100",
+                "km",
+                "STORE",
+                "a",
+                "STOREDIST",
+                "d"
+            ]),
+            Some(vec!["shops".into(), "d".into()])
+        );
+        assert_eq!(
+            key_names(&[
+                "XREADGROUP",
+                "GROUP",
+                "streams",
+                "c",
+                "COUNT",
+                "1",
+                "STREAMS",
+                "s",
+                ">"
+            ]),
+            Some(vec!["s".into()])
+        );
     }
 
     #[test]

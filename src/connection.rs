@@ -129,6 +129,8 @@ pub struct Connection {
     namespace: Option<Namespace>,
     reply_keys: VecDeque<ReplyKeys>,
     subscribed: bool,
+    /// Inside MULTI: how to read each queued command's reply in EXEC's array.
+    queued_keys: Option<Vec<ReplyKeys>>,
 }
 
 impl Drop for Connection {
@@ -224,6 +226,7 @@ impl Connection {
             namespace: None,
             reply_keys: VecDeque::new(),
             subscribed: false,
+            queued_keys: None,
         };
         // As redis-rb: a timeout during AUTH/SELECT is a TimeoutError, not a failure to connect.
         conn.run_id = conn.handshake(config, cancel)?;
@@ -287,11 +290,27 @@ impl Connection {
             Some(namespace) => {
                 // Every command is checked before any is sent: a refused one sends nothing.
                 let mut keys = Vec::with_capacity(cmds.len());
+                let mut queued = self.queued_keys.clone();
                 for cmd in cmds {
                     let (namespaced, reply_keys) = namespace.command(cmd)?;
                     namespaced.pack_into(&mut self.write_buf);
-                    keys.push(reply_keys);
+                    // A transaction's replies come in EXEC's array, not one by one.
+                    keys.push(if cmd.name_is("multi") {
+                        queued = Some(Vec::new());
+                        ReplyKeys::Untouched
+                    } else if cmd.name_is("exec") {
+                        ReplyKeys::Transaction(queued.take().unwrap_or_default())
+                    } else if cmd.name_is("discard") {
+                        queued = None;
+                        ReplyKeys::Untouched
+                    } else if let Some(queued) = queued.as_mut() {
+                        queued.push(reply_keys);
+                        ReplyKeys::Untouched // QUEUED
+                    } else {
+                        reply_keys
+                    });
                 }
+                self.queued_keys = queued;
                 self.subscribed |= keys.contains(&ReplyKeys::PubSub);
                 self.reply_keys.extend(keys);
             }

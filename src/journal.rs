@@ -267,6 +267,17 @@ impl Journal {
         self.len.store(map.len(), Ordering::Release);
     }
 
+    /// The entries of those of `keys` that are recorded.
+    pub fn entries(&self, keys: &[Vec<u8>]) -> Vec<(Vec<u8>, Entry)> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let map = self.keys.lock();
+        keys.iter()
+            .filter_map(|key| map.get(key).map(|entry| (key.clone(), *entry)))
+            .collect()
+    }
+
     /// Up to `n` recorded keys, still recorded until `settle`.
     pub fn batch(&self, n: usize) -> Vec<(Vec<u8>, Entry)> {
         self.keys

@@ -380,10 +380,54 @@ impl MultiStore {
             if same { SAME_SERVER } else { OTHER_SERVERS },
             Ordering::Release,
         );
-        if same && self.primary.db() == self.secondary.db() {
+        if same
+            && self.primary.db() == self.secondary.db()
+            && self.primary.config().namespace == self.secondary.config().namespace
+        {
             tracing::warn!(instance_name = %self.instance_name, "both stores are the same server under two names: each write goes to it once");
         }
         same
+    }
+
+    /// A backfill or verify scans a store as a whole: a store on the same server and database
+    /// as the other, whose namespace contains the other's ("cache" and "cache:v2", or no
+    /// namespace and any), would take the other's keys for its own -- a backfill would copy
+    /// them again one level deeper, a repair would delete the only copy. Refused, whatever the
+    /// names of the server or the database selected since.
+    pub fn check_namespaces_apart(&self, flags: Flags, cancel: &CancelToken) -> Result<()> {
+        let (primary, secondary) = (
+            &self.primary.config().namespace,
+            &self.secondary.config().namespace,
+        );
+        let contains = |outer: &Option<crate::namespace::Namespace>,
+                        inner: &Option<crate::namespace::Namespace>| {
+            match (outer, inner) {
+                (None, _) => true,
+                (Some(outer), Some(inner)) => inner.within(outer),
+                (Some(_), None) => false,
+            }
+        };
+        let overlap = (primary.is_some() || secondary.is_some())
+            && (contains(primary, secondary) || contains(secondary, primary));
+        if !overlap || self.primary.db() != self.secondary.db() {
+            return Ok(());
+        }
+        let same_server = match self.same_server.load(Ordering::Acquire) {
+            SAME_SERVER_UNKNOWN => self.ask_same_server(flags, cancel),
+            known => known == SAME_SERVER,
+        };
+        if !same_server {
+            return Ok(());
+        }
+        let name = |ns: &Option<crate::namespace::Namespace>| match ns {
+            Some(ns) => format!("namespace {:?}", String::from_utf8_lossy(ns.name())),
+            None => "no namespace".to_string(),
+        };
+        Err(Error::InvalidConfig(format!(
+            "the stores are one server and database, with {} and {}: one would take the other's keys for its own",
+            name(primary),
+            name(secondary)
+        )))
     }
 
     pub fn store(&self, role: Role) -> &Arc<Store> {
@@ -864,6 +908,9 @@ impl MultiStore {
         both: impl FnOnce(&mut CallContext) -> Result<T>,
     ) -> Result<T> {
         let other = other_role(default);
+        if self.breaker(other).state() == BreakerState::Closed {
+            self.catch_up_default(cmds, default);
+        }
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
@@ -1544,15 +1591,42 @@ impl MultiStore {
             }
             *started = Some(generation);
         }
-        let ctx = ResyncContext {
+        if resync::spawn(self.resync_context()).is_none() {
+            *self.state.resync_started.lock() = None;
+        }
+    }
+
+    fn resync_context(&self) -> ResyncContext {
+        ResyncContext {
             instance_name: self.instance_name.clone(),
             primary: Arc::clone(&self.primary),
             secondary: Arc::clone(&self.secondary),
             state: Arc::downgrade(&self.state),
             metrics: self.metrics.clone(),
-        };
-        if resync::spawn(ctx).is_none() {
-            *self.state.resync_started.lock() = None;
+        }
+    }
+
+    /// Before a write, the keys it names that the default store missed (journaled as lagging
+    /// it: the default flipped back before the re-sync copied them) are copied to it first
+    /// (see `resync::catch_up`). Free while nothing is journaled.
+    fn catch_up_default(&self, cmds: &[Command], default: Role) {
+        let journal = &self.state.journal;
+        if journal.is_empty() {
+            return;
+        }
+        let mut stale: Vec<Vec<u8>> = Vec::new();
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                if journal.lagging(key) == Some(default) && !stale.iter().any(|k| k == key) {
+                    stale.push(key.to_vec());
+                }
+            }
+        }
+        if !stale.is_empty() {
+            resync::catch_up(&self.resync_context(), journal, default, &stale);
         }
     }
 

@@ -12,12 +12,12 @@
 //! namespace they would reach, or count, other partitions' keys.
 
 use crate::command::Command;
-use crate::command_table::{self, CommandKind};
+use crate::command_table;
 use crate::error::{Error, Result};
 use crate::reply::Reply;
 
 /// How the key names in a command's reply come back to the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyKeys {
     /// Nothing to un-prefix.
     Untouched,
@@ -31,6 +31,10 @@ pub enum ReplyKeys {
     Streams,
     /// Subscription replies and messages: `[kind, channel or pattern, …]`.
     PubSub,
+    /// `[channel, count, channel, count …]` (PUBSUB NUMSUB).
+    EveryOther,
+    /// EXEC: each reply as its queued command's.
+    Transaction(Vec<ReplyKeys>),
 }
 
 /// Commands refused inside a namespace, though the table knows them: they act on the whole
@@ -42,6 +46,8 @@ const WHOLE_DATABASE: &[&str] = &[
     "randomkey",
     "swapdb",
     "migrate",
+    // DEBUG OBJECT names a key, DEBUG RELOAD … the whole server: none belongs to a namespace.
+    "debug",
 ];
 
 const SUBSCRIBING: &[&str] = &[
@@ -69,6 +75,12 @@ impl Namespace {
     /// The namespace's name, without the separator.
     pub fn name(&self) -> &[u8] {
         &self.prefix[..self.prefix.len() - 1]
+    }
+
+    /// Whether this namespace's keys are also keys of `outer` ("cache:v2" within "cache", and
+    /// a namespace within itself).
+    pub fn within(&self, outer: &Namespace) -> bool {
+        self.prefix.starts_with(&outer.prefix)
     }
 
     /// The command as sent inside the namespace, and how to read its reply.
@@ -105,6 +117,19 @@ impl Namespace {
                 self.confine_scan(&mut args);
                 return Ok((Command::from_args(args), ReplyKeys::Scan));
             }
+            "pubsub|channels" | "pubsub|shardchannels" => {
+                match args.get_mut(2) {
+                    Some(pattern) => self.prefix_in_place(pattern),
+                    None => args.push(self.everything()),
+                }
+                return Ok((Command::from_args(args), ReplyKeys::All));
+            }
+            "pubsub|numsub" | "pubsub|shardnumsub" => {
+                args.iter_mut()
+                    .skip(2)
+                    .for_each(|channel| self.prefix_in_place(channel));
+                return Ok((Command::from_args(args), ReplyKeys::EveryOther));
+            }
             "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "blmpop" | "bzmpop" | "lmpop"
             | "zmpop" => ReplyKeys::First,
             "xread" | "xreadgroup" => ReplyKeys::Streams,
@@ -120,19 +145,6 @@ impl Namespace {
         }
         if matches!(spec.name, "sort" | "sort_ro") {
             self.prefix_sort_patterns(&mut args);
-        }
-        // A data command that names no key but is not one of those above reads or changes
-        // keys it cannot say: only commands without data (PING, INFO, a script without keys)
-        // go through.
-        if spec.kind() != CommandKind::Other
-            && spec.first_key <= 0
-            && !spec.has_flag(command_table::flag::MOVABLEKEYS)
-            && !matches!(
-                spec.name,
-                "multi" | "exec" | "discard" | "unwatch" | "publish"
-            )
-        {
-            return Err(refused());
         }
         Ok((Command::from_args(args), reply))
     }
@@ -163,6 +175,24 @@ impl Namespace {
                     .map(|stream| self.reply(stream, ReplyKeys::First))
                     .collect(),
             ),
+            (ReplyKeys::EveryOther, Reply::Array(items)) => Reply::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| if i % 2 == 0 { self.strip(item) } else { item })
+                    .collect(),
+            ),
+            (ReplyKeys::Transaction(queued), Reply::Array(replies)) => Reply::Array(
+                replies
+                    .into_iter()
+                    .zip(
+                        queued
+                            .into_iter()
+                            .chain(std::iter::repeat(ReplyKeys::Untouched)),
+                    )
+                    .map(|(reply, keys)| self.reply(reply, keys))
+                    .collect(),
+            ),
             (ReplyKeys::PubSub, Reply::Array(mut items)) => {
                 // ["message", channel, payload], ["pmessage", pattern, channel, payload],
                 // ["subscribe", channel, count] …: the names sit between the kind and the last.
@@ -189,22 +219,28 @@ impl Namespace {
         }
     }
 
-    /// SCAN is confined to the namespace: its MATCH pattern is prefixed, or one added.
+    /// SCAN is confined to the namespace: every MATCH pattern is prefixed (Redis uses the last),
+    /// or one added. Options are read one by one: a pattern may be the word "match".
     fn confine_scan(&self, args: &mut Vec<Vec<u8>>) {
-        let at = args
-            .iter()
-            .skip(2)
-            .position(|a| a.eq_ignore_ascii_case(b"match"))
-            .map(|i| i + 3);
-        match at.and_then(|at| args.get_mut(at)) {
-            Some(pattern) => self.prefix_in_place(pattern),
-            None => {
-                let mut everything = self.prefix.clone();
-                everything.push(b'*');
-                args.push(b"MATCH".to_vec());
-                args.push(everything);
+        let mut matched = false;
+        let mut i = 2;
+        while i + 1 < args.len() {
+            if args[i].eq_ignore_ascii_case(b"match") {
+                self.prefix_in_place(&mut args[i + 1]);
+                matched = true;
             }
+            i += 2; // MATCH, COUNT and TYPE each take one argument
         }
+        if !matched {
+            args.push(b"MATCH".to_vec());
+            args.push(self.everything());
+        }
+    }
+
+    fn everything(&self) -> Vec<u8> {
+        let mut pattern = self.prefix.clone();
+        pattern.push(b'*');
+        pattern
     }
 
     /// SORT's BY and GET patterns name keys too ("#", the element itself, does not).
@@ -219,6 +255,8 @@ impl Namespace {
                 i += 2;
             } else if option.eq_ignore_ascii_case(b"limit") {
                 i += 3;
+            } else if option.eq_ignore_ascii_case(b"get") || option.eq_ignore_ascii_case(b"store") {
+                i += 2; // GET #, or STORE's destination (a key, prefixed by its position)
             } else {
                 i += 1;
             }

@@ -92,11 +92,13 @@ fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToke
         }
         // With dual-write off, a store written alone holds writes the other one never got.
         if state.written_alone(lagging) {
+            tracing::debug!(instance_name = %ctx.instance_name, store = lagging.name(), keys = keys.len(), "re-sync waits: the store is written alone while dual-write is off");
             continue;
         }
         // The lagging store is only asked when its breaker lets a call through.
         let breaker = breaker(state, lagging);
         if breaker.admit() == Admission::Skipped {
+            tracing::debug!(instance_name = %ctx.instance_name, store = lagging.name(), keys = keys.len(), "re-sync waits: the store's breaker is open");
             continue;
         }
         let started = Instant::now();
@@ -132,6 +134,32 @@ fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToke
     }
     ctx.metrics.journal_size(journal.len());
     progressed
+}
+
+/// Copies `keys`, journaled as missed by `lagging`, now, on the caller's thread: a write is about
+/// to change them on `lagging`, which became the default store (a rollback of the default) before
+/// the re-sync got to them. Computed on its stale copy, the write would answer wrongly, and its
+/// result would then be re-synced over the other store's newer one. Best effort: keys it cannot
+/// copy now stay journaled for the background re-sync. How many left the journal.
+pub fn catch_up(ctx: &ResyncContext, journal: &Journal, lagging: Role, keys: &[Vec<u8>]) -> u64 {
+    let entries: Vec<(Vec<u8>, Entry)> = journal
+        .entries(keys)
+        .into_iter()
+        .filter(|(_, entry)| entry.lagging == lagging)
+        .collect();
+    if entries.is_empty() {
+        return 0;
+    }
+    match resync_batch(ctx, journal, lagging, &entries, &CancelToken::new()) {
+        Ok(settled) => {
+            ctx.metrics.resynced(settled);
+            settled
+        }
+        Err(Failed { store, error }) => {
+            tracing::debug!(instance_name = %ctx.instance_name, store = store.name(), error = %error, "could not bring a key up to date before writing it: left to the re-sync");
+            0
+        }
+    }
 }
 
 /// A re-sync round that failed, and on which store.

@@ -190,11 +190,22 @@ module MultistoreFuzz
         in_every_database { step_verify_in(@db_in_loop) }
         return if @store.migration_status[:full_verify_needed]
       end
+      default_changes = STATES[target][:primary_default] != @flags[:primary_default]
       @state = target
       @mechanism = mechanism == :raise && STATES[target][:dual] ? :callback : mechanism
       @flags = STATES[target].dup
       @synced = [] unless @flags[:dual] # writes reach the default store only
       publish_flags
+      settle_resync if default_changes && @flags[:dual] && @hung.nil?
+    end
+
+    # A default flipped back while keys it missed wait for re-sync: the MultiStore answers them
+    # from the other store (and a write first copies them over), and the re-sync brings the new
+    # default in line shortly. The invariants look at the store itself, so they wait for that.
+    def settle_resync
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 3
+      sleep 0.02 until @store.migration_status[:journal_keys].zero? ||
+                       Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
     end
 
     # With the ENV mechanism the MultiStore sees the flags through the environment (which wins

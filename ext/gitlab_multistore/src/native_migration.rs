@@ -20,6 +20,16 @@ fn stores(store: &NativeStore) -> (Arc<Store>, Arc<Store>) {
     (Arc::clone(core.primary()), Arc::clone(core.secondary()))
 }
 
+/// See `MultiStore::check_namespaces_apart` (which may connect to learn the servers' run_ids).
+fn namespaces_apart(ruby: &Ruby, store: &NativeStore, flags: u32) -> Result<(), Error> {
+    let cancel = cancel_token();
+    let core = store.core();
+    without_gvl(ruby, || {
+        core.check_namespaces_apart(Flags::from_bits(flags), &cancel)
+    })
+    .and_then(|checked| checked.map_err(|e| to_ruby_error(ruby, e)))
+}
+
 /// A glob is bytes, like the keys it matches: binary patterns are fine.
 fn glob_bytes(pattern: RString) -> Vec<u8> {
     // SAFETY: copied at once, before any other Ruby code runs.
@@ -34,12 +44,14 @@ pub struct NativeBackfill {
 
 impl NativeBackfill {
     fn new(
+        ruby: &Ruby,
         store: &NativeStore,
         pattern: Option<RString>,
         count: usize,
         flags: u32,
     ) -> Result<Self, Error> {
         store.core().copying_between_stores(Flags::from_bits(flags));
+        namespaces_apart(ruby, store, flags)?;
         let (primary, secondary) = stores(store);
         let backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
             .with_default_store(default_role(Flags::from_bits(flags)));
@@ -81,6 +93,7 @@ pub struct NativeVerify {
 
 impl NativeVerify {
     fn new(
+        ruby: &Ruby,
         store: &NativeStore,
         pattern: Option<RString>,
         count: usize,
@@ -90,6 +103,14 @@ impl NativeVerify {
     ) -> Result<Self, Error> {
         if repair {
             store.core().copying_between_stores(Flags::from_bits(flags));
+        }
+        namespaces_apart(ruby, store, flags)?;
+        if sample.is_some() && store.core().secondary().config().namespace.is_some() {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                "verify(sample:) draws its keys with RANDOMKEY, which cannot keep to a namespace: \
+                 verify the namespaced store in full (or with match:)",
+            ));
         }
         let (primary, secondary) = stores(store);
         let options = VerifyOptions {

@@ -158,6 +158,86 @@ RSpec.describe Gitlab::Redis::MultiStore, "with namespaced stores" do
     listener.join
   end
 
+  # Found by an adversarial run (each failed before its fix).
+  describe "the edges of a namespace" do
+    before { flags.enable(dual_write) }
+
+    it "reads options one by one: a key named store, a repeated STORE, a group named streams, two MATCHes" do
+      multi_store = store
+      multi_store.rpush("store", %w[b a])
+      multi_store.rpush("l", %w[2 1])
+      raw.set("outside", "x")
+
+      aggregate_failures do
+        expect(multi_store.sort("store", order: "alpha")).to eq(%w[a b])
+        expect(multi_store.call("SORT", "l", "STORE", "ignored", "STORE", "sorted")).to eq(2)
+        expect(multi_store.call("SCAN", "0", "MATCH", "nothing", "MATCH", "*", "COUNT", "100").last.sort).to eq(%w[l sorted store])
+        multi_store.xgroup(:create, "s", "streams", "$", mkstream: true)
+        expect(multi_store.xreadgroup("streams", "c", "s", ">")).to eq({})
+        expect(raw.keys("*").sort).to eq(%w[new:l new:s new:sorted new:store old:l old:s old:sorted old:store outside])
+      end
+    end
+
+    it "hands back key names inside EXEC's replies as it does outside a transaction" do
+      multi_store = store
+      multi_store.rpush("q", %w[x y])
+
+      replies = multi_store.multi do |tx|
+        tx.keys("q*")
+        tx.scan(0, match: "q*")
+        tx.blpop("q", timeout: 1)
+      end
+
+      expect(replies).to eq([["q"], ["0", ["q"]], %w[q x]])
+    end
+
+    it "confines PUBSUB CHANNELS and NUMSUB, refuses DEBUG, and loads scripts" do
+      multi_store = store
+      subscriber = Redis.new(url: primary_server.url)
+      ready = Queue.new
+      listener = Thread.new do
+        subscriber.subscribe("old:events", "tenant2:private") { |on| on.subscribe { |_, count| ready << count if count == 2 } }
+      end
+      ready.pop
+
+      aggregate_failures do
+        expect(multi_store.pubsub(:channels)).to eq(["events"])
+        expect(multi_store.pubsub(:numsub, "events")).to eq(["events", 1])
+        expect { multi_store.call("DEBUG", "OBJECT", "k") }.to raise_error(described_class::NamespaceError)
+        sha = multi_store.script(:load, "return 1")
+        expect(multi_store.evalsha(sha)).to eq(1)
+      end
+    ensure
+      listener&.kill&.join(1) # the subscription holds the client: it ends with its thread
+      subscriber&.close
+    end
+
+    it "refuses a store without a namespace next to a namespaced one of the same server" do
+      plain = Redis.new(url: primary_server.url)
+
+      expect { store(namespaced("v2"), plain) }.to raise_error(ArgumentError, /no namespace and the namespace "v2" of one server overlap/)
+      expect { store(plain, namespaced("old")) }.to raise_error(ArgumentError, /overlap/)
+    end
+
+    it "refuses to backfill or verify overlapping namespaces of one server named two ways, or after a SELECT" do
+      aliased = Redis::Namespace.new("cache:v2", redis: Redis.new(url: "redis://localhost:#{primary_server.port}"))
+      multi_store = store(aliased, namespaced("cache"))
+      namespaced("cache").set("k", "v")
+
+      expect { multi_store.backfill }.to raise_error(ArgumentError, /one server and database/)
+      expect { multi_store.verify(repair: true) }.to raise_error(ArgumentError, /one server and database/)
+      expect(raw.keys("*")).to eq(["cache:k"])
+
+      selected = store(Redis::Namespace.new("cache:v2", redis: Redis.new(url: primary_server.url(1))), namespaced("cache"))
+      selected.select(1)
+      expect { selected.backfill }.to raise_error(ArgumentError, /one server and database/)
+    end
+
+    it "says why verify(sample:) cannot keep to a namespace" do
+      expect { store.verify(sample: 10) }.to raise_error(ArgumentError, /RANDOMKEY, which cannot keep to a namespace/)
+    end
+  end
+
   describe "a MultiStoreWrapper over namespaced pools" do
     let(:pools) do
       [ConnectionPool.new(size: 4) { namespaced("new") }, ConnectionPool.new(size: 4) { namespaced("old") }]

@@ -666,6 +666,26 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       end
     end
 
+    # Rolled back from step 5 to step 2 while the old store still misses writes the re-sync has
+    # not copied yet: a write to such a key used to be computed on the stale copy (INCR answered
+    # 11 where one Redis answers 14) and then re-synced over the newer value.
+    it "brings a key the new default missed up to date before a write changes it" do
+      store = multi_store(primary_server.url, { url: hanging.url, read_timeout: 0.2 }, breaker_threshold: 1, breaker_cool_down: 5)
+      flags.enable(dual_write, primary_default) # step 5
+      store.set("counter", "10")
+      Process.kill(:STOP, hanging.pid)
+      begin
+        3.times { store.incr("counter") } # the old store misses them: journaled, its breaker open
+      ensure
+        Process.kill(:CONT, hanging.pid)
+      end
+      flags.disable(primary_default) # rollback to step 2: the old store answers again
+
+      expect(store.incr("counter")).to eq(14)
+      wait_until { store.migration_status[:journal_keys].zero? }
+      expect([primary.get("counter"), hanging.client.get("counter")]).to eq(%w[14 14])
+    end
+
     let(:hanging) { dedicated_redis_server }
   end
 end

@@ -68,14 +68,17 @@ module Gitlab
         # Two namespaces of one server and database, one inside the other ("cache" and
         # "cache:v2"): the outer one's SCAN would see the inner one's keys as its own, and a
         # backfill would copy them into the inner namespace once more.
+        # A store without a namespace contains every namespace of its server. (Two names of one
+        # server, or a SELECT since, are caught by the core before a backfill or verify scans.)
         def check_namespaces!(primary, secondary)
-          return unless primary[:namespace] && secondary[:namespace]
+          return unless primary[:namespace] || secondary[:namespace]
           return unless primary.values_at(:host, :port, :path, :db) == secondary.values_at(:host, :port, :path, :db)
 
-          outer, inner = [primary[:namespace], secondary[:namespace]].sort_by(&:length)
-          return unless inner.start_with?("#{outer}:") || inner == outer
+          outer, inner = [primary[:namespace].to_s, secondary[:namespace].to_s].sort_by(&:length)
+          return unless outer.empty? || inner.start_with?("#{outer}:") || inner == outer
 
-          raise ArgumentError, "the namespaces #{outer.inspect} and #{inner.inspect} of one server overlap: " \
+          describe = ->(ns) { ns.empty? ? "no namespace" : "the namespace #{ns.inspect}" }
+          raise ArgumentError, "#{describe.call(outer)} and #{describe.call(inner)} of one server overlap: " \
                                "the keys of one would be seen as the other's"
         end
 
