@@ -72,8 +72,8 @@ module GitlabMultistore
     attr_reader :summary
 
     def run
-      explain_metrics
       start_servers
+      explain_metrics
       configure_instances
       seed_old_store
       start_workload

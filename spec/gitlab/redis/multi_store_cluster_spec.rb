@@ -308,7 +308,12 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
       store.set("failover", "before")
       old_master = @replicated.server_for("failover")
       replica = @replicated.replica_of(old_master)
-      old_master.client.wait(1, 5_000)
+      # Replicated before the master goes (asked of the replica itself: READONLY lets it answer).
+      reader = replica.client.tap { |r| r.call("READONLY") }
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+      sleep 0.05 until reader.get("failover") == "before" || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      expect(reader.get("failover")).to eq("before")
+      reader.close
 
       old_master.stop
       @replicated.wait_until_serving("failover", replica)
