@@ -5,6 +5,7 @@ require "fileutils"
 require "yaml"
 require "gitlab_multistore/local_redis_server"
 require "gitlab_multistore/local_redis_cluster"
+require "gitlab_multistore/timeline"
 
 module GitlabMultistore
   # `rake demo` / `gitlab-multistore demo`: a whole live migration on two throw-away
@@ -59,6 +60,8 @@ module GitlabMultistore
     def initialize(out, quick: false, cluster: false, metrics: nil)
       @out = out
       @metrics = metrics
+      @timeline = Timeline.new
+      @started = monotonic
       @cluster = cluster
       @step_seconds = quick ? 0.4 : 3.0
       @sessions = quick ? 200 : SESSIONS
@@ -218,20 +221,25 @@ module GitlabMultistore
     def step(number, title)
       say ""
       say "Step #{number}: #{title}"
+      @timeline.step(monotonic - @started, "#{number}. #{title}")
       yield
       watch(@step_seconds)
     end
 
     # Prints, per second, what an operator watches: throughput and the MultiStore's counters.
     def watch(seconds)
+      now = nil
       before = counters
       ops_before = @ops
+      @timeline_ops ||= ops_before
       started = monotonic
       slices = [(seconds / 1.0).ceil, 1].max
       slices.times do
         sleep(seconds / slices)
+        previous = now || before
         now = counters
         elapsed = monotonic - started
+        sample_timeline(previous, now, seconds / slices)
         say format("  %6.0f ops/s | read fallbacks %5d | pipeline diffs %4d | non-default write failures %d | " \
                    "method missing %d | caller errors %d",
                    (@ops - ops_before) / elapsed,
@@ -243,9 +251,22 @@ module GitlabMultistore
       end
     end
 
+    # One point of the picture: rates over the last slice, and the journal now.
+    def sample_timeline(previous, now, seconds)
+      ops = @ops
+      rate = ->(key) { (now[key] - previous[key]) / seconds }
+      @timeline.sample(monotonic - @started,
+                       ops: (ops - (@timeline_ops || 0)) / seconds,
+                       fallbacks: rate.call(:fallbacks), pipeline_diffs: rate.call(:pipeline_diffs),
+                       write_failures: rate.call(:write_failures),
+                       journal: DemoSessions.with { |redis| redis.migration_status[:journal_keys] })
+      @timeline_ops = ops
+    end
+
     def backfill_step(number)
       say ""
       say "Step #{number}: Backfill -- copy the keys dual-writes never touch (set, hash, old sessions)"
+      @timeline.step(monotonic - @started, "#{number}. Backfill")
       report = DemoSessions.with do |redis|
         redis.backfill(count: 500) do |p|
           @metrics&.progress("backfill", p)
@@ -264,6 +285,7 @@ module GitlabMultistore
     def verify_step(number)
       say ""
       say "Step #{number}: Verify -- do the stores agree?"
+      @timeline.step(monotonic - @started, "#{number}. Verify")
       @verify = DemoSessions.with { |redis| redis.verify(count: 500) { |p| @metrics&.progress("verify", p) } }
       @metrics&.progress("verify", @verify)
       report_verify(@verify)
@@ -288,13 +310,15 @@ module GitlabMultistore
       caller_errors = Array.new(@errors.size) { @errors.pop }
       metrics_path = File.join(Dir.tmpdir, "gitlab-multistore-demo-metrics-#{Process.pid}.prom")
       File.write(metrics_path, Gitlab::Redis::MultiStore.metrics_text)
+      timeline_path = @timeline.write(metrics_path.sub(/\.prom\z/, ".html"))
       @summary = {
         keys_on_old_store: @old.client.dbsize,
         keys_on_new_store: @cluster ? @new_cluster.dbsize : @new.client.dbsize,
         caller_errors: caller_errors.size,
         keys_lost: lost.size,
         verify_in_agreement: @verify.in_agreement?,
-        metrics_path: metrics_path
+        metrics_path: metrics_path,
+        timeline_path: timeline_path
       }
       say ""
       say "Summary"
@@ -305,6 +329,7 @@ module GitlabMultistore
       lost.first(5).each { |key| say "    #{key}" }
       say "  verify before the switch: #{@verify.in_agreement? ? 'in agreement' : 'disagreement'}"
       say "  Prometheus metrics written to #{metrics_path}"
+      say "  a picture of the migration (open it in a browser): #{timeline_path}"
       caller_errors.empty? && lost.empty? && @verify.in_agreement?
     end
 

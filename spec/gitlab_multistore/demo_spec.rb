@@ -16,8 +16,13 @@ RSpec.describe GitlabMultistore::Demo do
     expect(demo.summary).to include(caller_errors: 0, keys_lost: 0, verify_in_agreement: true)
     expect(demo.summary[:keys_on_new_store]).to eq(demo.summary[:keys_on_old_store])
     expect(File.read(demo.summary[:metrics_path])).to include('gitlab_redis_multi_store_requests_total{instance_name="demo_sessions"')
+    picture = File.read(demo.summary[:timeline_path])
+    expect(picture).to include("<svg", "operations/s", "read fallbacks/s", "keys waiting for re-sync",
+                               "2. Dual-write", "3. Backfill", "8. Primary only")
+    expect(picture.scan("<polyline").size).to eq(5)
+    expect(picture).not_to include("<script", "http://", "https://")
   ensure
-    File.delete(demo.summary[:metrics_path]) if demo&.summary && File.exist?(demo.summary[:metrics_path])
+    [demo&.summary&.dig(:metrics_path), demo&.summary&.dig(:timeline_path)].compact.each { |f| File.delete(f) if File.exist?(f) }
   end
 
   it "moves the partition onto a Redis Cluster the same way with --cluster" do
