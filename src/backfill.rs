@@ -57,6 +57,18 @@ pub struct BackfillReport {
 /// A key copied, with a fingerprint of what was copied.
 type Copied = (Vec<u8>, Fingerprint);
 
+/// Where a backfill stands, to continue it in another process after a crash or a kill
+/// (`Backfill::resume`): the SCAN cursor of the next page, the counters, and the keys copied
+/// whose second look is still due, with a fingerprint of what was copied. A resumed backfill
+/// scans again at most the page that was being copied; the keys of that page it had copied
+/// are then already on the primary, and a backfill never overwrites those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub cursor: Vec<u8>,
+    pub report: BackfillReport,
+    pub pending: Vec<(Vec<u8>, [u8; 20])>,
+}
+
 pub struct Backfill {
     primary: Arc<Store>,
     secondary: Arc<Store>,
@@ -114,6 +126,34 @@ impl Backfill {
 
     pub fn report(&self) -> &BackfillReport {
         &self.report
+    }
+
+    /// What `resume` needs to continue from here.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            cursor: self.cursor.clone(),
+            report: self.report.clone(),
+            pending: self
+                .recheck
+                .iter()
+                .flat_map(|(_, keys)| keys.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Continues a backfill from a checkpoint: from its cursor, with its counters, the second
+    /// look of the keys it had copied due at once (the settle delay has passed since).
+    pub fn resume(mut self, checkpoint: Checkpoint) -> Self {
+        self.cursor = checkpoint.cursor;
+        self.report = checkpoint.report;
+        self.report.done = false;
+        if !checkpoint.pending.is_empty() {
+            let due = Instant::now()
+                .checked_sub(self.settle_delay)
+                .unwrap_or_else(Instant::now);
+            self.recheck.push_back((due, checkpoint.pending));
+        }
+        self
     }
 
     /// Copies one SCAN page. Call until the report says `done`.

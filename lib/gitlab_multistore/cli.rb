@@ -71,6 +71,12 @@ module GitlabMultistore
         o.on("--match GLOB", "only keys matching this pattern") { |v| options[:match] = v }
         o.on("--count N", Integer, "keys per SCAN page (default 1000)") { |v| options[:count] = v }
         o.on("--rate N", Float, "backfill: at most N keys per second") { |v| options[:rate] = v }
+        o.on("--checkpoint FILE", "backfill: save the progress to FILE after every page (removed when done)") do |v|
+          options[:checkpoint] = v
+        end
+        o.on("--resume", "backfill: continue from the --checkpoint FILE of a backfill that was stopped") do
+          options[:resume] = true
+        end
         o.on("--sample N", Integer, "verify: check N random keys instead of all") { |v| options[:sample] = v }
         o.on("--repair", "verify: copy differing keys from the default store (see --default)") { options[:repair] = true }
         o.on("--default STORE", %w[primary secondary],
@@ -104,7 +110,8 @@ module GitlabMultistore
       end
       report =
         if command == "backfill"
-          store.backfill(match: options[:match], count: options[:count], rate: options[:rate], &on_progress)
+          store.backfill(match: options[:match], count: options[:count], rate: options[:rate],
+                         checkpoint: options[:checkpoint], resume: options[:resume] ? true : false, &on_progress)
         else
           store.verify(match: options[:match], count: options[:count], sample: options[:sample],
                        repair: options[:repair], &on_progress)

@@ -7,11 +7,14 @@ use crate::convert::symbol_hash;
 use crate::error::to_ruby_error;
 use crate::native_store::NativeStore;
 use crate::nogvl::{cancel_token, without_gvl};
-use gitlab_multistore::backfill::{Backfill, BackfillReport};
+use gitlab_multistore::backfill::{Backfill, BackfillReport, Checkpoint};
 use gitlab_multistore::routing::default_role;
 use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
 use gitlab_multistore::{Flags, Store};
-use magnus::{function, method, prelude::*, Error, IntoValue, RHash, RModule, RString, Ruby};
+use magnus::{
+    function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, RString, Ruby,
+    TryConvert,
+};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -49,12 +52,16 @@ impl NativeBackfill {
         pattern: Option<RString>,
         count: usize,
         flags: u32,
+        checkpoint: Option<RHash>,
     ) -> Result<Self, Error> {
         store.core().copying_between_stores(Flags::from_bits(flags));
         namespaces_apart(ruby, store, flags)?;
         let (primary, secondary) = stores(store);
-        let backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
+        let mut backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
             .with_default_store(default_role(Flags::from_bits(flags)));
+        if let Some(checkpoint) = checkpoint {
+            backfill = backfill.resume(checkpoint_from_ruby(ruby, checkpoint)?);
+        }
         Ok(NativeBackfill {
             inner: Mutex::new(backfill),
         })
@@ -65,6 +72,74 @@ impl NativeBackfill {
         let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
         backfill_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
+}
+
+impl NativeBackfill {
+    /// `{ cursor:, report: {…}, pending: [[key, fingerprint], …] }`, binary strings.
+    fn checkpoint(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let checkpoint = rb_self.inner.lock().checkpoint();
+        let pending = ruby.ary_from_iter(checkpoint.pending.iter().map(|(key, fingerprint)| {
+            ruby.ary_from_iter([ruby.str_from_slice(key), ruby.str_from_slice(fingerprint)])
+        }));
+        symbol_hash(
+            ruby,
+            &[
+                ("cursor", ruby.str_from_slice(&checkpoint.cursor).as_value()),
+                (
+                    "report",
+                    backfill_hash(ruby, &checkpoint.report)?.as_value(),
+                ),
+                ("pending", pending.as_value()),
+            ],
+        )
+    }
+}
+
+fn checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<Checkpoint, Error> {
+    let bytes = |value: magnus::Value| -> Result<Vec<u8>, Error> {
+        let string = RString::try_convert(value)?;
+        // SAFETY: copied at once.
+        Ok(unsafe { string.as_slice() }.to_vec())
+    };
+    let field = |hash: RHash, key: &str| -> Result<magnus::Value, Error> {
+        hash.get(ruby.to_symbol(key)).ok_or_else(|| {
+            Error::new(
+                ruby.exception_arg_error(),
+                format!("checkpoint without {key}"),
+            )
+        })
+    };
+    let report_hash = RHash::try_convert(field(hash, "report")?)?;
+    let count = |key: &str| -> Result<u64, Error> { u64::try_convert(field(report_hash, key)?) };
+    let report = BackfillReport {
+        scanned: count("scanned")?,
+        copied: count("copied")?,
+        already_present: count("already_present")?,
+        expired: count("expired")?,
+        failed: count("failed")?,
+        undone: count("undone")?,
+        recopied: count("recopied")?,
+        left_different: count("left_different")?,
+        total: count("total")?,
+        done: false,
+    };
+    let mut pending = Vec::new();
+    for entry in RArray::try_convert(field(hash, "pending")?)?.into_iter() {
+        let pair = RArray::try_convert(entry)?;
+        let key = bytes(pair.entry(0)?)?;
+        let fingerprint: [u8; 20] = bytes(pair.entry(1)?)?.try_into().map_err(|_| {
+            Error::new(
+                ruby.exception_arg_error(),
+                "a checkpoint fingerprint is 20 bytes",
+            )
+        })?;
+        pending.push((key, fingerprint));
+    }
+    Ok(Checkpoint {
+        cursor: bytes(field(hash, "cursor")?)?,
+        report,
+        pending,
+    })
 }
 
 fn backfill_hash(ruby: &Ruby, report: &BackfillReport) -> Result<RHash, Error> {
@@ -156,8 +231,9 @@ fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let backfill = module.define_class("NativeBackfill", ruby.class_object())?;
-    backfill.define_singleton_method("new", function!(NativeBackfill::new, 4))?;
+    backfill.define_singleton_method("new", function!(NativeBackfill::new, 5))?;
     backfill.define_method("_step", method!(NativeBackfill::step, 0))?;
+    backfill.define_method("_checkpoint", method!(NativeBackfill::checkpoint, 0))?;
     let verify = module.define_class("NativeVerify", ruby.class_object())?;
     verify.define_singleton_method("new", function!(NativeVerify::new, 6))?;
     verify.define_method("_step", method!(NativeVerify::step, 0))?;

@@ -2,6 +2,8 @@
 
 require "securerandom"
 require "set"
+require "tmpdir"
+require "json"
 
 # Backfill and verify: copying the keys dual-writes never touch from the old store (secondary) to
 # the new one (primary), and proving the two agree before the default is switched.
@@ -295,6 +297,80 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       verification = store.verify
       expect(verification).to be_in_agreement
       expect(verification.readiness).to eq(100.0)
+    end
+  end
+
+  describe "#backfill with a checkpoint" do
+    # Evaluated before any fork: each child must use this one file.
+    let!(:checkpoint) { File.join(Dir.mktmpdir("gitlab-multistore-checkpoint-"), "backfill.json") }
+
+    # A backfill in a child process, killed (SIGKILL: no ensure runs) after `seconds`, or left to
+    # finish: the exit status, or :killed.
+    def backfill_in_a_child(seconds, resume:)
+      pid = fork do
+        child = described_class.new(primary_server.url, secondary_server.url, "backfill", feature_flags: flags)
+        report = child.backfill(count: 200, rate: 40_000, checkpoint: checkpoint, resume: resume)
+        File.write("#{checkpoint}.report", JSON.generate(report.to_h))
+        exit!(report.ok? && report.done? ? 0 : 1)
+      rescue Exception => e # rubocop:disable Lint/RescueException -- the child reports why it stopped
+        warn "backfill child: #{e.class}: #{e.message}"
+        exit!(2)
+      end
+      if seconds
+        sleep seconds
+        Process.kill(:KILL, pid)
+      end
+      _, status = Process.wait2(pid)
+      status.signaled? ? :killed : status.exitstatus
+    end
+
+    it "survives being killed at random points: the resumed runs copy everything, once, and never over newer data" do
+      primary.ping # both shared servers started here, not in a child
+      populate(secondary, 20_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      random = Random.new(RSpec.configuration.seed)
+      outcomes = [backfill_in_a_child(0.1 + random.rand * 0.1, resume: false)]
+      newer = []
+      until outcomes.last == 0 || outcomes.size > 40
+        # Meanwhile the application writes: dual-written values the backfill must not overwrite.
+        5.times do
+          i = random.rand(20_000)
+          store.set("key:#{i}", "newer-#{i}")
+          newer << i
+        end
+        outcomes << backfill_in_a_child(outcomes.size < 6 ? 0.05 + random.rand * 0.15 : nil, resume: true)
+      end
+
+      report = JSON.parse(File.read("#{checkpoint}.report"), symbolize_names: true)
+      kills = outcomes.count(:killed)
+      puts format("    [backfill] killed %d times, resumed %d: scanned %d, copied %d, already present %d, " \
+                  "%d newer values kept", kills, outcomes.size - 1, report[:scanned], report[:copied],
+                  report[:already_present], newer.uniq.size)
+
+      aggregate_failures do
+        expect(kills).to be >= 3
+        expect(outcomes.last).to eq(0)
+        # Counted across the runs: each kill made the next run scan at most one page again.
+        expect(report[:scanned]).to be_between(20_000, 20_000 + kills * 200)
+        expect(report[:copied] + report[:already_present] + report[:expired]).to eq(report[:scanned])
+        expect(report[:copied]).to be <= 20_000
+        expect(File.exist?(checkpoint)).to be(false)
+        expect(primary.dbsize).to eq(20_000)
+        expected = (0...20_000).map { |i| newer.include?(i) ? "newer-#{i}" : "value-#{i}" }
+        expect(primary.mget(*(0...20_000).map { |i| "key:#{i}" }) == expected).to be(true)
+        expect(store.verify).to be_in_agreement
+      end
+    end
+
+    it "refuses a checkpoint of another backfill, and resumes nothing when there is none" do
+      populate(secondary, 300, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      File.write(checkpoint, JSON.generate("format" => 1, "for" => { "instance_name" => "other" }, "progress" => {}))
+
+      expect { store.backfill(checkpoint: checkpoint, resume: true) }.to raise_error(ArgumentError, /is for another backfill/)
+      File.delete(checkpoint)
+      expect(store.backfill(checkpoint: checkpoint, resume: true).copied).to eq(300)
+      expect { store.backfill(resume: true) }.to raise_error(ArgumentError, /needs a checkpoint/)
     end
   end
 

@@ -52,17 +52,27 @@ module Gitlab
         # @param match [String] only keys matching this glob
         # @param count [Integer] keys per SCAN page (one pipelined batch)
         # @param rate [Numeric] at most this many keys scanned per second
+        # @param checkpoint [String] a file to save the progress to after every page (see
+        #   BackfillCheckpoint); removed when the backfill finishes
+        # @param resume [Boolean] continue from the checkpoint's progress, if it has any
         # @yieldparam progress [BackfillProgress] after each page
         # @return [BackfillProgress] the final report
-        def backfill(match: nil, count: 1000, rate: nil)
+        def backfill(match: nil, count: 1000, rate: nil, checkpoint: nil, resume: false)
           if use_primary_store_as_default?
             raise BackfillAfterSwitchError, "the primary is the default store: a backfill would copy onto it keys deleted " \
                                             "since the switch; bring the stores in line with verify(repair: true), which " \
                                             "copies from the default store"
           end
+          raise ArgumentError, "resume: true needs a checkpoint: file" if resume && !checkpoint
 
-          native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits)
-          report = run_steps(native, BackfillProgress, rate) { |progress| yield progress if block_given? }
+          saved = checkpoint && BackfillCheckpoint.new(checkpoint, checkpoint_identity(match))
+          progress = resume ? saved.load : nil
+          native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits, progress)
+          report = run_steps(native, BackfillProgress, rate, scanned_before: progress ? progress[:report][:scanned] : 0) do |page|
+            saved&.save(native._checkpoint) unless page.done?
+            yield page if block_given?
+          end
+          saved&.remove
           # A full, clean copy has copied again what a restarted store lost. It does not show the
           # stores agree (it never overwrites a key the primary has): only a full verify does.
           @native._acknowledge_backfill if report.ok? && match.nil?
@@ -144,9 +154,18 @@ module Gitlab
 
         private
 
-        def run_steps(native, progress_class, rate)
+        # What a checkpoint is for: these stores (by URL, without password), this database, this
+        # pattern.
+        def checkpoint_identity(match)
+          {
+            "instance_name" => instance_name,
+            "primary" => @native._store_id(:primary), "secondary" => @native._store_id(:secondary),
+            "db" => @client.db, "match" => match
+          }
+        end
+
+        def run_steps(native, progress_class, rate, scanned_before: 0)
           started = monotonic
-          scanned_before = 0
           loop do
             page_started = monotonic
             report = native._step
