@@ -71,6 +71,9 @@ module GitlabMultistore
         o.on("--match GLOB", "only keys matching this pattern") { |v| options[:match] = v }
         o.on("--count N", Integer, "keys per SCAN page (default 1000)") { |v| options[:count] = v }
         o.on("--rate N", Float, "backfill: at most N keys per second") { |v| options[:rate] = v }
+        o.on("--max-latency-ms N", Float, "backfill: wait while the secondary's ping takes longer than N ms") do |v|
+          options[:max_latency] = v / 1000.0
+        end
         o.on("--checkpoint FILE", "backfill: save the progress to FILE after every page (removed when done)") do |v|
           options[:checkpoint] = v
         end
@@ -111,7 +114,8 @@ module GitlabMultistore
       report =
         if command == "backfill"
           store.backfill(match: options[:match], count: options[:count], rate: options[:rate],
-                         checkpoint: options[:checkpoint], resume: options[:resume] ? true : false, &on_progress)
+                         checkpoint: options[:checkpoint], resume: options[:resume] ? true : false,
+                         max_latency: options[:max_latency], &on_progress)
         else
           store.verify(match: options[:match], count: options[:count], sample: options[:sample],
                        repair: options[:repair], &on_progress)
@@ -217,13 +221,19 @@ module GitlabMultistore
       end
 
       def update(progress)
+        holding = progress.respond_to?(:holding_back) && progress.holding_back
         if @tty
           filled = (progress.fraction * WIDTH).round
           eta = progress.eta ? format("%ds", progress.eta.ceil) : "?"
-          @io.print format("\r%s [%s%s] %d/%d keys, %.0f keys/s, ETA %s ", @label, "#" * filled, " " * (WIDTH - filled),
-                           progress.scanned, progress.total, progress.rate, eta)
+          @io.print format("\r%s [%s%s] %d/%d keys, %.0f keys/s, ETA %s %s", @label, "#" * filled, " " * (WIDTH - filled),
+                           progress.scanned, progress.total, progress.rate, eta,
+                           holding ? "(holding back: the secondary is slow) " : "")
         else
           decile = (progress.fraction * 10).floor
+          if holding && !@said_holding
+            @io.puts "#{@label}: holding back -- the secondary answers slower than --max-latency-ms"
+          end
+          @said_holding = holding
           return if decile == @last_decile
 
           @last_decile = decile

@@ -294,6 +294,20 @@ impl NativeStore {
         Ok(rb_self.store_by_name(ruby, role)?.id())
     }
 
+    /// Seconds one PING to the store takes (its own round trip: the latency a backfill paced by
+    /// `max_latency:` watches), without the GVL.
+    fn round_trip(ruby: &Ruby, rb_self: &Self, role: Symbol) -> Result<f64, Error> {
+        let store = rb_self.store_by_name(ruby, role)?;
+        let cancel = crate::nogvl::cancel_token();
+        let ping = gitlab_multistore::Command::from_args(["PING"]);
+        let started = std::time::Instant::now();
+        without_gvl(ruby, || {
+            store.call(&ping, gitlab_multistore::ReadTimeout::Configured, &cancel)
+        })?
+        .map_err(|e| to_ruby_error(ruby, e))?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
     fn store_db(ruby: &Ruby, rb_self: &Self, role: Symbol) -> Result<i64, Error> {
         Ok(rb_self.store_by_name(ruby, role)?.db())
     }
@@ -391,6 +405,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     )?;
     class.define_method("_connected?", method!(NativeStore::is_connected, 1))?;
     class.define_method("_store_id", method!(NativeStore::store_id, 1))?;
+    class.define_method("_round_trip", method!(NativeStore::round_trip, 1))?;
     class.define_method("_store_db", method!(NativeStore::store_db, 1))?;
     class.define_method(
         "_store_read_timeout",

@@ -300,6 +300,42 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
     end
   end
 
+  describe "#backfill with max_latency:" do
+    it "holds back while the secondary answers slower than the bound, then finishes" do
+      populate(secondary, 2_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      slow = true
+      # Another client keeps the old store busy: each DEBUG SLEEP delays every other command.
+      busy = Thread.new do
+        client = secondary_server.client
+        client.call("DEBUG", "SLEEP", "0.05") while slow
+        client.close
+      end
+      pages = []
+      report = store.backfill(count: 200, max_latency: 0.02) do |progress|
+        pages << progress.holding_back
+        slow = false if pages.size == 3
+      end
+      busy.join
+
+      aggregate_failures do
+        expect(report.copied).to eq(2_000)
+        expect(report.held_back).to be_positive
+        expect(pages.first(3)).to include(true)
+        expect(pages.last).to be(false)
+      end
+    end
+
+    it "does not hold back a backfill whose secondary answers fast" do
+      populate(secondary, 500, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+
+      report = store.backfill(count: 100, max_latency: 0.5)
+
+      expect([report.copied, report.held_back]).to eq([500, 0.0])
+    end
+  end
+
   describe "#backfill with a checkpoint" do
     # Evaluated before any fork: each child must use this one file.
     let!(:checkpoint) { File.join(Dir.mktmpdir("gitlab-multistore-checkpoint-"), "backfill.json") }

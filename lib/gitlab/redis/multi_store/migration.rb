@@ -8,9 +8,11 @@ module Gitlab
       # each), so memory stays flat however many keys there are and the caller sees progress.
       module Migration
         # Where a backfill stands. `rate` is keys scanned per second so far; `eta` in seconds.
+        # `held_back`: seconds the backfill waited for the secondary's latency (see max_latency:);
+        # `holding_back`: whether it was waiting just before this page.
         BackfillProgress = Struct.new(:scanned, :copied, :already_present, :expired, :failed, :undone,
-                                      :recopied, :left_different, :total, :done, :elapsed,
-                                      keyword_init: true) do
+                                      :recopied, :left_different, :total, :done, :elapsed, :held_back,
+                                      :holding_back, keyword_init: true) do
           def done? = done
 
           # Nothing failed: every key was copied, already there, or gone before it could be.
@@ -55,9 +57,12 @@ module Gitlab
         # @param checkpoint [String] a file to save the progress to after every page (see
         #   BackfillCheckpoint); removed when the backfill finishes
         # @param resume [Boolean] continue from the checkpoint's progress, if it has any
+        # @param max_latency [Numeric] seconds: before each page the secondary is pinged, and
+        #   while its round trip is above this the backfill waits (the pause doubling up to a
+        #   second), so a production Redis keeps its latency; `held_back` counts the waiting
         # @yieldparam progress [BackfillProgress] after each page
         # @return [BackfillProgress] the final report
-        def backfill(match: nil, count: 1000, rate: nil, checkpoint: nil, resume: false)
+        def backfill(match: nil, count: 1000, rate: nil, checkpoint: nil, resume: false, max_latency: nil)
           if use_primary_store_as_default?
             raise BackfillAfterSwitchError, "the primary is the default store: a backfill would copy onto it keys deleted " \
                                             "since the switch; bring the stores in line with verify(repair: true), which " \
@@ -68,7 +73,9 @@ module Gitlab
           saved = checkpoint && BackfillCheckpoint.new(checkpoint, checkpoint_identity(match))
           progress = resume ? saved.load : nil
           native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits, progress)
-          report = run_steps(native, BackfillProgress, rate, scanned_before: progress ? progress[:report][:scanned] : 0) do |page|
+          pacing = max_latency && LatencyPacing.new(@native, Float(max_latency))
+          report = run_steps(native, BackfillProgress, rate, scanned_before: progress ? progress[:report][:scanned] : 0,
+                                                             pacing: pacing) do |page|
             saved&.save(native._checkpoint) unless page.done?
             yield page if block_given?
           end
@@ -164,11 +171,39 @@ module Gitlab
           }
         end
 
-        def run_steps(native, progress_class, rate, scanned_before: 0)
+        # Holds a backfill back while the secondary answers slower than `max_latency` seconds,
+        # measured on its own pings between pages.
+        class LatencyPacing
+          LONGEST_PAUSE = 1.0
+
+          attr_reader :held_back, :holding_back
+
+          def initialize(native, max_latency)
+            @native = native
+            @max_latency = max_latency
+            @held_back = 0.0
+            @holding_back = false
+          end
+
+          def wait_for_latency
+            pause = 0.01
+            @holding_back = false
+            while @native._round_trip(:secondary) > @max_latency
+              @holding_back = true
+              sleep pause
+              @held_back += pause
+              pause = [pause * 2, LONGEST_PAUSE].min
+            end
+          end
+        end
+
+        def run_steps(native, progress_class, rate, scanned_before: 0, pacing: nil)
           started = monotonic
           loop do
+            pacing&.wait_for_latency
             page_started = monotonic
             report = native._step
+            report = report.merge(held_back: pacing.held_back, holding_back: pacing.holding_back) if pacing
             progress = progress_class.new(**report, elapsed: monotonic - started)
             if rate
               scanned_now = progress.scanned
