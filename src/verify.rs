@@ -95,6 +95,14 @@ pub struct Verify {
     report: VerifyReport,
 }
 
+/// Where a verify stands (`Verify::checkpoint`, `Verify::resume`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyCheckpoint {
+    pub scanning_primary: bool,
+    pub cursor: Vec<u8>,
+    pub report: VerifyReport,
+}
+
 /// TTLs within a second are equal: they tick down between the reads of the two stores.
 pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
 
@@ -123,6 +131,30 @@ impl Verify {
 
     pub fn report(&self) -> &VerifyReport {
         &self.report
+    }
+
+    /// What `resume` needs to continue from here in another process: which scan (the
+    /// secondary's keys, then the primary's), its cursor, and the counters so far.
+    pub fn checkpoint(&self) -> VerifyCheckpoint {
+        VerifyCheckpoint {
+            scanning_primary: self.phase == Phase::PrimaryKeys,
+            cursor: self.cursor.clone(),
+            report: self.report.clone(),
+        }
+    }
+
+    /// Continues a verify from a checkpoint (not a sample: its keys are drawn at random). The
+    /// page it was checking when it stopped is checked again, and counted once.
+    pub fn resume(mut self, checkpoint: VerifyCheckpoint) -> Self {
+        self.phase = if checkpoint.scanning_primary {
+            Phase::PrimaryKeys
+        } else {
+            Phase::SecondaryKeys
+        };
+        self.cursor = checkpoint.cursor;
+        self.report = checkpoint.report;
+        self.report.done = false;
+        self
     }
 
     /// Checks one page of keys. Call until the report says `done`.

@@ -74,10 +74,10 @@ module GitlabMultistore
         o.on("--max-latency-ms N", Float, "backfill: wait while the secondary's ping takes longer than N ms") do |v|
           options[:max_latency] = v / 1000.0
         end
-        o.on("--checkpoint FILE", "backfill: save the progress to FILE after every page (removed when done)") do |v|
+        o.on("--checkpoint FILE", "backfill, verify: save the progress to FILE after every page (removed when done)") do |v|
           options[:checkpoint] = v
         end
-        o.on("--resume", "backfill: continue from the --checkpoint FILE of a backfill that was stopped") do
+        o.on("--resume", "backfill, verify: continue from the --checkpoint FILE of one that was stopped") do
           options[:resume] = true
         end
         o.on("--sample N", Integer, "verify: check N random keys instead of all") { |v| options[:sample] = v }
@@ -118,7 +118,8 @@ module GitlabMultistore
                          max_latency: options[:max_latency], &on_progress)
         else
           store.verify(match: options[:match], count: options[:count], sample: options[:sample],
-                       repair: options[:repair], &on_progress)
+                       repair: options[:repair], checkpoint: options[:checkpoint],
+                       resume: options[:resume] ? true : false, &on_progress)
         end
       metrics&.progress(command, report)
       progress.finish

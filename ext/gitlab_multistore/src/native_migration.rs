@@ -9,7 +9,7 @@ use crate::native_store::NativeStore;
 use crate::nogvl::{cancel_token, without_gvl};
 use gitlab_multistore::backfill::{Backfill, BackfillReport, Checkpoint};
 use gitlab_multistore::routing::default_role;
-use gitlab_multistore::verify::{Verify, VerifyOptions, VerifyReport};
+use gitlab_multistore::verify::{Verify, VerifyCheckpoint, VerifyOptions, VerifyReport};
 use gitlab_multistore::{Flags, Store};
 use magnus::{
     function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, RString, Ruby,
@@ -175,6 +175,7 @@ impl NativeVerify {
         sample: Option<u64>,
         repair: bool,
         flags: u32,
+        checkpoint: Option<RHash>,
     ) -> Result<Self, Error> {
         if repair {
             store.core().copying_between_stores(Flags::from_bits(flags));
@@ -196,8 +197,12 @@ impl NativeVerify {
             repair_source: store.core().source_of_truth(Flags::from_bits(flags)),
             ..VerifyOptions::default()
         };
+        let mut verify = Verify::new(primary, secondary, options);
+        if let Some(checkpoint) = checkpoint {
+            verify = verify.resume(verify_checkpoint_from_ruby(ruby, checkpoint)?);
+        }
         Ok(NativeVerify {
-            inner: Mutex::new(Verify::new(primary, secondary, options)),
+            inner: Mutex::new(verify),
         })
     }
 
@@ -206,6 +211,77 @@ impl NativeVerify {
         let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
         verify_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
+}
+
+impl NativeVerify {
+    /// `{ cursor:, scanning_primary:, report: {…} }`.
+    fn checkpoint(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let checkpoint = rb_self.inner.lock().checkpoint();
+        symbol_hash(
+            ruby,
+            &[
+                ("cursor", ruby.str_from_slice(&checkpoint.cursor).as_value()),
+                (
+                    "scanning_primary",
+                    checkpoint.scanning_primary.into_value_with(ruby),
+                ),
+                (
+                    "report",
+                    verify_counters(ruby, &checkpoint.report)?.as_value(),
+                ),
+            ],
+        )
+    }
+}
+
+/// The counters alone (no derived readiness), as a checkpoint keeps them.
+fn verify_counters(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
+    let v = |value: u64| value.into_value_with(ruby);
+    symbol_hash(
+        ruby,
+        &[
+            ("checked", v(report.checked)),
+            ("agree", v(report.agree)),
+            ("missing_on_primary", v(report.missing_on_primary)),
+            ("different", v(report.different)),
+            ("only_on_primary", v(report.only_on_primary)),
+            ("repaired", v(report.repaired)),
+            ("repair_failed", v(report.repair_failed)),
+            ("unreadable", v(report.unreadable)),
+            ("total", v(report.total)),
+        ],
+    )
+}
+
+fn verify_checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<VerifyCheckpoint, Error> {
+    let field = |hash: RHash, key: &str| -> Result<magnus::Value, Error> {
+        hash.get(ruby.to_symbol(key)).ok_or_else(|| {
+            Error::new(
+                ruby.exception_arg_error(),
+                format!("checkpoint without {key}"),
+            )
+        })
+    };
+    let report_hash = RHash::try_convert(field(hash, "report")?)?;
+    let count = |key: &str| -> Result<u64, Error> { u64::try_convert(field(report_hash, key)?) };
+    let cursor = RString::try_convert(field(hash, "cursor")?)?;
+    Ok(VerifyCheckpoint {
+        scanning_primary: bool::try_convert(field(hash, "scanning_primary")?)?,
+        // SAFETY: copied at once.
+        cursor: unsafe { cursor.as_slice() }.to_vec(),
+        report: VerifyReport {
+            checked: count("checked")?,
+            agree: count("agree")?,
+            missing_on_primary: count("missing_on_primary")?,
+            different: count("different")?,
+            only_on_primary: count("only_on_primary")?,
+            repaired: count("repaired")?,
+            repair_failed: count("repair_failed")?,
+            unreadable: count("unreadable")?,
+            total: count("total")?,
+            done: false,
+        },
+    })
 }
 
 fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
@@ -235,7 +311,8 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     backfill.define_method("_step", method!(NativeBackfill::step, 0))?;
     backfill.define_method("_checkpoint", method!(NativeBackfill::checkpoint, 0))?;
     let verify = module.define_class("NativeVerify", ruby.class_object())?;
-    verify.define_singleton_method("new", function!(NativeVerify::new, 6))?;
+    verify.define_singleton_method("new", function!(NativeVerify::new, 7))?;
     verify.define_method("_step", method!(NativeVerify::step, 0))?;
+    verify.define_method("_checkpoint", method!(NativeVerify::checkpoint, 0))?;
     Ok(())
 }

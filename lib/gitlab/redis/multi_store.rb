@@ -7,7 +7,7 @@ require "gitlab/redis/multi_store/feature_flags"
 require "gitlab/redis/multi_store/reporter"
 require "gitlab/redis/multi_store/native_events"
 require "gitlab/redis/multi_store/client"
-require "gitlab/redis/multi_store/backfill_checkpoint"
+require "gitlab/redis/multi_store/checkpoint"
 require "gitlab/redis/multi_store/migration"
 require "gitlab/redis/multi_store/pooled"
 

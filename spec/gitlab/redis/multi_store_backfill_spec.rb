@@ -398,6 +398,45 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       end
     end
 
+    it "resumes a verify killed at random points, with every difference counted once" do
+      primary.ping
+      populate(secondary, 20_000, prefix: "key")
+      populate(primary, 20_000, prefix: "key")
+      10.times { |i| primary.set("key:#{i * 1000}", "changed") } # different
+      7.times { |i| primary.del("key:#{i * 1000 + 1}") }        # missing on the primary
+      3.times { |i| primary.set("only-new:#{i}", "x") }          # only on the primary
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      verify_in_a_child = lambda do |seconds, resume|
+        pid = fork do
+          child = described_class.new(primary_server.url, secondary_server.url, "backfill", feature_flags: flags)
+          report = child.verify(count: 200, checkpoint: checkpoint, resume: resume)
+          File.write("#{checkpoint}.report", JSON.generate(report.to_h))
+          exit!(0)
+        rescue Exception => e # rubocop:disable Lint/RescueException -- the child reports why it stopped
+          warn "verify child: #{e.class}: #{e.message}"
+          exit!(2)
+        end
+        if seconds
+          sleep seconds
+          Process.kill(:KILL, pid)
+        end
+        status = Process.wait2(pid).last
+        status.signaled? ? :killed : status.exitstatus
+      end
+      random = Random.new(RSpec.configuration.seed)
+      outcomes = [verify_in_a_child.call(0.05 + random.rand * 0.1, false)]
+      outcomes << verify_in_a_child.call(outcomes.size < 4 ? 0.05 + random.rand * 0.1 : nil, true) until outcomes.last == 0 || outcomes.size > 30
+      report = JSON.parse(File.read("#{checkpoint}.report"), symbolize_names: true)
+
+      aggregate_failures do
+        expect(outcomes.count(:killed)).to be >= 2
+        expect(outcomes.last).to eq(0)
+        expect(report.slice(:checked, :different, :missing_on_primary, :only_on_primary))
+          .to eq(checked: 20_000, different: 10, missing_on_primary: 7, only_on_primary: 3)
+        expect(File.exist?(checkpoint)).to be(false)
+      end
+    end
+
     it "refuses a checkpoint of another backfill, and resumes nothing when there is none" do
       populate(secondary, 300, prefix: "key")
       flags.enable(:use_primary_and_secondary_stores_for_backfill)

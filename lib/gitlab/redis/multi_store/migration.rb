@@ -55,7 +55,7 @@ module Gitlab
         # @param count [Integer] keys per SCAN page (one pipelined batch)
         # @param rate [Numeric] at most this many keys scanned per second
         # @param checkpoint [String] a file to save the progress to after every page (see
-        #   BackfillCheckpoint); removed when the backfill finishes
+        #   Checkpoint); removed when the backfill finishes
         # @param resume [Boolean] continue from the checkpoint's progress, if it has any
         # @param max_latency [Numeric] seconds: before each page the secondary is pinged, and
         #   while its round trip is above this the backfill waits (the pause doubling up to a
@@ -70,7 +70,7 @@ module Gitlab
           end
           raise ArgumentError, "resume: true needs a checkpoint: file" if resume && !checkpoint
 
-          saved = checkpoint && BackfillCheckpoint.new(checkpoint, checkpoint_identity(match))
+          saved = checkpoint && Checkpoint.new(checkpoint, checkpoint_identity("backfill", match))
           progress = resume ? saved.load : nil
           native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits, progress)
           pacing = max_latency && LatencyPacing.new(@native, Float(max_latency))
@@ -96,15 +96,31 @@ module Gitlab
         #   the default store, or after a disturbance the store known to have missed nothing
         #   (`migration_status[:repair_from]`) -- to the other (RESTORE REPLACE, or DEL where that
         #   store has no such key), and check them again
+        # @param checkpoint [String] a file to save the progress to after every page (not with
+        #   sample:); removed when the verify finishes
+        # @param resume [Boolean] continue from the checkpoint's progress, if it has any (its
+        #   result then does not count for migration_status: what it compared may have changed)
         # @yieldparam progress [VerifyProgress] after each page
         # @return [VerifyProgress] the final report; `in_agreement?` when the stores agree
-        def verify(match: nil, sample: nil, repair: false, count: 1000)
+        def verify(match: nil, sample: nil, repair: false, count: 1000, checkpoint: nil, resume: false)
+          raise ArgumentError, "resume: true needs a checkpoint: file" if resume && !checkpoint
+          raise ArgumentError, "a verify of a random sample cannot be resumed: it has no checkpoint" if checkpoint && sample
+
           # nil while dual-write is off: writes then reach the default store only, and no verify
           # can vouch for the other.
           token = @native._verify_token(@flags.bits)
+          saved = checkpoint && Checkpoint.new(checkpoint, checkpoint_identity("verify", match))
+          progress = resume ? saved.load : nil
           native = GitlabMultistore::NativeVerify.new(@native, match, Integer(count), sample && Integer(sample),
-                                                      repair ? true : false, @flags.bits)
-          report = run_steps(native, VerifyProgress, nil) { |progress| yield progress if block_given? }
+                                                      repair ? true : false, @flags.bits, progress)
+          report = run_steps(native, VerifyProgress, nil) do |page|
+            saved&.save(native._checkpoint) unless page.done?
+            yield page if block_given?
+          end
+          saved&.remove
+          # What a resumed verify compared before it stopped may have changed since: it tells how
+          # the stores stand, but cannot clear "full verify needed" or make them safe to switch.
+          token = nil if progress
           full = match.nil? && sample.nil?
           # Clears "full verify needed" only if no store restart, unrecorded miss or dual-write
           # pause happened since this verify began.
@@ -163,9 +179,9 @@ module Gitlab
 
         # What a checkpoint is for: these stores (by URL, without password), this database, this
         # pattern.
-        def checkpoint_identity(match)
+        def checkpoint_identity(command, match)
           {
-            "instance_name" => instance_name,
+            "command" => command, "instance_name" => instance_name,
             "primary" => @native._store_id(:primary), "secondary" => @native._store_id(:secondary),
             "db" => @client.db, "match" => match
           }
