@@ -167,6 +167,8 @@ pub struct NativeVerify {
 }
 
 impl NativeVerify {
+    // The arguments of the Ruby constructor, one by one, as magnus passes them.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         ruby: &Ruby,
         store: &NativeStore,
