@@ -235,6 +235,19 @@ pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Option<Vec<usize>> {
     )
 }
 
+/// Whether the command writes a key of another database (MOVE, COPY … DB n, SWAPDB): the
+/// journal, which names keys of the database a call runs in, cannot say which store misses what
+/// there -- only a full verify of every database can.
+pub fn writes_other_database(cmd: &Command) -> bool {
+    cmd.name_is("move")
+        || cmd.name_is("swapdb")
+        || (cmd.name_is("copy")
+            && cmd
+                .args()
+                .skip(3)
+                .any(|arg| arg.eq_ignore_ascii_case(b"db")))
+}
+
 /// Where STREAMS is among XREAD's / XREADGROUP's options: read option by option (a group or
 /// consumer may be named "streams").
 fn streams_at(args: &[&[u8]], group: bool) -> Option<usize> {

@@ -1541,7 +1541,11 @@ impl MultiStore {
             if spec.kind() != CommandKind::Write {
                 continue;
             }
-            let keys = command_table::keys(cmd, spec);
+            let keys = if command_table::writes_other_database(cmd) {
+                None // a full verify (of every database) is needed
+            } else {
+                command_table::keys(cmd, spec)
+            };
             let dropped = match registered.as_deref_mut() {
                 Some(registered) => self
                     .state

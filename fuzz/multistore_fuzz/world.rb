@@ -111,6 +111,7 @@ module MultistoreFuzz
     # Runs one step and checks the invariants after it.
     def run(step, index)
       @index = index
+      @other_databases_written ||= writes_other_databases?(step)
       deadline = %i[backfill verify backfill_under_load switch].include?(step.kind) ? LONG_STEP_DEADLINE : STEP_DEADLINE
       within(deadline) { send(:"step_#{step.kind}", *step.args) }
       within(STEP_DEADLINE) { check_invariants }
@@ -123,6 +124,24 @@ module MultistoreFuzz
     end
 
     private
+
+    # A step that selects another database, or moves or copies keys into one.
+    def writes_other_databases?(step)
+      return step.args.first.to_i != 0 if step.kind == :select
+
+      commands_in(step.args).any? do |command|
+        name = command.first.downcase
+        %w[move swapdb].include?(name) || (name == "copy" && command.any? { |a| a.to_s.casecmp?("db") })
+      end
+    end
+
+    # The commands (arrays of strings, name first) anywhere in a step's arguments.
+    def commands_in(value)
+      return [] unless value.is_a?(Array)
+      return [value] if value.first.is_a?(String)
+
+      value.flat_map { |item| commands_in(item) }
+    end
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -184,7 +203,11 @@ module MultistoreFuzz
 
       # Before the default store changes, the operator brings a store that missed writes (one
       # that restarted empty, say) in line, as the runbook says: callers are about to read it.
-      if STATES[target][:primary_default] != @flags[:primary_default] && @store.migration_status[:full_verify_needed]
+      # A verify covers the database it runs in ("where it differs"), and "full verify needed"
+      # is cleared by one in the database the MultiStore is on: so every database the program
+      # may have written (SELECT, MOVE, COPY … DB) is verified when the stores may differ there.
+      if STATES[target][:primary_default] != @flags[:primary_default] &&
+         (@store.migration_status[:full_verify_needed] || @other_databases_written)
         return if @hung
 
         in_every_database { step_verify_in(@db_in_loop) }
