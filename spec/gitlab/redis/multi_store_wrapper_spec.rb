@@ -12,6 +12,12 @@ module Gitlab
       def self.config_fallback = SharedState
       def self.multistore = MultiStore.create_using_pool(pool, config_fallback.pool, store_name)
     end
+
+    # The same, for an instance whose own configuration is a Redis Cluster.
+    class MigratingClusterFoo < MultiStoreWrapper
+      def self.config_fallback = SharedState
+      def self.multistore = MultiStore.create_using_pool(pool, config_fallback.pool, store_name)
+    end
   end
 end
 
@@ -218,17 +224,22 @@ RSpec.describe Gitlab::Redis::MultiStoreWrapper do
     expect { bare.with { |redis| redis } }.to raise_error(NotImplementedError, /Gitlab::Redis::Bare must define \.multistore/)
   end
 
-  it "walks the whole flag runbook under 8 threads writing through Foo.with, losing nothing" do
-    primary = primary_server.client
+  # Walks a MultiStoreWrapper subclass through the runbook while `threads` threads write through
+  # its `.with`; `primary` reads the new store (a cluster client for a cluster).
+  def walk_the_runbook(wrapper, primary, threads:)
+    name = Gitlab::Redis::MultiStore::FeatureFlags.underscore(wrapper.store_name)
+    dual = :"use_primary_and_secondary_stores_for_#{name}"
+    primary_default = :"use_primary_store_as_default_for_#{name}"
     secondary = secondary_server.client
     stop = false
-    writers = Array.new(8) do |t|
+    writers = Array.new(threads) do |t|
       Thread.new do
         written = 0
         until stop
-          foo.with do |redis|
-            redis.incr("count:#{t}")
-            redis.pipelined { |p| p.set("last:#{t}", written.to_s); p.sadd("seen:#{t}", written.to_s) }
+          wrapper.with do |redis|
+            redis.incr("count:{#{t}}")
+            # One hash slot per thread ({t}), so a cluster takes the pipeline as one batch.
+            redis.pipelined { |p| p.set("last:{#{t}}", written.to_s); p.sadd("seen:{#{t}}", written.to_s) }
           end
           written += 1
         end
@@ -238,20 +249,20 @@ RSpec.describe Gitlab::Redis::MultiStoreWrapper do
     # The re-sync settles keys written without pause too (writes wait out its copy of a key).
     drained = lambda do
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
-      sleep 0.05 until (empty = foo.with { |redis| redis.migration_status[:journal_keys] }.zero?) ||
+      sleep 0.05 until (empty = wrapper.with { |redis| redis.migration_status[:journal_keys] }.zero?) ||
                        Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
       empty
     end
 
     sleep 0.3 # (1) the old store only
-    flags.set(:use_primary_and_secondary_stores_for_migrating_foo) # (2) dual-write
+    flags.set(dual) # (2) dual-write
     sleep 0.3
-    backfill = foo.with(&:backfill)
-    expect(drained.call).to be(true), "the journal drains while the 8 threads keep writing"
-    verify = foo.with { |redis| redis.verify(repair: true) }
-    flags.set(:use_primary_and_secondary_stores_for_migrating_foo, :use_primary_store_as_default_for_migrating_foo) # (3)
+    backfill = wrapper.with(&:backfill)
+    expect(drained.call).to be(true), "the journal drains while the threads keep writing"
+    verify = wrapper.with { |redis| redis.verify(repair: true) }
+    flags.set(dual, primary_default) # (3)
     sleep 0.3
-    flags.set(:use_primary_store_as_default_for_migrating_foo) # (4) the new store only
+    flags.set(primary_default) # (4) the new store only
     sleep 0.3
     stop = true
     counts = writers.map(&:value)
@@ -262,12 +273,31 @@ RSpec.describe Gitlab::Redis::MultiStoreWrapper do
       counts.each_with_index do |count, t|
         expect(count).to be > 10
         # Every write a caller made, before dual-write too, is on the new store, once.
-        expect([t, primary.get("count:#{t}").to_i]).to eq([t, count])
-        expect([t, primary.get("last:#{t}")]).to eq([t, (count - 1).to_s])
-        expect([t, primary.scard("seen:#{t}")]).to eq([t, count])
+        expect([t, primary.get("count:{#{t}}").to_i]).to eq([t, count])
+        expect([t, primary.get("last:{#{t}}")]).to eq([t, (count - 1).to_s])
+        expect([t, primary.scard("seen:{#{t}}")]).to eq([t, count])
         # The old store got everything until the last step.
-        expect(secondary.get("count:#{t}").to_i).to be_between(1, count)
+        expect(secondary.get("count:{#{t}}").to_i).to be_between(1, count)
       end
     end
+  ensure
+    secondary&.close
+  end
+
+  it "walks the whole flag runbook under 8 threads writing through Foo.with, losing nothing" do
+    walk_the_runbook(foo, primary_server.client, threads: 8)
+  end
+
+  it "does the same with a Redis Cluster as the new store, configured as a cluster: entry" do
+    cluster = LocalRedisCluster.new
+    File.write(File.join(Gitlab::Redis::Wrapper.rails_root, "config", "redis.migrating_cluster_foo.yml"),
+               YAML.dump("test" => { "cluster" => cluster.urls }))
+    wrapper = Gitlab::Redis::MigratingClusterFoo
+
+    expect(wrapper.with { |redis| redis.connection[:host] }).to eq("127.0.0.1")
+    walk_the_runbook(wrapper, Redis.new(cluster: cluster.urls), threads: 4)
+  ensure
+    Gitlab::Redis::MigratingClusterFoo.reset_pool!
+    cluster&.cleanup
   end
 end
