@@ -287,24 +287,11 @@ fn verify_checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<VerifyCheckpo
 }
 
 fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
-    let v = |value: u64| value.into_value_with(ruby);
-    symbol_hash(
-        ruby,
-        &[
-            ("checked", v(report.checked)),
-            ("agree", v(report.agree)),
-            ("missing_on_primary", v(report.missing_on_primary)),
-            ("different", v(report.different)),
-            ("only_on_primary", v(report.only_on_primary)),
-            ("repaired", v(report.repaired)),
-            ("repair_failed", v(report.repair_failed)),
-            ("unreadable", v(report.unreadable)),
-            ("total", v(report.total)),
-            ("readiness", report.readiness().into_value_with(ruby)),
-            ("in_agreement", report.in_agreement().into_value_with(ruby)),
-            ("done", report.done.into_value_with(ruby)),
-        ],
-    )
+    let hash = verify_counters(ruby, report)?;
+    hash.aset(ruby.to_symbol("readiness"), report.readiness())?;
+    hash.aset(ruby.to_symbol("in_agreement"), report.in_agreement())?;
+    hash.aset(ruby.to_symbol("done"), report.done)?;
+    Ok(hash)
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {

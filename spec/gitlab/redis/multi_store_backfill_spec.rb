@@ -340,16 +340,17 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
     # Evaluated before any fork: each child must use this one file.
     let!(:checkpoint) { File.join(Dir.mktmpdir("gitlab-multistore-checkpoint-"), "backfill.json") }
 
-    # A backfill in a child process, killed (SIGKILL: no ensure runs) after `seconds`, or left to
-    # finish: the exit status, or :killed.
-    def backfill_in_a_child(seconds, resume:)
+    # Runs the block (given a MultiStore of its own) in a child process, killed (SIGKILL: no
+    # ensure runs) after `seconds`, or left to finish: its exit status, or :killed. The child
+    # writes the report the block returns next to the checkpoint.
+    def in_a_child(seconds)
       pid = fork do
         child = described_class.new(primary_server.url, secondary_server.url, "backfill", feature_flags: flags)
-        report = child.backfill(count: 200, rate: 40_000, checkpoint: checkpoint, resume: resume)
+        report = yield child
         File.write("#{checkpoint}.report", JSON.generate(report.to_h))
-        exit!(report.ok? && report.done? ? 0 : 1)
+        exit!(report.done? ? 0 : 1)
       rescue Exception => e # rubocop:disable Lint/RescueException -- the child reports why it stopped
-        warn "backfill child: #{e.class}: #{e.message}"
+        warn "child: #{e.class}: #{e.message}"
         exit!(2)
       end
       if seconds
@@ -358,6 +359,10 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       end
       _, status = Process.wait2(pid)
       status.signaled? ? :killed : status.exitstatus
+    end
+
+    def backfill_in_a_child(seconds, resume:)
+      in_a_child(seconds) { |store| store.backfill(count: 200, rate: 40_000, checkpoint: checkpoint, resume: resume) }
     end
 
     it "survives being killed at random points: the resumed runs copy everything, once, and never over newer data" do
@@ -388,6 +393,7 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
         expect(outcomes.last).to eq(0)
         # Counted across the runs: each kill made the next run scan at most one page again.
         expect(report[:scanned]).to be_between(20_000, 20_000 + kills * 200)
+        expect(report[:failed]).to eq(0)
         expect(report[:copied] + report[:already_present] + report[:expired]).to eq(report[:scanned])
         expect(report[:copied]).to be <= 20_000
         expect(File.exist?(checkpoint)).to be(false)
@@ -407,21 +413,7 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       3.times { |i| primary.set("only-new:#{i}", "x") }          # only on the primary
       flags.enable(:use_primary_and_secondary_stores_for_backfill)
       verify_in_a_child = lambda do |seconds, resume|
-        pid = fork do
-          child = described_class.new(primary_server.url, secondary_server.url, "backfill", feature_flags: flags)
-          report = child.verify(count: 200, checkpoint: checkpoint, resume: resume)
-          File.write("#{checkpoint}.report", JSON.generate(report.to_h))
-          exit!(0)
-        rescue Exception => e # rubocop:disable Lint/RescueException -- the child reports why it stopped
-          warn "verify child: #{e.class}: #{e.message}"
-          exit!(2)
-        end
-        if seconds
-          sleep seconds
-          Process.kill(:KILL, pid)
-        end
-        status = Process.wait2(pid).last
-        status.signaled? ? :killed : status.exitstatus
+        in_a_child(seconds) { |store| store.verify(count: 200, checkpoint: checkpoint, resume: resume) }
       end
       random = Random.new(RSpec.configuration.seed)
       outcomes = [verify_in_a_child.call(0.05 + random.rand * 0.1, false)]
