@@ -95,36 +95,61 @@ impl NativeBackfill {
     }
 }
 
-fn checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<Checkpoint, Error> {
-    let bytes = |value: magnus::Value| -> Result<Vec<u8>, Error> {
-        let string = RString::try_convert(value)?;
-        // SAFETY: copied at once.
-        Ok(unsafe { string.as_slice() }.to_vec())
-    };
-    let field = |hash: RHash, key: &str| -> Result<magnus::Value, Error> {
-        hash.get(ruby.to_symbol(key)).ok_or_else(|| {
+/// Reads a checkpoint Hash handed back from Ruby (see `Checkpoint` on the Ruby side).
+struct Fields<'r> {
+    ruby: &'r Ruby,
+    hash: RHash,
+}
+
+impl<'r> Fields<'r> {
+    fn get(&self, key: &str) -> Result<magnus::Value, Error> {
+        self.hash.get(self.ruby.to_symbol(key)).ok_or_else(|| {
             Error::new(
-                ruby.exception_arg_error(),
+                self.ruby.exception_arg_error(),
                 format!("checkpoint without {key}"),
             )
         })
-    };
-    let report_hash = RHash::try_convert(field(hash, "report")?)?;
-    let count = |key: &str| -> Result<u64, Error> { u64::try_convert(field(report_hash, key)?) };
+    }
+
+    fn nested(&self, key: &str) -> Result<Fields<'r>, Error> {
+        Ok(Fields {
+            ruby: self.ruby,
+            hash: RHash::try_convert(self.get(key)?)?,
+        })
+    }
+
+    fn count(&self, key: &str) -> Result<u64, Error> {
+        u64::try_convert(self.get(key)?)
+    }
+
+    fn bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
+        bytes(self.get(key)?)
+    }
+}
+
+fn bytes(value: magnus::Value) -> Result<Vec<u8>, Error> {
+    let string = RString::try_convert(value)?;
+    // SAFETY: copied at once.
+    Ok(unsafe { string.as_slice() }.to_vec())
+}
+
+fn checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<Checkpoint, Error> {
+    let fields = Fields { ruby, hash };
+    let counts = fields.nested("report")?;
     let report = BackfillReport {
-        scanned: count("scanned")?,
-        copied: count("copied")?,
-        already_present: count("already_present")?,
-        expired: count("expired")?,
-        failed: count("failed")?,
-        undone: count("undone")?,
-        recopied: count("recopied")?,
-        left_different: count("left_different")?,
-        total: count("total")?,
+        scanned: counts.count("scanned")?,
+        copied: counts.count("copied")?,
+        already_present: counts.count("already_present")?,
+        expired: counts.count("expired")?,
+        failed: counts.count("failed")?,
+        undone: counts.count("undone")?,
+        recopied: counts.count("recopied")?,
+        left_different: counts.count("left_different")?,
+        total: counts.count("total")?,
         done: false,
     };
     let mut pending = Vec::new();
-    for entry in RArray::try_convert(field(hash, "pending")?)?.into_iter() {
+    for entry in RArray::try_convert(fields.get("pending")?)?.into_iter() {
         let pair = RArray::try_convert(entry)?;
         let key = bytes(pair.entry(0)?)?;
         let fingerprint: [u8; 20] = bytes(pair.entry(1)?)?.try_into().map_err(|_| {
@@ -136,7 +161,7 @@ fn checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<Checkpoint, Error> {
         pending.push((key, fingerprint));
     }
     Ok(Checkpoint {
-        cursor: bytes(field(hash, "cursor")?)?,
+        cursor: fields.bytes("cursor")?,
         report,
         pending,
     })
@@ -256,31 +281,21 @@ fn verify_counters(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
 }
 
 fn verify_checkpoint_from_ruby(ruby: &Ruby, hash: RHash) -> Result<VerifyCheckpoint, Error> {
-    let field = |hash: RHash, key: &str| -> Result<magnus::Value, Error> {
-        hash.get(ruby.to_symbol(key)).ok_or_else(|| {
-            Error::new(
-                ruby.exception_arg_error(),
-                format!("checkpoint without {key}"),
-            )
-        })
-    };
-    let report_hash = RHash::try_convert(field(hash, "report")?)?;
-    let count = |key: &str| -> Result<u64, Error> { u64::try_convert(field(report_hash, key)?) };
-    let cursor = RString::try_convert(field(hash, "cursor")?)?;
+    let fields = Fields { ruby, hash };
+    let counts = fields.nested("report")?;
     Ok(VerifyCheckpoint {
-        scanning_primary: bool::try_convert(field(hash, "scanning_primary")?)?,
-        // SAFETY: copied at once.
-        cursor: unsafe { cursor.as_slice() }.to_vec(),
+        scanning_primary: bool::try_convert(fields.get("scanning_primary")?)?,
+        cursor: fields.bytes("cursor")?,
         report: VerifyReport {
-            checked: count("checked")?,
-            agree: count("agree")?,
-            missing_on_primary: count("missing_on_primary")?,
-            different: count("different")?,
-            only_on_primary: count("only_on_primary")?,
-            repaired: count("repaired")?,
-            repair_failed: count("repair_failed")?,
-            unreadable: count("unreadable")?,
-            total: count("total")?,
+            checked: counts.count("checked")?,
+            agree: counts.count("agree")?,
+            missing_on_primary: counts.count("missing_on_primary")?,
+            different: counts.count("different")?,
+            only_on_primary: counts.count("only_on_primary")?,
+            repaired: counts.count("repaired")?,
+            repair_failed: counts.count("repair_failed")?,
+            unreadable: counts.count("unreadable")?,
+            total: counts.count("total")?,
             done: false,
         },
     })
