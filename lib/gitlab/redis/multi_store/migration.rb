@@ -81,8 +81,9 @@ module Gitlab
           end
           saved&.remove
           # A full, clean copy has copied again what a restarted store lost. It does not show the
-          # stores agree (it never overwrites a key the primary has): only a full verify does.
-          @native._acknowledge_backfill if report.ok? && match.nil?
+          # stores agree (it never overwrites a key the primary has): only a full verify does. A
+          # resumed one may have skipped keys a restart since the kill took away: it does not count.
+          @native._acknowledge_backfill if report.ok? && match.nil? && progress.nil?
           report
         end
 
