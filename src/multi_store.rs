@@ -689,6 +689,14 @@ impl MultiStore {
 
     /// Moves both stores to database `db` (nothing is sent: their connections reopen on it).
     pub fn set_db(&self, db: i64) {
+        if db != self.primary.db() && !self.state.journal.is_empty() {
+            // The journal names keys of the database it was filled in: re-synced in another, the
+            // wrong keys would be copied, and the missed ones never. A full verify (of each
+            // database, as the README says) takes over.
+            self.state.journal.forget_lagging(None);
+            self.state.journal.require_full_verify(None);
+            tracing::warn!(instance_name = %self.instance_name, "SELECT while keys waited for re-sync: a full verify is needed");
+        }
         self.primary.select(db);
         self.secondary.select(db);
     }

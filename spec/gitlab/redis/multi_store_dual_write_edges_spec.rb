@@ -167,6 +167,40 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
     end
   end
 
+  # Found by the fuzzer (seed 174144173): keys journaled in database 1 were re-synced in
+  # database 0 after a SELECT, so database 1 of the new store never got them, with the journal
+  # empty and nothing asking for a verify.
+  describe "a SELECT while keys wait for re-sync" do
+    it "asks for a full verify instead of re-syncing the keys in the wrong database" do
+      flags.enable(:use_primary_and_secondary_stores_for_edges)
+      hung = dedicated_redis_server
+      store = multi_store({ url: hung.url, timeout: 0.2 }, secondary_server.url, breaker_threshold: 1, breaker_cool_down: 5)
+      store.select(1)
+      Process.kill(:STOP, hung.pid)
+      begin
+        3.times { |i| store.set("in-db1:#{i}", i.to_s) } # the new store misses them: journaled
+      ensure
+        Process.kill(:CONT, hung.pid)
+      end
+      expect(store.migration_status[:journal_keys]).to be_positive
+
+      store.select(0)
+      status = store.migration_status
+
+      aggregate_failures do
+        expect(status[:journal_keys]).to eq(0)
+        expect(status[:full_verify_needed]).to be(true)
+        expect(status[:safe_to_switch]).to be(false)
+      end
+      store.select(1)
+      sleep 5.1 # the breaker's cool-down: the repair reaches the new store
+      expect(store.verify(repair: true)).to be_in_agreement
+      new_store = Redis.new(url: hung.url(1))
+      expect(new_store.mget("in-db1:0", "in-db1:1", "in-db1:2")).to eq(%w[0 1 2])
+      new_store.close
+    end
+  end
+
   describe "a transaction whose default store flips between MULTI (or WATCH) and EXEC" do
     [[:secondary, :primary], [:primary, :secondary]].each do |from, to|
       context "from the #{from} to the #{to} as the default" do
