@@ -24,7 +24,7 @@
 
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::copy::{self, Fingerprint, Snapshot};
+use crate::copy::{self, DirectCopy, Fingerprint, Reconciler, Snapshot};
 use crate::error::{Error, Result};
 use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::reply::Reply;
@@ -84,6 +84,8 @@ pub struct Backfill {
     /// The secondary is the default store: its data is the truth, and a copy that a write made
     /// stale may be overwritten from it.
     secondary_is_default: bool,
+    /// How stale copies are copied again (see `copy::Reconciler`).
+    reconciler: Arc<dyn Reconciler>,
     report: BackfillReport,
 }
 
@@ -99,6 +101,10 @@ impl Backfill {
         pattern: Option<Vec<u8>>,
         count: usize,
     ) -> Self {
+        let reconciler = Arc::new(DirectCopy {
+            primary: Arc::clone(&primary),
+            secondary: Arc::clone(&secondary),
+        });
         Backfill {
             primary,
             secondary,
@@ -109,6 +115,7 @@ impl Backfill {
             recheck: VecDeque::new(),
             settle_delay: DEFAULT_SETTLE_DELAY,
             secondary_is_default: true,
+            reconciler,
             report: BackfillReport::default(),
         }
     }
@@ -116,6 +123,12 @@ impl Backfill {
     /// Which store callers are answered from while the backfill runs (the secondary by default).
     pub fn with_default_store(mut self, default: Role) -> Self {
         self.secondary_is_default = default == Role::Secondary;
+        self
+    }
+
+    /// Copies stale copies again through `reconciler` (a MultiStore's re-sync).
+    pub fn with_reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
+        self.reconciler = reconciler;
         self
     }
 
@@ -343,13 +356,9 @@ impl Backfill {
             self.report.left_different += different.len() as u64;
             return Ok(());
         }
-        let left = copy::reconcile(
-            &self.secondary,
-            &self.primary,
-            &different,
-            tolerance,
-            cancel,
-        )?;
+        let left = self
+            .reconciler
+            .reconcile(Role::Secondary, &different, tolerance, cancel)?;
         self.report.recopied += (different.len() - left.len()) as u64;
         self.report.left_different += left.len() as u64;
         Ok(())

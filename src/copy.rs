@@ -12,7 +12,9 @@ use crate::command::Command;
 use crate::error::{Result, ServerErrorReply};
 use crate::key_state;
 use crate::reply::Reply;
+use crate::routing::Role;
 use crate::store::Store;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A key as read for copying.
@@ -188,6 +190,47 @@ pub(crate) fn reconcile(
         pending = still_different(source, target, &pending, ttl_tolerance_ms, cancel)?;
     }
     Ok(pending)
+}
+
+/// How a verify's repair and a backfill's re-copy bring keys that differ in line: copying each
+/// from `source` to the other store. Returns the keys still different.
+///
+/// A copy cannot be made atomic with the dual writes that keep landing on both stores: a write
+/// that reaches the target before the copy's RESTORE and the source after its DUMP is undone on
+/// the target. A verify or backfill on its own copies directly (`DirectCopy`) and reports what
+/// it could not bring in line; run by a MultiStore, it goes through that MultiStore's re-sync
+/// (`resync::RepairThroughResync`), which journals the keys first and holds the process's own
+/// writes of them back while it copies.
+pub trait Reconciler: Send + Sync {
+    fn reconcile(
+        &self,
+        source: Role,
+        keys: &[Vec<u8>],
+        ttl_tolerance_ms: i64,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Vec<u8>>>;
+}
+
+/// Copies straight from one store to the other (see `reconcile`).
+pub struct DirectCopy {
+    pub primary: Arc<Store>,
+    pub secondary: Arc<Store>,
+}
+
+impl Reconciler for DirectCopy {
+    fn reconcile(
+        &self,
+        source: Role,
+        keys: &[Vec<u8>],
+        ttl_tolerance_ms: i64,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (from, to) = match source {
+            Role::Primary => (&self.primary, &self.secondary),
+            Role::Secondary => (&self.secondary, &self.primary),
+        };
+        reconcile(from, to, keys, ttl_tolerance_ms, cancel)
+    }
 }
 
 /// The keys that differ between the stores, each looked at again a few times a few

@@ -80,6 +80,32 @@ impl Journal {
         self.record_with(keys, lagging, None)
     }
 
+    /// Records every one of `keys` as missed by `lagging`, or none of them when they do not all
+    /// fit: a repair that finds the journal full copies directly instead of overflowing it
+    /// (an overflow would ask for the very full verify that is running).
+    pub fn record_if_room(&self, keys: &[Vec<u8>], lagging: Role) -> bool {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let mut map = self.keys.lock();
+        let new = keys.iter().filter(|key| !map.contains_key(*key)).count();
+        if map.len() + new > capacity {
+            return false;
+        }
+        for key in keys {
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            let entry = map.entry(key.clone()).or_insert(Entry {
+                lagging,
+                generation,
+                in_flight: 0,
+                fenced: false,
+            });
+            entry.lagging = lagging;
+            entry.generation = generation;
+        }
+        self.len.store(map.len(), Ordering::Release);
+        self.peak.fetch_max(map.len(), Ordering::Relaxed);
+        true
+    }
+
     /// `record`, for a write about to be sent to the other store only: the keys are also
     /// registered as written (`writes_begin`), in one step, so the re-sync cannot copy and
     /// settle them before the write lands. Hand `registered` to `writes_end` afterwards.
@@ -419,6 +445,20 @@ mod tests {
         assert!(journal.full_verify_needed());
         journal.record(None::<[&[u8]; 0]>, Role::Secondary);
         assert_eq!(journal.overflows(), 1);
+    }
+
+    #[test]
+    fn records_a_repair_whole_or_not_at_all_without_overflowing() {
+        let journal = Journal::new(3);
+        journal.record(Some([&b"a"[..]]), Role::Primary);
+        let keys = |names: &[&str]| names.iter().map(|n| n.as_bytes().to_vec()).collect::<Vec<_>>();
+
+        assert!(!journal.record_if_room(&keys(&["b", "c", "d"]), Role::Secondary));
+        assert_eq!(journal.len(), 1);
+        assert!(journal.record_if_room(&keys(&["a", "b", "c"]), Role::Secondary));
+        assert_eq!(journal.lagging(b"a"), Some(Role::Secondary));
+        assert_eq!((journal.len(), journal.overflows()), (3, 0));
+        assert!(!journal.full_verify_needed());
     }
 
     #[test]

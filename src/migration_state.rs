@@ -62,6 +62,11 @@ impl MigrationState {
         }
     }
 
+    /// Whether dual-write is on, as this process last saw the flags.
+    pub fn dual_write_on(&self) -> bool {
+        self.dual_write_seen.load(Ordering::Acquire) == DUAL_WRITE_ON
+    }
+
     /// Whether `role` gets writes the other store does not: dual-write is off (as this process
     /// last saw the flags) and `role` is, or was during the gap, the default store. Nothing may
     /// be copied onto such a store from the other: it would undo those writes.

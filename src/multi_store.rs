@@ -10,7 +10,6 @@ use crate::command_table::{self, CommandKind, CommandSpec};
 use crate::config::StoreConfig;
 use crate::connection::Reply;
 use crate::error::{Error, Result, ServerErrorReply};
-use crate::fork;
 use crate::fork::ForkSafeMutex;
 use crate::journal::Journal;
 use crate::metrics::{InstanceMetrics, RequestKind};
@@ -1594,19 +1593,16 @@ impl MultiStore {
     }
 
     fn ensure_resync(&self) {
-        let generation = fork::generation();
-        {
-            // Claimed under the lock, started outside it: the lock is a `ForkSafeMutex`, never
-            // held while doing anything else (a fork would wait for it).
-            let mut started = self.state.resync_started.lock();
-            if *started == Some(generation) {
-                return;
-            }
-            *started = Some(generation);
-        }
-        if resync::spawn(self.resync_context()).is_none() {
-            *self.state.resync_started.lock() = None;
-        }
+        resync::ensure_running(&self.state, || self.resync_context());
+    }
+
+    /// How a verify's repair and a backfill's re-copy run by this MultiStore bring keys in line:
+    /// through its re-sync, so the copies cannot undo its own dual writes (see
+    /// `resync::RepairThroughResync`).
+    pub fn reconciler(&self) -> Arc<dyn crate::copy::Reconciler> {
+        Arc::new(resync::RepairThroughResync {
+            ctx: self.resync_context(),
+        })
     }
 
     fn resync_context(&self) -> ResyncContext {

@@ -51,7 +51,24 @@ fn breaker(state: &MigrationState, role: Role) -> &Breaker {
     }]
 }
 
-pub fn spawn(ctx: ResyncContext) -> Option<thread::JoinHandle<()>> {
+/// Starts the partition's re-sync thread unless this process (since its last fork) already has.
+pub fn ensure_running(state: &MigrationState, ctx: impl FnOnce() -> ResyncContext) {
+    let generation = crate::fork::generation();
+    {
+        // Claimed under the lock, started outside it: the lock is a `ForkSafeMutex`, never
+        // held while doing anything else (a fork would wait for it).
+        let mut started = state.resync_started.lock();
+        if *started == Some(generation) {
+            return;
+        }
+        *started = Some(generation);
+    }
+    if spawn(ctx()).is_none() {
+        *state.resync_started.lock() = None;
+    }
+}
+
+fn spawn(ctx: ResyncContext) -> Option<thread::JoinHandle<()>> {
     let name = format!("multistore-resync-{}", ctx.instance_name);
     thread::Builder::new()
         .name(name.chars().take(15).collect())
@@ -158,6 +175,84 @@ pub fn catch_up(ctx: &ResyncContext, journal: &Journal, lagging: Role, keys: &[V
         Err(Failed { store, error }) => {
             tracing::debug!(instance_name = %ctx.instance_name, store = store.name(), error = %error, "could not bring a key up to date before writing it: left to the re-sync");
             0
+        }
+    }
+}
+
+/// How long a repair keeps trying to bring its keys in line itself before leaving the rest to
+/// the background re-sync: a key with a write on its way cannot be taken until it is answered.
+const REPAIR_PATIENCE: Duration = Duration::from_secs(1);
+const REPAIR_PAUSE: Duration = Duration::from_millis(5);
+
+/// A verify's repair or a backfill's re-copy run by a MultiStore (see `copy::Reconciler`): the
+/// keys are journaled as missed by the store they are copied to, so reads trust the source
+/// meanwhile, then copied and compared while this process's writes of them wait, the way the
+/// re-sync does, until both stores agree. What is still different after `REPAIR_PATIENCE`
+/// stays journaled, for the background re-sync to finish, and is returned. A key the journal
+/// holds as missed by the source is left to the re-sync too: the other store has its latest
+/// write, which a copy from the source would undo. While dual-write is off no write of this
+/// process reaches the target, and the keys are copied directly.
+pub struct RepairThroughResync {
+    pub ctx: ResyncContext,
+}
+
+impl crate::copy::Reconciler for RepairThroughResync {
+    fn reconcile(
+        &self,
+        source: Role,
+        keys: &[Vec<u8>],
+        ttl_tolerance_ms: i64,
+        cancel: &CancelToken,
+    ) -> crate::error::Result<Vec<Vec<u8>>> {
+        let direct = crate::copy::DirectCopy {
+            primary: Arc::clone(&self.ctx.primary),
+            secondary: Arc::clone(&self.ctx.secondary),
+        };
+        let Some(state) = self.ctx.state.upgrade() else {
+            return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
+        };
+        if !state.dual_write_on() {
+            return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
+        }
+        let journal = &state.journal;
+        let target = other(source);
+        let newer_on_target: Vec<Vec<u8>> = journal
+            .entries(keys)
+            .into_iter()
+            .filter(|(_, entry)| entry.lagging == source)
+            .map(|(key, _)| key)
+            .collect();
+        let wanted: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|key| !newer_on_target.contains(key))
+            .cloned()
+            .collect();
+        if !journal.record_if_room(&wanted, target) {
+            tracing::warn!(instance_name = %self.ctx.instance_name, keys = wanted.len(), "the re-sync journal is too full to repair through it: copying directly");
+            let mut left = direct.reconcile(source, &wanted, ttl_tolerance_ms, cancel)?;
+            left.extend(newer_on_target);
+            return Ok(left);
+        }
+        self.ctx.metrics.journal_size(journal.len());
+        ensure_running(&state, || self.ctx.clone());
+        let deadline = Instant::now() + REPAIR_PATIENCE;
+        loop {
+            let pending: Vec<(Vec<u8>, Entry)> = journal
+                .entries(&wanted)
+                .into_iter()
+                .filter(|(_, entry)| entry.lagging == target)
+                .collect();
+            if pending.is_empty() || Instant::now() >= deadline || cancel.is_cancelled() {
+                let mut left: Vec<Vec<u8>> = pending.into_iter().map(|(key, _)| key).collect();
+                left.extend(newer_on_target);
+                return Ok(left);
+            }
+            let settled = resync_batch(&self.ctx, journal, target, &pending, cancel)
+                .map_err(|failed| failed.error)?;
+            self.ctx.metrics.resynced(settled);
+            if settled < pending.len() as u64 {
+                thread::sleep(REPAIR_PAUSE);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 use crate::backfill::scan_page;
 use crate::cancel::CancelToken;
 use crate::command::Command;
-use crate::copy;
+use crate::copy::{self, DirectCopy, Reconciler};
 use crate::error::Result;
 use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::key_state::{self, KeyState};
@@ -87,6 +87,8 @@ pub struct Verify {
     primary: Arc<Store>,
     secondary: Arc<Store>,
     options: VerifyOptions,
+    /// How `repair` copies (see `copy::Reconciler`).
+    reconciler: Arc<dyn Reconciler>,
     phase: Phase,
     cursor: Vec<u8>,
     started: bool,
@@ -117,16 +119,27 @@ enum Verdict {
 
 impl Verify {
     pub fn new(primary: Arc<Store>, secondary: Arc<Store>, options: VerifyOptions) -> Self {
+        let reconciler = Arc::new(DirectCopy {
+            primary: Arc::clone(&primary),
+            secondary: Arc::clone(&secondary),
+        });
         Verify {
             primary,
             secondary,
             options,
+            reconciler,
             phase: Phase::SecondaryKeys,
             cursor: b"0".to_vec(),
             started: false,
             drawn: 0,
             report: VerifyReport::default(),
         }
+    }
+
+    /// Repairs through `reconciler` instead of copying directly (a MultiStore's re-sync).
+    pub fn with_reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
+        self.reconciler = reconciler;
+        self
     }
 
     pub fn report(&self) -> &VerifyReport {
@@ -300,11 +313,12 @@ impl Verify {
     /// Copies each key from the default store to the other (RESTORE REPLACE, or DEL where the
     /// default store has no such key) until both agree, a few rounds at most.
     fn repair(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        let (source, target) = match self.options.repair_source {
-            Role::Secondary => (&self.secondary, &self.primary),
-            Role::Primary => (&self.primary, &self.secondary),
-        };
-        let left = copy::reconcile(source, target, keys, self.options.ttl_tolerance_ms, cancel)?;
+        let left = self.reconciler.reconcile(
+            self.options.repair_source,
+            keys,
+            self.options.ttl_tolerance_ms,
+            cancel,
+        )?;
         self.report.repaired += (keys.len() - left.len()) as u64;
         self.report.repair_failed += left.len() as u64;
         Ok(())

@@ -58,7 +58,8 @@ impl NativeBackfill {
         namespaces_apart(ruby, store, flags)?;
         let (primary, secondary) = stores(store);
         let mut backfill = Backfill::new(primary, secondary, pattern.map(glob_bytes), count)
-            .with_default_store(default_role(Flags::from_bits(flags)));
+            .with_default_store(default_role(Flags::from_bits(flags)))
+            .with_reconciler(store.core().reconciler());
         if let Some(checkpoint) = checkpoint {
             backfill = backfill.resume(checkpoint_from_ruby(ruby, checkpoint)?);
         }
@@ -224,7 +225,8 @@ impl NativeVerify {
             repair_source: store.core().source_of_truth(Flags::from_bits(flags)),
             ..VerifyOptions::default()
         };
-        let mut verify = Verify::new(primary, secondary, options);
+        let mut verify =
+            Verify::new(primary, secondary, options).with_reconciler(store.core().reconciler());
         if let Some(checkpoint) = checkpoint {
             verify = verify.resume(verify_checkpoint_from_ruby(ruby, checkpoint)?);
         }

@@ -482,6 +482,78 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     end
   end
 
+  # A copy is not atomic with the dual writes landing on both stores: a write that reaches the
+  # target before the copy's RESTORE and the source after its DUMP is undone on the target.
+  describe "a repair racing with writes of the keys it copies" do
+    # Threads write the same few keys through the MultiStore without pause while verify repairs
+    # them over and over; every write must be on both stores, once.
+    def repair_under_writes(store, rounds:)
+      stop = false
+      writers = Array.new(4) do |t|
+        Thread.new do
+          n = 0
+          until stop
+            store.incr("count:#{t}")
+            store.sadd?("seen:#{t}", n.to_s)
+            n += 1
+          end
+          n
+        end
+      end
+      sleep 0.1
+      reports = Array.new(rounds) { store.verify(repair: true) }
+      stop = true
+      counts = writers.map(&:value)
+      wait_until(10) { store.migration_status[:journal_keys].zero? }
+      [counts, reports]
+    end
+
+    [[:secondary, []], [:primary, [:primary_default]]].each do |default, extra|
+      it "loses no write made through its own MultiStore while the #{default} is the default" do
+        flags.enable(dual_write, *extra.map { |flag| send(flag) })
+        store = multi_store
+
+        counts, reports = repair_under_writes(store, rounds: 15)
+
+        aggregate_failures do
+          counts.each_with_index do |n, t|
+            expect([t, primary.get("count:#{t}").to_i, secondary.get("count:#{t}").to_i]).to eq([t, n, n])
+            expect([t, primary.scard("seen:#{t}"), secondary.scard("seen:#{t}")]).to eq([t, n, n])
+          end
+          expect(reports.sum(&:repaired)).to be_positive
+          expect(store.migration_status[:journal_keys]).to eq(0)
+        end
+      end
+    end
+
+    it "leaves a key whose latest write the source missed to the re-sync, instead of copying the older value over it" do
+      flags.enable(dual_write, primary_default)
+      lagging = dedicated_redis_server
+      store = multi_store(primary_server.url, { url: lagging.url, timeout: 0.2 },
+                          breaker_threshold: 1, breaker_cool_down: 3)
+      store.set("k", "v1")
+      Process.kill(:STOP, lagging.pid)
+      begin
+        store.set("k", "v2") # times out on the secondary (and lands there once it resumes): its breaker opens
+      ensure
+        Process.kill(:CONT, lagging.pid)
+      end
+      store.set("k", "v3") # skipped by the open breaker: the secondary misses it, journaled
+      flags.disable(primary_default) # rolled back: the secondary, which missed v2, is the default
+
+      report = store.verify(repair: true)
+
+      aggregate_failures do
+        expect([report.different, report.repaired, report.repair_failed]).to eq([1, 0, 1])
+        expect([primary.get("k"), lagging.client.get("k")]).to eq(%w[v3 v2])
+        expect(store.get("k")).to eq("v3")
+      end
+      # Once the breaker's cool-down is over, the re-sync brings the secondary in line.
+      wait_until(6) { store.migration_status[:journal_keys].zero? }
+      expect([primary.get("k"), lagging.client.get("k")]).to eq(%w[v3 v3])
+    end
+  end
+
   it "does not open the lagging store's breaker when the source fails to answer the re-sync" do
     flags.enable(dual_write, primary_default)
     lagging = dedicated_redis_server
