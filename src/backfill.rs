@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::reply::Reply;
 use crate::routing::Role;
+use crate::scan_lanes::{Lane, Lanes};
 use crate::store::Store;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -74,7 +75,10 @@ pub struct Backfill {
     secondary: Arc<Store>,
     pattern: Option<Vec<u8>>,
     count: usize,
-    cursor: Vec<u8>,
+    /// Where the scan of the secondary stands, once the first step knows its lanes (one per
+    /// master of a cluster); until then, the position a resumed backfill starts from.
+    lanes: Option<Lanes<ReadPage>>,
+    resume_from: Option<Vec<u8>>,
     started: bool,
     /// Pages of restored keys waiting for their second look, oldest first, each key with a
     /// fingerprint of what was copied (the value itself is not kept: a second of copying may be
@@ -110,7 +114,8 @@ impl Backfill {
             secondary,
             pattern,
             count: count.max(1),
-            cursor: b"0".to_vec(),
+            lanes: None,
+            resume_from: None,
             started: false,
             recheck: VecDeque::new(),
             settle_delay: DEFAULT_SETTLE_DELAY,
@@ -144,7 +149,10 @@ impl Backfill {
     /// What `resume` needs to continue from here.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
-            cursor: self.cursor.clone(),
+            cursor: match &self.lanes {
+                Some(lanes) => lanes.saved(),
+                None => self.resume_from.clone().unwrap_or_else(|| b"0".to_vec()),
+            },
             report: self.report.clone(),
             pending: self
                 .recheck
@@ -157,7 +165,8 @@ impl Backfill {
     /// Continues a backfill from a checkpoint: from its cursor, with its counters, the second
     /// look of the keys it had copied due at once (the settle delay has passed since).
     pub fn resume(mut self, checkpoint: Checkpoint) -> Self {
-        self.cursor = checkpoint.cursor;
+        self.lanes = None;
+        self.resume_from = Some(checkpoint.cursor);
         self.report = checkpoint.report;
         self.report.done = false;
         if !checkpoint.pending.is_empty() {
@@ -169,7 +178,8 @@ impl Backfill {
         self
     }
 
-    /// Copies one SCAN page. Call until the report says `done`.
+    /// Copies one SCAN page -- of each of up to `scan_lanes::WORKERS` masters at once, when the
+    /// secondary is a cluster. Call until the report says `done`.
     pub fn step(&mut self, cancel: &CancelToken) -> Result<&BackfillReport> {
         if self.report.done {
             return Ok(&self.report);
@@ -180,31 +190,44 @@ impl Backfill {
             for store in [&self.primary, &self.secondary] {
                 store.settle_requests_in_doubt(WAIT_BEFORE_COMPARING, cancel)?;
             }
-            self.started = true;
             self.report.total = estimated_keys(&self.secondary, cancel)?;
+            self.started = true;
         }
-        let (cursor, keys) = scan_page(
-            &self.secondary,
-            &self.cursor,
-            self.pattern.as_deref(),
-            self.count,
-            cancel,
-        )?;
-        self.cursor = cursor;
-        self.report.scanned += keys.len() as u64;
-        let restored = self.copy_missing(&keys, cancel)?;
-        // A first look right away catches deletes that landed during the copy...
-        let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
-        let kept: HashSet<Vec<u8>> = self.undo_lost(&names, cancel)?.into_iter().collect();
-        let restored: Vec<Copied> = restored
-            .into_iter()
-            .filter(|(key, _)| kept.contains(key))
-            .collect();
-        if !restored.is_empty() {
-            self.recheck.push_back((Instant::now(), restored));
+        let lanes = match &mut self.lanes {
+            Some(lanes) => lanes,
+            None => self.lanes.insert(Lanes::of(
+                &self.secondary,
+                self.resume_from.as_deref(),
+                cancel,
+            )?),
+        };
+        let copier = Copier {
+            primary: &self.primary,
+            secondary: &self.secondary,
+            pattern: self.pattern.as_deref(),
+            count: self.count,
+        };
+        // Masters copied side by side already overlap reading with writing.
+        let read_ahead = lanes.count() == 1;
+        let pages = lanes.run(|lane| copier.lane_page(lane, read_ahead, cancel));
+        let finished = lanes.done();
+        let mut failed = None;
+        for page in pages {
+            match page {
+                Ok(written) => {
+                    self.report.add(&written.counts);
+                    // A first look right away caught the deletes that landed during the copy;
+                    // the second, once the settle delay has passed, catches those in flight.
+                    if !written.restored.is_empty() {
+                        self.recheck.push_back((Instant::now(), written.restored));
+                    }
+                }
+                Err(error) => failed = failed.or(Some(error)),
+            }
         }
-        // ...and a second look, once the settle delay has passed, the ones that were in flight.
-        let finished = self.cursor == b"0";
+        if let Some(error) = failed {
+            return Err(error);
+        }
         while let Some((at, _)) = self.recheck.front() {
             let wait = self.settle_delay.saturating_sub(at.elapsed());
             if !wait.is_zero() {
@@ -221,101 +244,21 @@ impl Backfill {
         Ok(&self.report)
     }
 
-    /// Returns the keys restored, each with a fingerprint of what was copied.
-    fn copy_missing(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Copied>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let exists: Vec<Command> = keys
-            .iter()
-            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
-            .collect();
-        let on_primary = self.primary.pipeline(&exists, cancel)?;
-        let mut missing = Vec::with_capacity(keys.len());
-        for (key, reply) in keys.iter().zip(&on_primary) {
-            match reply {
-                Reply::Integer(0) => missing.push(key.clone()),
-                Reply::Integer(_) => self.report.already_present += 1,
-                _ => self.report.failed += 1,
-            }
-        }
-        if missing.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        let snapshots = copy::read(&self.secondary, &missing, cancel)?;
-        let mut restores = Vec::with_capacity(missing.len());
-        let mut restoring = Vec::with_capacity(missing.len());
-        for (key, snapshot) in missing.into_iter().zip(snapshots) {
-            match snapshot {
-                Snapshot::Value { expiry, .. } if expiry.is_past() => self.report.expired += 1,
-                Snapshot::Value { payload, expiry } => {
-                    // No REPLACE: a key written through dual-write since is newer and wins.
-                    restores.push(copy::restore(&key, &payload, expiry, false));
-                    restoring.push((key, copy::fingerprint(&payload, expiry)));
-                }
-                Snapshot::Missing => self.report.expired += 1,
-                Snapshot::Failed(error) => {
-                    self.report.failed += 1;
-                    tracing::debug!(error = %error, "backfill could not read a key");
-                }
-            }
-        }
-        if restores.is_empty() {
-            return Ok(Vec::new());
-        }
-        let results = self.primary.pipeline(&restores, cancel)?;
-        let mut restored = Vec::with_capacity(restoring.len());
-        for (copied, result) in restoring.into_iter().zip(results) {
-            match result {
-                Reply::Status(_) => {
-                    self.report.copied += 1;
-                    restored.push(copied);
-                }
-                Reply::Error(line) if line.starts_with(b"BUSYKEY") => {
-                    self.report.already_present += 1
-                }
-                _ => self.report.failed += 1,
-            }
-        }
-        Ok(restored)
-    }
-
-    /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
-    /// (or expired) while being copied, and must not be resurrected. Returns the keys kept.
-    fn undo_lost(&mut self, restored: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Vec<u8>>> {
-        if restored.is_empty() {
-            return Ok(Vec::new());
-        }
-        let exists: Vec<Command> = restored
-            .iter()
-            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
-            .collect();
-        let on_secondary = self.secondary.pipeline(&exists, cancel)?;
-        let (lost, kept): (Vec<_>, Vec<_>) = restored
-            .iter()
-            .zip(on_secondary)
-            .partition(|(_, reply)| *reply == Reply::Integer(0));
-        let lost: Vec<Vec<u8>> = lost.into_iter().map(|(key, _)| key.clone()).collect();
-        self.delete_from_primary(&lost, cancel)?;
-        Ok(kept.into_iter().map(|(key, _)| key.clone()).collect())
-    }
-
+    /// See `Copier::delete_from_primary`.
     fn delete_from_primary(&mut self, lost: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        if lost.is_empty() {
-            return Ok(());
-        }
-        let dels: Vec<Command> = lost
-            .iter()
-            .map(|key| Command::from_args([&b"DEL"[..], key]))
-            .collect();
-        for reply in self.primary.pipeline(&dels, cancel)? {
-            if reply == Reply::Integer(1) {
-                self.report.undone += 1;
-                self.report.copied = self.report.copied.saturating_sub(1);
-            }
-        }
+        let undone = self.copier().delete_from_primary(lost, cancel)?;
+        self.report.undone += undone;
+        self.report.copied = self.report.copied.saturating_sub(undone);
         Ok(())
+    }
+
+    fn copier(&self) -> Copier<'_> {
+        Copier {
+            primary: &self.primary,
+            secondary: &self.secondary,
+            pattern: self.pattern.as_deref(),
+            count: self.count,
+        }
     }
 
     /// The second look at restored keys, once a delete or write that was in flight during the
@@ -362,6 +305,208 @@ impl Backfill {
         self.report.recopied += (different.len() - left.len()) as u64;
         self.report.left_different += left.len() as u64;
         Ok(())
+    }
+}
+
+impl BackfillReport {
+    /// Adds the counters of a page.
+    fn add(&mut self, page: &BackfillReport) {
+        self.scanned += page.scanned;
+        self.copied += page.copied;
+        self.already_present += page.already_present;
+        self.expired += page.expired;
+        self.failed += page.failed;
+        self.undone += page.undone;
+        self.recopied += page.recopied;
+        self.left_different += page.left_different;
+    }
+}
+
+/// A page read from the secondary and not yet written to the primary: the RESTOREs of the keys
+/// the primary lacked, and the counters of what the reading found. Counted only once written,
+/// so a page read ahead and then lost to a kill is counted once, when scanned again.
+pub struct ReadPage {
+    /// Where the lane continues after this page (`None`: the lane is done).
+    next: Option<Vec<u8>>,
+    restores: Vec<Command>,
+    restoring: Vec<Copied>,
+    counts: BackfillReport,
+}
+
+/// A page written: the keys restored and kept, and the page's counters.
+struct Written {
+    restored: Vec<Copied>,
+    counts: BackfillReport,
+}
+
+/// The copying of pages, shared by the lanes' workers.
+struct Copier<'b> {
+    primary: &'b Store,
+    secondary: &'b Store,
+    pattern: Option<&'b [u8]>,
+    count: usize,
+}
+
+impl Copier<'_> {
+    /// One page of a lane: the page read ahead, or read now; written to the primary while (with
+    /// `read_ahead`) the lane's next page is read from the secondary. The lane moves on only once
+    /// its page is written, so a checkpoint never skips a page that was read but not written.
+    fn lane_page(
+        &self,
+        lane: &mut Lane<ReadPage>,
+        read_ahead: bool,
+        cancel: &CancelToken,
+    ) -> Result<Written> {
+        let (index, lanes) = lane.position();
+        let page = match lane.prefetched.take() {
+            Some(page) => page,
+            None => self.read(lane.cursor(), index, lanes, cancel)?,
+        };
+        let next = page.next.clone();
+        let (written, ahead) = std::thread::scope(|scope| {
+            let reader = next
+                .as_deref()
+                .filter(|_| read_ahead)
+                .map(|cursor| scope.spawn(move || self.read(cursor, index, lanes, cancel)));
+            let written = self.write(page, cancel);
+            // A read ahead that failed is simply read again by the next step.
+            let ahead = reader.and_then(|r| r.join().ok()).and_then(Result::ok);
+            (written, ahead)
+        });
+        let written = written?;
+        lane.advance(next);
+        lane.prefetched = ahead;
+        Ok(written)
+    }
+
+    /// SCANs a page at `cursor` and reads (DUMP) the keys the primary lacks.
+    fn read(
+        &self,
+        cursor: &[u8],
+        lane: usize,
+        lanes: usize,
+        cancel: &CancelToken,
+    ) -> Result<ReadPage> {
+        let (returned, keys) = scan_page(self.secondary, cursor, self.pattern, self.count, cancel)?;
+        let mut page = ReadPage {
+            next: crate::scan_lanes::next_cursor(lane, lanes, &returned),
+            restores: Vec::new(),
+            restoring: Vec::new(),
+            counts: BackfillReport {
+                scanned: keys.len() as u64,
+                ..BackfillReport::default()
+            },
+        };
+        if keys.is_empty() {
+            return Ok(page);
+        }
+        let exists: Vec<Command> = keys
+            .iter()
+            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
+            .collect();
+        let on_primary = self.primary.pipeline(&exists, cancel)?;
+        let mut missing = Vec::with_capacity(keys.len());
+        for (key, reply) in keys.into_iter().zip(&on_primary) {
+            match reply {
+                Reply::Integer(0) => missing.push(key),
+                Reply::Integer(_) => page.counts.already_present += 1,
+                _ => page.counts.failed += 1,
+            }
+        }
+        if missing.is_empty() {
+            return Ok(page);
+        }
+        let snapshots = copy::read(self.secondary, &missing, cancel)?;
+        for (key, snapshot) in missing.into_iter().zip(snapshots) {
+            match snapshot {
+                Snapshot::Value { expiry, .. } if expiry.is_past() => page.counts.expired += 1,
+                Snapshot::Value { payload, expiry } => {
+                    // No REPLACE: a key written through dual-write since is newer and wins.
+                    page.restores
+                        .push(copy::restore(&key, &payload, expiry, false));
+                    page.restoring
+                        .push((key, copy::fingerprint(&payload, expiry)));
+                }
+                Snapshot::Missing => page.counts.expired += 1,
+                Snapshot::Failed(error) => {
+                    page.counts.failed += 1;
+                    tracing::debug!(error = %error, "backfill could not read a key");
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// RESTOREs a page on the primary, then takes back what the secondary lost meanwhile.
+    fn write(&self, page: ReadPage, cancel: &CancelToken) -> Result<Written> {
+        let mut counts = page.counts;
+        if page.restores.is_empty() {
+            return Ok(Written {
+                restored: Vec::new(),
+                counts,
+            });
+        }
+        let results = self.primary.pipeline(&page.restores, cancel)?;
+        let mut restored = Vec::with_capacity(page.restoring.len());
+        for (copied, result) in page.restoring.into_iter().zip(results) {
+            match result {
+                Reply::Status(_) => {
+                    counts.copied += 1;
+                    restored.push(copied);
+                }
+                Reply::Error(line) if line.starts_with(b"BUSYKEY") => counts.already_present += 1,
+                _ => counts.failed += 1,
+            }
+        }
+        let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
+        let (kept, undone) = self.undo_lost(&names, cancel)?;
+        counts.undone += undone;
+        counts.copied = counts.copied.saturating_sub(undone);
+        let kept: HashSet<Vec<u8>> = kept.into_iter().collect();
+        restored.retain(|(key, _)| kept.contains(key));
+        Ok(Written { restored, counts })
+    }
+
+    /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
+    /// (or expired) while being copied, and must not be resurrected. Returns the keys kept and
+    /// how many were deleted.
+    fn undo_lost(
+        &self,
+        restored: &[Vec<u8>],
+        cancel: &CancelToken,
+    ) -> Result<(Vec<Vec<u8>>, u64)> {
+        if restored.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let exists: Vec<Command> = restored
+            .iter()
+            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
+            .collect();
+        let on_secondary = self.secondary.pipeline(&exists, cancel)?;
+        let (lost, kept): (Vec<_>, Vec<_>) = restored
+            .iter()
+            .zip(on_secondary)
+            .partition(|(_, reply)| *reply == Reply::Integer(0));
+        let lost: Vec<Vec<u8>> = lost.into_iter().map(|(key, _)| key.clone()).collect();
+        let undone = self.delete_from_primary(&lost, cancel)?;
+        Ok((kept.into_iter().map(|(key, _)| key.clone()).collect(), undone))
+    }
+
+    /// Deletes keys from the primary; how many it had.
+    fn delete_from_primary(&self, lost: &[Vec<u8>], cancel: &CancelToken) -> Result<u64> {
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        let dels: Vec<Command> = lost
+            .iter()
+            .map(|key| Command::from_args([&b"DEL"[..], key]))
+            .collect();
+        Ok(self
+            .primary
+            .pipeline(&dels, cancel)?
+            .iter()
+            .filter(|reply| **reply == Reply::Integer(1))
+            .count() as u64)
     }
 }
 

@@ -242,6 +242,11 @@ impl Cluster {
         &self.seeds
     }
 
+    /// How many masters a SCAN walks (its cursor's low 8 bits name one of them).
+    pub fn master_count(&self, cancel: &CancelToken) -> Result<usize> {
+        Ok(self.topology(cancel)?.masters.len())
+    }
+
     pub fn nodes(&self) -> Vec<Arc<Store>> {
         self.nodes
             .try_lock_for(Duration::from_secs(1))

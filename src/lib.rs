@@ -28,6 +28,7 @@ pub mod poll;
 pub mod reply;
 pub mod resync;
 pub mod routing;
+pub mod scan_lanes;
 pub mod scripts;
 pub mod seconds;
 pub mod sentinel;

@@ -195,6 +195,14 @@ impl Store {
         self.reset.count.load(Ordering::Acquire)
     }
 
+    /// How many SCANs can walk this store side by side: one per master of a cluster, else one.
+    pub fn scan_lanes(&self, cancel: &CancelToken) -> Result<usize> {
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.master_count(cancel)?.clamp(1, 256)),
+            None => Ok(1),
+        }
+    }
+
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref()
     }

@@ -5,6 +5,7 @@
 //! data is the truth -- and checked again.
 
 use crate::backfill::scan_page;
+use crate::scan_lanes::Lanes;
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy::{self, DirectCopy, Reconciler};
@@ -34,6 +35,18 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Adds the counters of a page.
+    fn add(&mut self, page: &VerifyReport) {
+        self.checked += page.checked;
+        self.agree += page.agree;
+        self.missing_on_primary += page.missing_on_primary;
+        self.different += page.different;
+        self.only_on_primary += page.only_on_primary;
+        self.repaired += page.repaired;
+        self.repair_failed += page.repair_failed;
+        self.unreadable += page.unreadable;
+    }
+
     /// Share of the secondary's checked keys that the primary holds identically, in percent.
     pub fn readiness(&self) -> f64 {
         let compared = self.agree + self.missing_on_primary + self.different;
@@ -90,7 +103,12 @@ pub struct Verify {
     /// How `repair` copies (see `copy::Reconciler`).
     reconciler: Arc<dyn Reconciler>,
     phase: Phase,
-    cursor: Vec<u8>,
+    /// Where the scan of the current phase's store stands, once its first step knows its lanes
+    /// (one per master of a cluster); until then, the position a resumed verify starts from.
+    lanes: Option<Lanes<()>>,
+    resume_from: Option<Vec<u8>>,
+    /// A sample has drawn all its keys.
+    sampled: bool,
     started: bool,
     /// Random keys drawn so far (`sample`).
     drawn: u64,
@@ -129,7 +147,9 @@ impl Verify {
             options,
             reconciler,
             phase: Phase::SecondaryKeys,
-            cursor: b"0".to_vec(),
+            lanes: None,
+            resume_from: None,
+            sampled: false,
             started: false,
             drawn: 0,
             report: VerifyReport::default(),
@@ -151,7 +171,10 @@ impl Verify {
     pub fn checkpoint(&self) -> VerifyCheckpoint {
         VerifyCheckpoint {
             scanning_primary: self.phase == Phase::PrimaryKeys,
-            cursor: self.cursor.clone(),
+            cursor: match &self.lanes {
+                Some(lanes) => lanes.saved(),
+                None => self.resume_from.clone().unwrap_or_else(|| b"0".to_vec()),
+            },
             report: self.report.clone(),
         }
     }
@@ -164,7 +187,8 @@ impl Verify {
         } else {
             Phase::SecondaryKeys
         };
-        self.cursor = checkpoint.cursor;
+        self.lanes = None;
+        self.resume_from = Some(checkpoint.cursor);
         self.report = checkpoint.report;
         self.report.done = false;
         self
@@ -185,25 +209,22 @@ impl Verify {
             };
         }
         match self.phase {
+            Phase::SecondaryKeys if self.options.sample.is_some() => {
+                let keys = self.sample_page(cancel)?;
+                let page = self.checker().compare(&keys, cancel)?;
+                self.report.add(&page);
+                // A sample never looks for keys only on the primary: that needs a full scan.
+                if self.sampled {
+                    self.phase = Phase::Done;
+                }
+            }
             Phase::SecondaryKeys => {
-                let keys = match self.options.sample {
-                    Some(_) => self.sample_page(cancel)?,
-                    None => self.scan(&self.secondary.clone(), cancel)?,
-                };
-                self.compare(&keys, cancel)?;
-                if self.cursor == b"0" {
-                    // A sample never looks for keys only on the primary: that needs a full scan.
-                    self.phase = if self.options.sample.is_some() {
-                        Phase::Done
-                    } else {
-                        Phase::PrimaryKeys
-                    };
+                if self.scan_pages(Role::Secondary, cancel)? {
+                    self.phase = Phase::PrimaryKeys;
                 }
             }
             Phase::PrimaryKeys => {
-                let keys = self.scan(&self.primary.clone(), cancel)?;
-                self.find_only_on_primary(&keys, cancel)?;
-                if self.cursor == b"0" {
+                if self.scan_pages(Role::Primary, cancel)? {
                     self.phase = Phase::Done;
                 }
             }
@@ -213,16 +234,64 @@ impl Verify {
         Ok(&self.report)
     }
 
-    fn scan(&mut self, store: &Store, cancel: &CancelToken) -> Result<Vec<Vec<u8>>> {
-        let (cursor, keys) = scan_page(
-            store,
-            &self.cursor,
-            self.options.pattern.as_deref(),
-            self.options.count,
-            cancel,
-        )?;
-        self.cursor = cursor;
-        Ok(keys)
+    /// Checks a page of `role`'s keys -- of each of up to `scan_lanes::WORKERS` masters at once,
+    /// when it is a cluster: the secondary's against the primary, the primary's for keys only it
+    /// has. Whether that store's scan is done.
+    fn scan_pages(&mut self, role: Role, cancel: &CancelToken) -> Result<bool> {
+        let store = match role {
+            Role::Primary => &self.primary,
+            Role::Secondary => &self.secondary,
+        };
+        let lanes = match &mut self.lanes {
+            Some(lanes) => lanes,
+            None => self.lanes.insert(Lanes::of(
+                store,
+                self.resume_from.take().as_deref(),
+                cancel,
+            )?),
+        };
+        let checker = Checker {
+            primary: &self.primary,
+            secondary: &self.secondary,
+            options: &self.options,
+            reconciler: self.reconciler.as_ref(),
+        };
+        let pattern = self.options.pattern.as_deref();
+        let count = self.options.count;
+        let pages = lanes.run(|lane| {
+            let (returned, keys) = scan_page(store, lane.cursor(), pattern, count, cancel)?;
+            let page = match role {
+                Role::Secondary => checker.compare(&keys, cancel)?,
+                Role::Primary => checker.find_only_on_primary(&keys, cancel)?,
+            };
+            let (index, of) = lane.position();
+            lane.advance(crate::scan_lanes::next_cursor(index, of, &returned));
+            Ok(page)
+        });
+        let done = lanes.done();
+        let mut failed = None;
+        for page in pages {
+            match page {
+                Ok(page) => self.report.add(&page),
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        if done {
+            self.lanes = None;
+        }
+        Ok(done)
+    }
+
+    fn checker(&self) -> Checker<'_> {
+        Checker {
+            primary: &self.primary,
+            secondary: &self.secondary,
+            options: &self.options,
+            reconciler: self.reconciler.as_ref(),
+        }
     }
 
     /// Random keys of the secondary (matching the pattern), until `sample` were checked. Draws
@@ -251,55 +320,69 @@ impl Verify {
         keys.truncate(n);
         let exhausted = empty || self.drawn >= sample.saturating_mul(10);
         if n == 0 || remaining <= keys.len() as u64 || exhausted {
-            self.cursor = b"0".to_vec();
+            self.sampled = true;
         } else {
-            self.cursor = b"1".to_vec();
+            self.sampled = false;
         }
         Ok(keys)
     }
 
-    fn compare(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
+}
+
+/// The checks of pages, shared by the lanes' workers: each returns the counters of its page.
+struct Checker<'v> {
+    primary: &'v Store,
+    secondary: &'v Store,
+    options: &'v VerifyOptions,
+    reconciler: &'v dyn Reconciler,
+}
+
+impl Checker<'_> {
+    fn compare(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<VerifyReport> {
+        let mut page = VerifyReport::default();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(page);
         }
         // While traffic flows, a key written between the two reads looks different for a
         // moment: what differs is looked at again before it counts.
         let tolerance = self.options.ttl_tolerance_ms;
         let differing =
-            copy::still_different(&self.secondary, &self.primary, keys, tolerance, cancel)?;
+            copy::still_different(self.secondary, self.primary, keys, tolerance, cancel)?;
         let mut to_repair = Vec::new();
         if !differing.is_empty() {
-            let on_secondary = key_state::read(&self.secondary, &differing, cancel)?;
-            let on_primary = key_state::read(&self.primary, &differing, cancel)?;
+            let (on_secondary, on_primary) = copy::at_once(
+                || key_state::read(self.secondary, &differing, cancel),
+                || key_state::read(self.primary, &differing, cancel),
+            )?;
             for ((key, secondary), primary) in differing.iter().zip(&on_secondary).zip(&on_primary)
             {
-                let verdict = self.verdict(secondary, primary);
+                let verdict = self.verdict(secondary, primary, &mut page);
                 match verdict {
                     Verdict::Vanished => continue,
-                    Verdict::Agree => self.report.agree += 1,
-                    Verdict::MissingOnPrimary => self.report.missing_on_primary += 1,
-                    Verdict::Different => self.report.different += 1,
+                    Verdict::Agree => page.agree += 1,
+                    Verdict::MissingOnPrimary => page.missing_on_primary += 1,
+                    Verdict::Different => page.different += 1,
                 }
-                self.report.checked += 1;
+                page.checked += 1;
                 if verdict != Verdict::Agree {
                     to_repair.push(key.clone());
                 }
             }
         }
         let agreeing = (keys.len() - differing.len()) as u64;
-        self.report.agree += agreeing;
-        self.report.checked += agreeing;
+        page.agree += agreeing;
+        page.checked += agreeing;
         if self.options.repair && !to_repair.is_empty() {
-            self.repair(&to_repair, cancel)?;
+            self.repair(&to_repair, &mut page, cancel)?;
         }
-        Ok(())
+        Ok(page)
     }
 
-    fn verdict(&mut self, secondary: &KeyState, primary: &KeyState) -> Verdict {
+    fn verdict(&self, secondary: &KeyState, primary: &KeyState, page: &mut VerifyReport) -> Verdict {
         if matches!(secondary, KeyState::Unreadable(_))
             || matches!(primary, KeyState::Unreadable(_))
         {
-            self.report.unreadable += 1;
+            page.unreadable += 1;
             return Verdict::Different;
         }
         match (secondary, primary) {
@@ -312,21 +395,27 @@ impl Verify {
 
     /// Copies each key from the default store to the other (RESTORE REPLACE, or DEL where the
     /// default store has no such key) until both agree, a few rounds at most.
-    fn repair(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
+    fn repair(
+        &self,
+        keys: &[Vec<u8>],
+        page: &mut VerifyReport,
+        cancel: &CancelToken,
+    ) -> Result<()> {
         let left = self.reconciler.reconcile(
             self.options.repair_source,
             keys,
             self.options.ttl_tolerance_ms,
             cancel,
         )?;
-        self.report.repaired += (keys.len() - left.len()) as u64;
-        self.report.repair_failed += left.len() as u64;
+        page.repaired += (keys.len() - left.len()) as u64;
+        page.repair_failed += left.len() as u64;
         Ok(())
     }
 
-    fn find_only_on_primary(&mut self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
+    fn find_only_on_primary(&self, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<VerifyReport> {
+        let mut page = VerifyReport::default();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(page);
         }
         let exists: Vec<Command> = keys
             .iter()
@@ -339,7 +428,7 @@ impl Verify {
                 Reply::Integer(0) => only.push(key.clone()),
                 Reply::Integer(_) => {}
                 _ => {
-                    self.report.unreadable += 1;
+                    page.unreadable += 1;
                     only.push(key.clone());
                 }
             }
@@ -347,17 +436,17 @@ impl Verify {
         // Written through dual-write to both stores since the primary was listed: not only
         // on the primary after all.
         let only = copy::still_different(
-            &self.primary,
-            &self.secondary,
+            self.primary,
+            self.secondary,
             &only,
             self.options.ttl_tolerance_ms,
             cancel,
         )?;
-        self.report.only_on_primary += only.len() as u64;
+        page.only_on_primary += only.len() as u64;
         if self.options.repair && !only.is_empty() {
-            self.repair(&only, cancel)?;
+            self.repair(&only, &mut page, cancel)?;
         }
-        Ok(())
+        Ok(page)
     }
 }
 

@@ -381,6 +381,61 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
       expect(cluster.servers.sum { |s| s.client.dbsize }).to eq(50)
     end
 
+    describe "a cluster's masters copied and compared side by side" do
+      let(:checkpoint) { File.join(Dir.mktmpdir("gitlab-multistore-lanes-"), "progress.json") }
+
+      # The old store is the cluster here (a cluster -> single server move), so a backfill scans it.
+      def store_off_cluster
+        described_class.new(secondary_server.url, cluster.urls, "off_cluster",
+                            feature_flags: flags, on_error: ->(e, c) { reports << [e, c] })
+      end
+
+      before do
+        old = Redis.new(cluster: cluster.urls)
+        3_000.times { |i| old.set("lane:#{i}", i.to_s) }
+        old.close
+        flags.enable(:use_primary_and_secondary_stores_for_off_cluster)
+      end
+
+      it "backfills a page of each master at every step, and resumes from each master's own cursor" do
+        store = store_off_cluster
+        scanned = []
+
+        expect do
+          store.backfill(count: 100, checkpoint: checkpoint) do |page|
+            scanned << page.scanned
+            raise Interrupt if scanned.size == 3 # a deploy stops it
+          end
+        end.to raise_error(Interrupt)
+        saved = Base64.strict_decode64(JSON.parse(File.read(checkpoint)).dig("progress", "cursor"))
+        report = store.backfill(count: 100, checkpoint: checkpoint, resume: true)
+
+        aggregate_failures do
+          # SCAN COUNT 100 on each of the 3 masters at once.
+          expect(scanned.first).to be > 200
+          expect(saved).to match(/\Alanes:\d+,\d+,\d+\z/)
+          expect([report.scanned, report.copied, report.already_present]).to eq([3_000, 3_000, 0])
+          expect(secondary_server.client.dbsize).to eq(3_000)
+          expect(secondary_server.client.get("lane:2999")).to eq("2999")
+          expect(File.exist?(checkpoint)).to be(false)
+        end
+      end
+
+      it "verifies a page of each master at every step" do
+        store = store_off_cluster
+        store.backfill
+        secondary_server.client.set("lane:7", "changed")
+        checked = []
+
+        report = store.verify(count: 100) { |page| checked << page.checked }
+
+        aggregate_failures do
+          expect(checked.first).to be > 200
+          expect([report.checked, report.different, report.only_on_primary]).to eq([3_000, 1, 0])
+        end
+      end
+    end
+
     it "verifies a cluster primary against the old store and repairs what differs" do
       old = secondary_server.client
       old.mset("same", "1", "differs", "old", "missing", "m")
