@@ -470,11 +470,7 @@ impl Copier<'_> {
     /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
     /// (or expired) while being copied, and must not be resurrected. Returns the keys kept and
     /// how many were deleted.
-    fn undo_lost(
-        &self,
-        restored: &[Vec<u8>],
-        cancel: &CancelToken,
-    ) -> Result<(Vec<Vec<u8>>, u64)> {
+    fn undo_lost(&self, restored: &[Vec<u8>], cancel: &CancelToken) -> Result<(Vec<Vec<u8>>, u64)> {
         if restored.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -489,7 +485,10 @@ impl Copier<'_> {
             .partition(|(_, reply)| *reply == Reply::Integer(0));
         let lost: Vec<Vec<u8>> = lost.into_iter().map(|(key, _)| key.clone()).collect();
         let undone = self.delete_from_primary(&lost, cancel)?;
-        Ok((kept.into_iter().map(|(key, _)| key.clone()).collect(), undone))
+        Ok((
+            kept.into_iter().map(|(key, _)| key.clone()).collect(),
+            undone,
+        ))
     }
 
     /// Deletes keys from the primary; how many it had.

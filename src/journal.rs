@@ -451,7 +451,12 @@ mod tests {
     fn records_a_repair_whole_or_not_at_all_without_overflowing() {
         let journal = Journal::new(3);
         journal.record(Some([&b"a"[..]]), Role::Primary);
-        let keys = |names: &[&str]| names.iter().map(|n| n.as_bytes().to_vec()).collect::<Vec<_>>();
+        let keys = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| n.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
 
         assert!(!journal.record_if_room(&keys(&["b", "c", "d"]), Role::Secondary));
         assert_eq!(journal.len(), 1);

@@ -118,7 +118,10 @@ impl<P: Send> Lanes<P> {
                     .and_then(|c| c.parse::<u64>().ok())
                     .map(|c| (c % 256) as usize);
                 if let Some(index) = index.filter(|i| *i < count) {
-                    lanes.iter_mut().take(index).for_each(|lane| lane.done = true);
+                    lanes
+                        .iter_mut()
+                        .take(index)
+                        .for_each(|lane| lane.done = true);
                     lanes[index].cursor = saved.to_vec();
                 }
             }

@@ -5,7 +5,6 @@
 //! data is the truth -- and checked again.
 
 use crate::backfill::scan_page;
-use crate::scan_lanes::Lanes;
 use crate::cancel::CancelToken;
 use crate::command::Command;
 use crate::copy::{self, DirectCopy, Reconciler};
@@ -14,6 +13,7 @@ use crate::in_doubt::WAIT_BEFORE_COMPARING;
 use crate::key_state::{self, KeyState};
 use crate::reply::Reply;
 use crate::routing::Role;
+use crate::scan_lanes::Lanes;
 use crate::store::Store;
 use std::sync::Arc;
 
@@ -319,14 +319,9 @@ impl Verify {
             .collect();
         keys.truncate(n);
         let exhausted = empty || self.drawn >= sample.saturating_mul(10);
-        if n == 0 || remaining <= keys.len() as u64 || exhausted {
-            self.sampled = true;
-        } else {
-            self.sampled = false;
-        }
+        self.sampled = n == 0 || remaining <= keys.len() as u64 || exhausted;
         Ok(keys)
     }
-
 }
 
 /// The checks of pages, shared by the lanes' workers: each returns the counters of its page.
@@ -378,7 +373,12 @@ impl Checker<'_> {
         Ok(page)
     }
 
-    fn verdict(&self, secondary: &KeyState, primary: &KeyState, page: &mut VerifyReport) -> Verdict {
+    fn verdict(
+        &self,
+        secondary: &KeyState,
+        primary: &KeyState,
+        page: &mut VerifyReport,
+    ) -> Verdict {
         if matches!(secondary, KeyState::Unreadable(_))
             || matches!(primary, KeyState::Unreadable(_))
         {
