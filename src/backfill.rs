@@ -131,6 +131,11 @@ impl Backfill {
         self
     }
 
+    /// The store callers are answered from now (the flags may change while a backfill runs).
+    pub fn set_default_store(&mut self, default: Role) {
+        self.secondary_is_default = default == Role::Secondary;
+    }
+
     /// Copies stale copies again through `reconciler` (a MultiStore's re-sync).
     pub fn with_reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
         self.reconciler = reconciler;
@@ -209,7 +214,9 @@ impl Backfill {
         };
         // Masters copied side by side already overlap reading with writing.
         let read_ahead = lanes.count() == 1;
-        let pages = lanes.run(|lane| copier.lane_page(lane, read_ahead, cancel));
+        let pages = lanes.run(cancel, |lane, cancel| {
+            copier.lane_page(lane, read_ahead, cancel)
+        });
         let finished = lanes.done();
         let mut failed = None;
         for page in pages {
@@ -363,16 +370,19 @@ impl Copier<'_> {
             None => self.read(lane.cursor(), index, lanes, cancel)?,
         };
         let next = page.next.clone();
-        let (written, ahead) = std::thread::scope(|scope| {
-            let reader = next
-                .as_deref()
-                .filter(|_| read_ahead)
-                .map(|cursor| scope.spawn(move || self.read(cursor, index, lanes, cancel)));
-            let written = self.write(page, cancel);
-            // A read ahead that failed is simply read again by the next step.
-            let ahead = reader.and_then(|r| r.join().ok()).and_then(Result::ok);
-            (written, ahead)
-        });
+        let (written, ahead) = match next.as_deref().filter(|_| read_ahead) {
+            Some(cursor) => {
+                let (written, ahead) = crate::cancel::both(
+                    cancel,
+                    |cancel| self.write(page, cancel),
+                    |cancel| self.read(cursor, index, lanes, cancel),
+                );
+                let panicked = || Err(Error::Protocol("a backfill worker panicked".into()));
+                // A read ahead that failed is simply read again by the next step.
+                (written.unwrap_or_else(panicked), ahead.and_then(Result::ok))
+            }
+            None => (self.write(page, cancel), None),
+        };
         let written = written?;
         lane.advance(next);
         lane.prefetched = ahead;

@@ -252,8 +252,9 @@ pub(crate) fn still_different(
             std::thread::sleep(RECHECK_PAUSE);
         }
         let (on_a, on_b) = at_once(
-            || key_state::read(a, &different, cancel),
-            || key_state::read(b, &different, cancel),
+            cancel,
+            |cancel| key_state::read(a, &different, cancel),
+            |cancel| key_state::read(b, &different, cancel),
         )?;
         different = different
             .into_iter()
@@ -265,20 +266,18 @@ pub(crate) fn still_different(
     Ok(different)
 }
 
-/// Runs two reads at once, one of them on another thread: the two stores are read side by side
-/// instead of one after the other (and closer together in time).
+/// Runs two reads at once, on threads of their own (see `cancel::both`): the two stores are read
+/// side by side instead of one after the other (and closer together in time).
 pub(crate) fn at_once<A: Send, B: Send>(
-    a: impl FnOnce() -> Result<A> + Send,
-    b: impl FnOnce() -> Result<B> + Send,
+    cancel: &CancelToken,
+    a: impl FnOnce(&CancelToken) -> Result<A> + Send,
+    b: impl FnOnce(&CancelToken) -> Result<B> + Send,
 ) -> Result<(A, B)> {
-    std::thread::scope(|scope| {
-        let other = scope.spawn(b);
-        let a = a();
-        let b = other
-            .join()
-            .unwrap_or_else(|_| Err(crate::error::Error::Protocol("a read panicked".into())));
-        Ok((a?, b?))
-    })
+    let panicked = || crate::error::Error::Protocol("a read panicked".into());
+    match crate::cancel::both(cancel, a, b) {
+        (Some(a), Some(b)) => Ok((a?, b?)),
+        _ => Err(panicked()),
+    }
 }
 
 fn now_ms() -> i64 {

@@ -7,6 +7,7 @@
 
 use crate::fork::ForkSafeMutex;
 use crate::routing::Role;
+use crate::write_epochs::{WriteEpochs, WriteInFlight};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ pub struct Journal {
     /// A full verify found the stores in agreement and nothing disturbed them since.
     agree: AtomicBool,
     overflows: std::sync::atomic::AtomicU64,
+    /// Every dual write in flight, for a copy to wait for those that began before it.
+    epochs: WriteEpochs,
 }
 
 impl Journal {
@@ -67,7 +70,21 @@ impl Journal {
             complete: std::sync::atomic::AtomicU8::new(COMPLETE_UNKNOWN),
             agree: AtomicBool::new(false),
             overflows: std::sync::atomic::AtomicU64::new(0),
+            epochs: WriteEpochs::default(),
         }
+    }
+
+    /// Counts a dual write (or a replay on the other store) about to be sent, until the guard is
+    /// dropped: see `write_epochs`. Taken before the write looks at the journal.
+    pub fn write_begins(&self) -> WriteInFlight<'_> {
+        self.epochs.begin()
+    }
+
+    /// Waits, at most `timeout`, until every dual write that began before this call was
+    /// answered: one that looked at the journal before a key was recorded is not held back by
+    /// the fence, and would otherwise be undone by a copy of the key. Whether they all were.
+    pub fn wait_for_earlier_writes(&self, timeout: Duration) -> bool {
+        self.epochs.wait_for_earlier_writes(timeout)
     }
 
     /// Records keys that `lagging` missed; `None` (keys unknown) marks a full verify as needed.

@@ -39,6 +39,7 @@ pub mod stream_ids;
 pub mod subscription;
 pub mod tls;
 pub mod verify;
+pub mod write_epochs;
 
 pub use cancel::CancelToken;
 pub use command::Command;

@@ -110,6 +110,8 @@ struct CallContext<'a> {
 struct WritesInFlight<'j> {
     journal: &'j Journal,
     keys: Vec<Vec<u8>>,
+    /// The write counted for copies that must wait for it (`Journal::write_begins`).
+    _counted: Option<crate::write_epochs::WriteInFlight<'j>>,
 }
 
 impl Drop for WritesInFlight<'_> {
@@ -967,6 +969,7 @@ impl MultiStore {
         let _writes = WritesInFlight {
             journal: &self.state.journal,
             keys: registered,
+            _counted: None,
         };
         write()
     }
@@ -975,10 +978,12 @@ impl MultiStore {
     /// the returned guard is dropped.
     fn writes_in_flight(&self, cmds: &[Command]) -> WritesInFlight<'_> {
         let journal = &self.state.journal;
+        let counted = Some(journal.write_begins());
         if journal.is_empty() {
             return WritesInFlight {
                 journal,
                 keys: Vec::new(),
+                _counted: counted,
             };
         }
         let keys: Vec<&[u8]> = cmds
@@ -989,6 +994,7 @@ impl MultiStore {
         WritesInFlight {
             journal,
             keys: journal.writes_begin(keys),
+            _counted: counted,
         }
     }
 
@@ -1467,6 +1473,7 @@ impl MultiStore {
             return;
         }
         let source = other_role(role);
+        let _counted = self.state.journal.write_begins();
         let partial = match self.keys_only_one_store_has(cmds, source, cancel) {
             Ok(Presence::Partial(partial)) => Some(partial),
             Ok(Presence::OtherDidNotAnswer(error)) => {

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 200;
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a copy waits for the dual writes that began before it (see `write_epochs`); a
+/// round whose wait runs out settles nothing and is tried again.
+const WAIT_FOR_EARLIER_WRITES: Duration = Duration::from_secs(1);
 
 /// What the task works with: the stores of the MultiStore that started it, and the partition's
 /// shared state, held weakly -- the task ends once no MultiStore of the partition is left.
@@ -191,7 +194,8 @@ const REPAIR_PAUSE: Duration = Duration::from_millis(5);
 /// stays journaled, for the background re-sync to finish, and is returned. A key the journal
 /// holds as missed by the source is left to the re-sync too: the other store has its latest
 /// write, which a copy from the source would undo. While dual-write is off no write of this
-/// process reaches the target, and the keys are copied directly.
+/// process reaches the target, and the keys are copied directly -- unless the target is the
+/// store written alone (the flags changed under the caller): then nothing is copied.
 pub struct RepairThroughResync {
     pub ctx: ResyncContext,
 }
@@ -212,6 +216,11 @@ impl crate::copy::Reconciler for RepairThroughResync {
             return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
         };
         if !state.dual_write_on() {
+            // The flags changed since the caller chose `source`: the target is now the store
+            // written alone, and a copy onto it would undo its writes.
+            if state.written_alone(other(source)) {
+                return Ok(keys.to_vec());
+            }
             return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
         }
         let journal = &state.journal;
@@ -293,6 +302,11 @@ fn resync_batch(
     let keys = &fenced.keys;
     if keys.is_empty() {
         return Ok(0);
+    }
+    // A dual write that looked at the journal before these keys were recorded is not held back
+    // by the fence: the copy waits for it, or it would undo it on the lagging store.
+    if !journal.wait_for_earlier_writes(WAIT_FOR_EARLIER_WRITES) {
+        return Ok(0); // `fenced` releases the keys unsettled
     }
     let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
     let snapshots = copy::read(source, &names, cancel).map_err(failed_on(source_role))?;

@@ -99,9 +99,17 @@ impl<P: Send> Lanes<P> {
         match saved.strip_prefix(PREFIX) {
             Some(list) => {
                 let cursors: Vec<&[u8]> = list.split(|b| *b == b',').collect();
-                // Saved with another number of masters: the topology changed, start again (a
-                // backfill never overwrites what it copied; verify compares again).
-                if cursors.len() == count {
+                // Saved with another number of masters (the topology changed), or a cursor that
+                // does not name its own lane's master (an edited file): start again rather than
+                // skip keys (a backfill never overwrites what it copied; verify compares again).
+                let own_master = |(index, cursor): (usize, &&[u8])| {
+                    *cursor == DONE
+                        || std::str::from_utf8(cursor)
+                            .ok()
+                            .and_then(|c| c.parse::<u64>().ok())
+                            .is_some_and(|c| (c % 256) as usize == index)
+                };
+                if cursors.len() == count && cursors.iter().enumerate().all(own_master) {
                     for (lane, cursor) in lanes.iter_mut().zip(cursors) {
                         if cursor == DONE {
                             lane.done = true;
@@ -156,11 +164,13 @@ impl<P: Send> Lanes<P> {
         saved
     }
 
-    /// Runs `page` once on each of up to `WORKERS` lanes that are not done, in parallel, and
-    /// returns what each returned. One lane runs on the caller's thread.
+    /// Runs `page` once on each of up to `WORKERS` lanes that are not done, side by side (see
+    /// `cancel::all`: an interrupt of the caller cancels every lane), and returns what each
+    /// returned. A single lane runs on the caller's thread.
     pub fn run<T: Send>(
         &mut self,
-        page: impl Fn(&mut Lane<P>) -> Result<T> + Sync,
+        cancel: &CancelToken,
+        page: impl Fn(&mut Lane<P>, &CancelToken) -> Result<T> + Sync,
     ) -> Vec<Result<T>> {
         let mut active: Vec<&mut Lane<P>> = self
             .lanes
@@ -169,23 +179,19 @@ impl<P: Send> Lanes<P> {
             .take(WORKERS)
             .collect();
         if let [lane] = active.as_mut_slice() {
-            return vec![page(lane)];
+            return vec![page(lane, cancel)];
         }
         let page = &page;
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = active
-                .into_iter()
-                .map(|lane| scope.spawn(move || page(lane)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|_| Err(Error::Protocol("a scan worker panicked".into())))
-                })
-                .collect()
-        })
+        let jobs: Vec<_> = active
+            .into_iter()
+            .map(|lane| move |token: &CancelToken| page(lane, token))
+            .collect();
+        crate::cancel::all(cancel, jobs)
+            .into_iter()
+            .map(|done| {
+                done.unwrap_or_else(|| Err(Error::Protocol("a scan worker panicked".into())))
+            })
+            .collect()
     }
 }
 
@@ -219,8 +225,10 @@ mod tests {
     fn continues_a_saved_position_including_one_of_the_walk_one_master_after_the_other() {
         assert_eq!(saved(3, b"lanes:-,1281,2"), b"lanes:-,1281,2");
         assert_eq!(saved(3, b"1281"), b"lanes:-,1281,2");
-        // Saved with another number of masters: from the start.
+        // Saved with another number of masters, or naming another lane's master: from the start.
         assert_eq!(saved(2, b"lanes:-,1281,2"), b"lanes:0,1");
+        assert_eq!(saved(3, b"lanes:1,1,2"), b"lanes:0,1,2");
+        assert_eq!(saved(3, b"lanes:x,y,z"), b"lanes:0,1,2");
         assert_eq!(saved(3, b"lanes:-,-,-"), b"lanes:-,-,-");
         assert!(Lanes::<()>::from_saved(3, Some(b"lanes:-,-,-")).done());
     }

@@ -156,6 +156,12 @@ impl Verify {
         }
     }
 
+    /// Where repairs copy from now: the store that holds every write (the flags may change
+    /// while a verify runs).
+    pub fn set_repair_source(&mut self, source: Role) {
+        self.options.repair_source = source;
+    }
+
     /// Repairs through `reconciler` instead of copying directly (a MultiStore's re-sync).
     pub fn with_reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
         self.reconciler = reconciler;
@@ -258,7 +264,7 @@ impl Verify {
         };
         let pattern = self.options.pattern.as_deref();
         let count = self.options.count;
-        let pages = lanes.run(|lane| {
+        let pages = lanes.run(cancel, |lane, cancel| {
             let (returned, keys) = scan_page(store, lane.cursor(), pattern, count, cancel)?;
             let page = match role {
                 Role::Secondary => checker.compare(&keys, cancel)?,
@@ -346,8 +352,9 @@ impl Checker<'_> {
         let mut to_repair = Vec::new();
         if !differing.is_empty() {
             let (on_secondary, on_primary) = copy::at_once(
-                || key_state::read(self.secondary, &differing, cancel),
-                || key_state::read(self.primary, &differing, cancel),
+                cancel,
+                |cancel| key_state::read(self.secondary, &differing, cancel),
+                |cancel| key_state::read(self.primary, &differing, cancel),
             )?;
             for ((key, secondary), primary) in differing.iter().zip(&on_secondary).zip(&on_primary)
             {

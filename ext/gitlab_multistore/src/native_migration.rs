@@ -68,9 +68,17 @@ impl NativeBackfill {
         })
     }
 
-    fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+    /// One page, with the flags as they are now: the store callers are answered from decides
+    /// whether a stale copy may be copied again.
+    fn step(ruby: &Ruby, rb_self: &Self, store: &NativeStore, flags: u32) -> Result<RHash, Error> {
+        let flags = Flags::from_bits(flags);
+        store.core().copying_between_stores(flags);
         let cancel = cancel_token();
-        let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
+        let report = without_gvl(ruby, || {
+            let mut backfill = rb_self.inner.lock();
+            backfill.set_default_store(default_role(flags));
+            backfill.step(&cancel).cloned()
+        })?;
         backfill_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
 }
@@ -235,9 +243,18 @@ impl NativeVerify {
         })
     }
 
-    fn step(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+    /// One page, with the flags as they are now: a repair copies from the store that holds
+    /// every write at this moment, never from one the flags have since stopped writing.
+    fn step(ruby: &Ruby, rb_self: &Self, store: &NativeStore, flags: u32) -> Result<RHash, Error> {
+        let flags = Flags::from_bits(flags);
+        store.core().copying_between_stores(flags);
+        let source = store.core().source_of_truth(flags);
         let cancel = cancel_token();
-        let report = without_gvl(ruby, || rb_self.inner.lock().step(&cancel).cloned())?;
+        let report = without_gvl(ruby, || {
+            let mut verify = rb_self.inner.lock();
+            verify.set_repair_source(source);
+            verify.step(&cancel).cloned()
+        })?;
         verify_hash(ruby, &report.map_err(|e| to_ruby_error(ruby, e))?)
     }
 }
@@ -314,11 +331,11 @@ fn verify_hash(ruby: &Ruby, report: &VerifyReport) -> Result<RHash, Error> {
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let backfill = module.define_class("NativeBackfill", ruby.class_object())?;
     backfill.define_singleton_method("new", function!(NativeBackfill::new, 5))?;
-    backfill.define_method("_step", method!(NativeBackfill::step, 0))?;
+    backfill.define_method("_step", method!(NativeBackfill::step, 2))?;
     backfill.define_method("_checkpoint", method!(NativeBackfill::checkpoint, 0))?;
     let verify = module.define_class("NativeVerify", ruby.class_object())?;
     verify.define_singleton_method("new", function!(NativeVerify::new, 7))?;
-    verify.define_method("_step", method!(NativeVerify::step, 0))?;
+    verify.define_method("_step", method!(NativeVerify::step, 2))?;
     verify.define_method("_checkpoint", method!(NativeVerify::checkpoint, 0))?;
     Ok(())
 }

@@ -300,6 +300,51 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
     end
   end
 
+  describe "#backfill while the flags change or the caller gives up" do
+    it "stops when the primary becomes the default store, bringing back none of the keys deleted since" do
+      populate(secondary, 4_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      deleted = []
+
+      expect do
+        store.backfill(count: 10) do |page|
+          next unless page.scanned >= 100 && deleted.empty?
+
+          flags.set(:use_primary_store_as_default_for_backfill) # the new store alone from here
+          (2_000...4_000).step(3) { |i| store.del("key:#{i}") && deleted << "key:#{i}" }
+        end
+      end.to raise_error(Gitlab::Redis::MultiStore::BackfillAfterSwitchError, /became the default store/)
+      expect(deleted.count { |key| primary.exists?(key) }).to eq(0)
+    end
+
+    it "returns at once when its thread is raised into while a store hangs, whatever the read timeout" do
+      populate(secondary, 20_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      hanging = dedicated_redis_server
+      slow = described_class.new({ url: hanging.url, read_timeout: 30 }, { url: secondary_server.url, read_timeout: 30 },
+                                 "backfill_hang", feature_flags: ->(flag) { flag.to_s.start_with?("use_primary_and_secondary") },
+                                                 on_error: ->(_e, _c) {})
+      pages = 0
+      backfill = Thread.new do
+        slow.backfill(count: 100) { pages += 1 }
+      rescue Interrupt
+        :interrupted
+      end
+      sleep 0.01 until pages > 3 || !backfill.alive?
+      Process.kill(:STOP, hanging.pid)
+      sleep 0.3
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+      backfill.raise(Interrupt)
+      outcome = backfill.join(5)&.value
+
+      expect([outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started]).to match([:interrupted, be < 2])
+    ensure
+      Process.kill(:CONT, hanging.pid) if hanging
+      slow&.close
+    end
+  end
+
   describe "#backfill with max_latency:" do
     it "holds back while the secondary answers slower than the bound, then finishes" do
       populate(secondary, 2_000, prefix: "key")

@@ -512,6 +512,9 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       it "loses no write made through its own MultiStore while the #{default} is the default" do
         flags.enable(dual_write, *extra.map { |flag| send(flag) })
         store = multi_store
+        # Keys the other store holds stale, so every verify has something to repair meanwhile.
+        source, target = default == :primary ? [primary, secondary] : [secondary, primary]
+        20.times { |i| source.set("stale:#{i}", "new") && target.set("stale:#{i}", "old") }
 
         counts, reports = repair_under_writes(store, rounds: 15)
 
@@ -520,10 +523,61 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
             expect([t, primary.get("count:#{t}").to_i, secondary.get("count:#{t}").to_i]).to eq([t, n, n])
             expect([t, primary.scard("seen:#{t}"), secondary.scard("seen:#{t}")]).to eq([t, n, n])
           end
-          expect(reports.sum(&:repaired)).to be_positive
+          expect(reports.first.repaired).to be >= 20
+          expect(target.mget(*Array.new(20) { |i| "stale:#{i}" })).to all(eq("new"))
           expect(store.migration_status[:journal_keys]).to eq(0)
         end
       end
+    end
+
+    it "waits for a write already on its way when the repair began, instead of undoing it and saying the stores agree" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.sadd?("k", "a")
+      expect(store.verify).to be_in_agreement
+      # The old store (the default) takes its time to apply the next write; the new one has it.
+      secondary.call(:client, :pause, 1500, :write)
+      writer = Thread.new { store.sadd?("k", "m") }
+      sleep 0.3
+
+      report = store.verify(repair: true)
+
+      expect(writer.value).to be(true)
+      wait_until { store.migration_status[:journal_keys].zero? }
+      aggregate_failures do
+        expect(report).not_to be_in_agreement
+        expect([primary.smembers("k").sort, secondary.smembers("k").sort]).to eq([%w[a m], %w[a m]])
+        expect(store.migration_status[:safe_to_switch]).to be(false)
+      end
+    end
+
+    it "repairs from the store the flags name at each page: a switch to the new store alone mid-verify loses no write" do
+      flags.enable(dual_write)
+      store = multi_store
+      [primary, secondary].each { |c| c.mset(*Array.new(2_000) { |i| ["c#{i}", "0"] }.flatten) }
+      secondary.set("c0", "differs") # so the verify has a reason to repair
+      counts = Hash.new(0)
+      stop = false
+      writer = Thread.new do
+        i = 0
+        until stop
+          key = "c#{1 + (i * 7) % 1_999}"
+          store.incr(key)
+          counts[key] += 1
+          i += 1
+        end
+      end
+      pages = 0
+
+      store.verify(repair: true, count: 20) do
+        pages += 1
+        flags.set(primary_default) if pages == 3 # the new store alone from here
+      end
+      stop = true
+      writer.join
+
+      lost = counts.sum { |key, n| [n - primary.get(key).to_i, 0].max }
+      expect([counts.values.sum.positive?, lost]).to eq([true, 0])
     end
 
     it "leaves a key whose latest write the source missed to the re-sync, instead of copying the older value over it" do

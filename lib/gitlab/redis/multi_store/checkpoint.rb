@@ -24,6 +24,7 @@ module Gitlab
         # The native progress saved, for `NativeBackfill.new` / `NativeVerify.new`; nil when there
         # is none to resume.
         def load
+          remove_stale_temporaries
           return nil unless File.exist?(@path)
 
           saved = begin
@@ -48,9 +49,35 @@ module Gitlab
 
         def remove
           FileUtils.rm_f(@path)
+          remove_stale_temporaries
         end
 
         private
+
+        # The temporary files of processes killed between a write and its rename.
+        def remove_stale_temporaries
+          dir = File.dirname(@path)
+          prefix = "#{File.basename(@path)}."
+          return unless File.directory?(dir)
+
+          Dir.children(dir).each do |name|
+            pid = name.delete_prefix(prefix)[/\A(\d+)\.tmp\z/, 1] if name.start_with?(prefix)
+            next if pid.nil? || alive?(Integer(pid))
+
+            FileUtils.rm_f(File.join(dir, name))
+          end
+        end
+
+        def alive?(pid)
+          return true if pid == Process.pid
+
+          Process.kill(0, pid)
+          true
+        rescue Errno::ESRCH
+          false
+        rescue Errno::EPERM
+          true
+        end
 
         # Keys and cursors are bytes: base64 in the file; fingerprints hex.
         def encode(progress)

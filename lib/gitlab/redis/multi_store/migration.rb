@@ -63,19 +63,16 @@ module Gitlab
         # @yieldparam progress [BackfillProgress] after each page
         # @return [BackfillProgress] the final report
         def backfill(match: nil, count: 1000, rate: nil, checkpoint: nil, resume: false, max_latency: nil)
-          if use_primary_store_as_default?
-            raise BackfillAfterSwitchError, "the primary is the default store: a backfill would copy onto it keys deleted " \
-                                            "since the switch; bring the stores in line with verify(repair: true), which " \
-                                            "copies from the default store"
-          end
+          refuse_backfill_after_switch
           raise ArgumentError, "resume: true needs a checkpoint: file" if resume && !checkpoint
 
           saved = checkpoint && Checkpoint.new(checkpoint, checkpoint_identity("backfill", match))
           progress = resume ? saved.load : nil
           native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits, progress)
           pacing = max_latency && LatencyPacing.new(@native, Float(max_latency))
+          # The flags are looked at again before every page: switched meanwhile, the backfill stops.
           report = run_steps(native, BackfillProgress, rate, scanned_before: progress ? progress[:report][:scanned] : 0,
-                                                             pacing: pacing) do |page|
+                                                             pacing: pacing, before_step: -> { refuse_backfill_after_switch(running: true) }) do |page|
             saved&.save(native._checkpoint) unless page.done?
             yield page if block_given?
           end
@@ -214,12 +211,23 @@ module Gitlab
           end
         end
 
-        def run_steps(native, progress_class, rate, scanned_before: 0, pacing: nil)
+        def refuse_backfill_after_switch(running: false)
+          return unless use_primary_store_as_default?
+
+          raise BackfillAfterSwitchError,
+                "the primary #{running ? 'became' : 'is'} the default store: a backfill would copy onto it keys deleted " \
+                "since the switch#{running ? ', so it stopped (its checkpoint, if any, is kept)' : ''}; bring the stores " \
+                "in line with verify(repair: true), which copies from the default store"
+        end
+
+        # Each step gets the flags as they are then: they may change while a backfill or verify runs.
+        def run_steps(native, progress_class, rate, scanned_before: 0, pacing: nil, before_step: nil)
           started = monotonic
           loop do
             pacing&.wait_for_latency
             page_started = monotonic
-            report = native._step
+            before_step&.call
+            report = native._step(@native, @flags.bits)
             report = report.merge(held_back: pacing.held_back, holding_back: pacing.holding_back) if pacing
             progress = progress_class.new(**report, elapsed: monotonic - started)
             if rate

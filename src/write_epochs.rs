@@ -1,0 +1,150 @@
+//! Dual writes in flight, counted so that a copy between the stores can wait for those that
+//! began before it. The journal's fence holds back writes of a key once the key is journaled;
+//! a write that began while the key was not (the journal empty, or the key not in it yet) is not
+//! registered with it, and may still be on its way to the lagging store when the re-sync copies
+//! the key: the copy then undoes it there, or compares equal before it lands. So each dual write
+//! counts itself in the current epoch, and a copy first moves the epoch on and waits until no
+//! write of the previous one is left -- a grace period, as in read-copy-update: writes that
+//! begin afterwards are in the new epoch and are not waited for (those of the copied keys wait
+//! at the fence instead).
+
+use crate::fork;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_micros(200);
+
+#[derive(Default)]
+pub struct WriteEpochs {
+    epoch: AtomicU64,
+    in_flight: [AtomicU64; 2],
+    /// The fork generation the counts belong to: a child does not inherit its parent's writes.
+    generation: AtomicU64,
+    /// One grace period at a time (a second one would move the epoch back onto the slot the
+    /// first is waiting on): the fork generation of the one waiting, plus one; 0 when none is.
+    /// Not a mutex: one held across a fork by a thread the child does not have would stay
+    /// taken there, and a `ForkSafeMutex` is not for holding while waiting.
+    waiting: AtomicU64,
+}
+
+/// The grace period under way, ended when dropped.
+struct Waiting<'e>(&'e AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// A write counted in an epoch until dropped.
+pub struct WriteInFlight<'e> {
+    epochs: &'e WriteEpochs,
+    slot: usize,
+    generation: u64,
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        if self.epochs.generation.load(Ordering::Acquire) == self.generation {
+            self.epochs.in_flight[self.slot].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl WriteEpochs {
+    /// Counts a dual write about to be sent, until the returned guard is dropped.
+    pub fn begin(&self) -> WriteInFlight<'_> {
+        let generation = self.current_generation();
+        // Counted before the write looks at the journal: a copy that journals its keys after
+        // this look moves the epoch on afterwards, and so waits for this write.
+        let slot = (self.epoch.load(Ordering::SeqCst) % 2) as usize;
+        self.in_flight[slot].fetch_add(1, Ordering::SeqCst);
+        WriteInFlight {
+            epochs: self,
+            slot,
+            generation,
+        }
+    }
+
+    /// Waits until every dual write that began before this call has been answered (or failed),
+    /// at most `timeout`. Whether they all were.
+    pub fn wait_for_earlier_writes(&self, timeout: Duration) -> bool {
+        let mine = self.current_generation() + 1;
+        let deadline = Instant::now() + timeout;
+        let _one_at_a_time = loop {
+            let holder = self.waiting.load(Ordering::Acquire);
+            // Free (0), or taken in a generation before a fork: nobody here is waiting.
+            if holder != mine
+                && self
+                    .waiting
+                    .compare_exchange(holder, mine, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                break Waiting(&self.waiting);
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        };
+        // Writes still counted in the other epoch began before an earlier grace period that ran
+        // out of time: they are earlier writes too, and moving the epoch back onto their slot
+        // would mix them with later ones. So they drain first.
+        let drained = |slot: usize| {
+            while self.in_flight[slot].load(Ordering::SeqCst) > 0 {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(POLL);
+            }
+            true
+        };
+        let current = (self.epoch.load(Ordering::SeqCst) % 2) as usize;
+        if !drained(1 - current) {
+            return false;
+        }
+        let previous = (self.epoch.fetch_add(1, Ordering::SeqCst) % 2) as usize;
+        drained(previous)
+    }
+
+    /// The fork generation, the counts reset first in a child that inherited its parent's.
+    fn current_generation(&self) -> u64 {
+        let now = fork::generation();
+        if self.generation.load(Ordering::Acquire) != now {
+            for slot in &self.in_flight {
+                slot.store(0, Ordering::Release);
+            }
+            self.generation.store(now, Ordering::Release);
+        }
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_the_writes_that_began_before_it_and_not_for_later_ones() {
+        let epochs = WriteEpochs::default();
+        let earlier = epochs.begin();
+        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+        // A grace period that ran out leaves the write counted in the epoch before: the next
+        // one waits for it too.
+        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+        drop(earlier);
+        assert!(epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+
+        let earlier = epochs.begin();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| epochs.wait_for_earlier_writes(Duration::from_secs(5)));
+            while epochs.epoch.load(Ordering::SeqCst) < 3 {
+                std::thread::yield_now();
+            }
+            // A write that begins while the copy waits is in the new epoch.
+            let _later = epochs.begin();
+            drop(earlier);
+            assert!(waiter.join().unwrap_or(false));
+        });
+    }
+}
