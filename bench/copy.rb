@@ -91,47 +91,50 @@ module CopyBench
   end
 end
 
-secondary = GitlabMultistore::LocalRedisServer.new
-primary = GitlabMultistore::LocalRedisServer.new
-begin
-  old = secondary.client
-  new = primary.client
-  flags = ->(name) { name.to_s.start_with?("use_primary_and_secondary_stores") }
-  store = Gitlab::Redis::MultiStore.new(primary.url, secondary.url, "copy_bench", feature_flags: flags)
+# The race itself, when run as a program (bench/pacing.rb borrows `CopyBench.populate`).
+if __FILE__ == $PROGRAM_NAME
+  secondary = GitlabMultistore::LocalRedisServer.new
+  primary = GitlabMultistore::LocalRedisServer.new
+  begin
+    old = secondary.client
+    new = primary.client
+    flags = ->(name) { name.to_s.start_with?("use_primary_and_secondary_stores") }
+    store = Gitlab::Redis::MultiStore.new(primary.url, secondary.url, "copy_bench", feature_flags: flags)
 
-  populated = CopyBench.timed { CopyBench.populate(old, CopyBench::KEYS) }
-  puts format("Copy benchmark: %d keys (strings with TTLs, hashes, sets, sorted sets, lists), populated in %.1fs",
-              CopyBench::KEYS, populated)
+    populated = CopyBench.timed { CopyBench.populate(old, CopyBench::KEYS) }
+    puts format("Copy benchmark: %d keys (strings with TTLs, hashes, sets, sorted sets, lists), populated in %.1fs",
+                CopyBench::KEYS, populated)
 
-  times = Hash.new { |h, k| h[k] = [] }
-  CopyBench::ROUNDS.times do
-    new.flushall
-    times[:migrate] << CopyBench.timed { CopyBench.migrate_loop(old, primary.port) }
-    raise "MIGRATE copied #{new.dbsize} keys" unless new.dbsize == CopyBench::KEYS
+    times = Hash.new { |h, k| h[k] = [] }
+    CopyBench::ROUNDS.times do
+      new.flushall
+      times[:migrate] << CopyBench.timed { CopyBench.migrate_loop(old, primary.port) }
+      raise "MIGRATE copied #{new.dbsize} keys" unless new.dbsize == CopyBench::KEYS
 
-    new.flushall
-    report = nil
-    times[:backfill] << CopyBench.timed { report = store.backfill }
-    raise "backfill copied #{report.copied} keys" unless report.copied == CopyBench::KEYS && new.dbsize == CopyBench::KEYS
+      new.flushall
+      report = nil
+      times[:backfill] << CopyBench.timed { report = store.backfill }
+      raise "backfill copied #{report.copied} keys" unless report.copied == CopyBench::KEYS && new.dbsize == CopyBench::KEYS
 
-    check = nil
-    times[:verify] << CopyBench.timed { check = store.verify }
-    raise "verify found the copy different: #{check.to_h}" unless check.in_agreement? && check.checked == CopyBench::KEYS
+      check = nil
+      times[:verify] << CopyBench.timed { check = store.verify }
+      raise "verify found the copy different: #{check.to_h}" unless check.in_agreement? && check.checked == CopyBench::KEYS
+    end
+
+    ratio = ->(name) { CopyBench.median(times[:migrate].zip(times[name]).map { |m, t| m / t }) }
+    rate = ->(name) { CopyBench::KEYS / CopyBench.median(times[name]) }
+    puts "Ratios (higher is better for MultiStore; SCAN 1,000 + MIGRATE COPY KEYS loop = 1)"
+    puts format("  %-44s %.2fx", "backfill / MIGRATE loop", ratio.call(:backfill))
+    puts format("  %-44s %.2fx", "verify / MIGRATE loop", ratio.call(:verify))
+    puts "Absolute (median keys/s)"
+    %i[migrate backfill verify].each { |name| puts format("  %-44s %10.0f", name, rate.call(name)) }
+
+    small = CopyBench.backfill_peak_rss(secondary, primary, CopyBench::SMALL)
+    large = CopyBench.backfill_peak_rss(secondary, primary, CopyBench::KEYS)
+    puts format("Backfill peak RSS: %.1f MB at %d keys, %.1f MB at %d keys (%.2fx)",
+                small, CopyBench::SMALL, large, CopyBench::KEYS, large / small)
+  ensure
+    store&.close
+    [secondary, primary].each(&:cleanup)
   end
-
-  ratio = ->(name) { CopyBench.median(times[:migrate].zip(times[name]).map { |m, t| m / t }) }
-  rate = ->(name) { CopyBench::KEYS / CopyBench.median(times[name]) }
-  puts "Ratios (higher is better for MultiStore; SCAN 1,000 + MIGRATE COPY KEYS loop = 1)"
-  puts format("  %-44s %.2fx", "backfill / MIGRATE loop", ratio.call(:backfill))
-  puts format("  %-44s %.2fx", "verify / MIGRATE loop", ratio.call(:verify))
-  puts "Absolute (median keys/s)"
-  %i[migrate backfill verify].each { |name| puts format("  %-44s %10.0f", name, rate.call(name)) }
-
-  small = CopyBench.backfill_peak_rss(secondary, primary, CopyBench::SMALL)
-  large = CopyBench.backfill_peak_rss(secondary, primary, CopyBench::KEYS)
-  puts format("Backfill peak RSS: %.1f MB at %d keys, %.1f MB at %d keys (%.2fx)",
-              small, CopyBench::SMALL, large, CopyBench::KEYS, large / small)
-ensure
-  store&.close
-  [secondary, primary].each(&:cleanup)
 end

@@ -11,6 +11,9 @@ module GitlabMultistore
     include Waiting
 
     SLOTS = 16_384
+    # Seconds a master may not answer before the others may declare it failed (and, with no
+    # replica to promote, stop serving the whole cluster).
+    NODE_TIMEOUT = 2.0
 
     attr_reader :servers
 
@@ -18,7 +21,8 @@ module GitlabMultistore
       @servers = Array.new(masters * (1 + replicas)) do
         # The cluster bus gets its own free port: the default (port + 10000) may not exist.
         LocalRedisServer.new("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                             "--cluster-node-timeout", "2000", "--cluster-port", LocalRedisServer.free_port.to_s)
+                             "--cluster-node-timeout", (NODE_TIMEOUT * 1000).round.to_s,
+                             "--cluster-port", LocalRedisServer.free_port.to_s)
       end
       create(replicas)
       wait_until_healthy
@@ -33,6 +37,13 @@ module GitlabMultistore
     # The nodes as redis-rb's `cluster:` option takes them.
     def urls
       @servers.map(&:url)
+    end
+
+    # The master serving the slot of `key`.
+    def master_of(key)
+      slot = @servers.first.client.call(["cluster", "keyslot", key])
+      port = slot_owners(@servers.first).find { |range, _| range.cover?(slot) }&.last
+      @servers.find { |s| s.port == port } || raise("no master serves the slot of #{key.inspect}")
     end
 
     # Keys on every master that is up.

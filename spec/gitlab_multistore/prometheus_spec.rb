@@ -1,15 +1,19 @@
 # frozen_string_literal: true
 
 require "gitlab_multistore/metrics_server"
+require "gitlab_multistore/prometheus_config"
 require "json"
 require "net/http"
 require "tmpdir"
+require "fileutils"
 require "yaml"
 
 # The shipped rules and dashboard against a real Prometheus (Debian's `prometheus`) scraping a
 # MultiStore through the metrics server while a migration goes through what they watch: traffic,
 # fallbacks, a hung new store (write failures, the breaker, a journal overflow), a restart, a
-# command missing from the table, a pipeline difference, a backfill and a verify.
+# command missing from the table, a pipeline difference, a backfill and a verify. Then the
+# demo itself, run as `gitlab-multistore demo --metrics-port`, whose new store hangs: the alerts
+# for it fire in Prometheus while it hangs.
 RSpec.describe "Prometheus rules and dashboard" do
   PROMETHEUS = "/usr/bin/prometheus"
   ROOT = File.expand_path("../..", __dir__)
@@ -25,15 +29,9 @@ RSpec.describe "Prometheus rules and dashboard" do
     JSON.parse(Net::HTTP.get(uri))
   end
 
-  def start_prometheus(dir, target)
+  def start_prometheus(dir, target, rules: RULES, interval: "1s")
     port = RedisServers.free_port
-    config = File.join(dir, "prometheus.yml")
-    File.write(config, YAML.dump(
-                         "global" => { "scrape_interval" => "1s", "evaluation_interval" => "1s" },
-                         "rule_files" => [RULES],
-                         "scrape_configs" => [{ "job_name" => "gitlab_multistore",
-                                                "static_configs" => [{ "targets" => [target] }] }]
-                       ))
+    config = GitlabMultistore::PrometheusConfig.write(dir, target: target, rules: rules, interval: interval)
     pid = Process.spawn(PROMETHEUS, "--config.file=#{config}", "--storage.tsdb.path=#{File.join(dir, 'data')}",
                         "--web.listen-address=127.0.0.1:#{port}", out: File::NULL, err: File.join(dir, "prometheus.log"))
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20
@@ -125,5 +123,112 @@ RSpec.describe "Prometheus rules and dashboard" do
     end
   ensure
     metrics&.close
+  end
+
+  describe "the demo's hung new store" do
+    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+    # The alerts Prometheus has now, by state: { "firing" => [names], "pending" => [names] }.
+    def alerts(port)
+      JSON.parse(Net::HTTP.get(URI("http://127.0.0.1:#{port}/api/v1/alerts"))).dig("data", "alerts")
+          .group_by { |a| a["state"] }.transform_values { |list| list.map { |a| a.dig("labels", "alertname") }.uniq }
+    end
+
+    def alert_exprs(path)
+      YAML.safe_load_file(path)["groups"].flat_map { |g| g["rules"] }.to_h { |r| [r["alert"] || r["record"], r["expr"]] }
+    end
+
+    # Raised by a new store that hangs: its writes time out, the breaker skips it, the journal
+    # fills (over 1,000 keys: the demo's workers write 2,200) while nothing drains it.
+    HUNG_STORE_ALERTS = %w[MultiStoreNonDefaultWritesFailing MultiStoreBreakerOpen MultiStoreJournalGrowing].freeze
+    # A hang loses nothing the journal cannot hold, restarts nothing, and sends no unknown command.
+    NEVER_IN_THE_DEMO = %w[MultiStoreJournalOverflowed MultiStoreStoreReset MultiStoreMethodMissing].freeze
+
+    it "fires the hung-store alerts while the new store hangs, and never those of lost writes, restarts or unknown commands" do
+      raise "#{PROMETHEUS} is missing: install Debian's prometheus package (bin/test does)" unless File.executable?(PROMETHEUS)
+
+      Dir.mktmpdir("gitlab-multistore-prometheus-demo-") do |dir|
+        # The shipped rules with every alert's `for:` set to 0s, and nothing else changed: the
+        # shipped durations (minutes) outlast a 4-second hang, which would leave them pending.
+        rules = GitlabMultistore::PrometheusConfig.rules_with_hold(File.join(dir, "rules.yml"))
+        expect(alert_exprs(rules)).to eq(alert_exprs(RULES))
+        metrics_port = RedisServers.free_port
+        pid, port = start_prometheus(dir, "127.0.0.1:#{metrics_port}", rules: rules, interval: "500ms")
+        begin
+          # Prometheus hands new targets to its scrapers up to 5 s after it is ready: the demo
+          # starts once the first scrape (of nothing yet, up == 0) is in.
+          deadline = monotonic + 20
+          sleep 0.2 until query(port, "up").dig("data", "result")&.any? || monotonic > deadline
+          demo = IO.popen([RbConfig.ruby, "-I", File.join(ROOT, "lib"), File.join(ROOT, "exe", "gitlab-multistore"),
+                           "demo", "--quick", "--metrics-port", metrics_port.to_s], err: %i[child out])
+          lines = Queue.new
+          reader = Thread.new do
+            demo.each_line { |line| lines << [monotonic, line] }
+            lines << [monotonic, nil]
+          end
+          output = +""
+          stopped = resumed = ended = nil
+          firing = {} # alertname => [first, last] monotonic time seen firing
+          pending = []
+          deadline = monotonic + 120
+          until ended
+            raise "the demo did not end within 120 s:\n#{output}" if monotonic > deadline
+
+            until lines.empty?
+              at, line = lines.pop
+              next ended = at if line.nil?
+
+              output << line
+              stopped ||= at if line.include?("SIGSTOP sent")
+              resumed ||= at if line.include?("SIGCONT sent")
+            end
+            now = monotonic
+            states = alerts(port)
+            states.fetch("firing", []).each { |name| (firing[name] ||= [now, now])[1] = now }
+            pending |= states.fetch("pending", [])
+            sleep 0.2
+          end
+          reader.join
+          demo.close
+          status = Process.last_status
+          journal = query(port, 'gitlab_redis_multi_store_journal_keys{instance_name="demo_sessions"}[5m]')
+                    .dig("data", "result", 0, "values")&.map { |_, v| v.to_i } || []
+          raise "the demo did not hang its new store (#{status.inspect}):\n#{output}" unless stopped && resumed
+
+          at = ->(time) { format("%+.1f s", time - stopped) }
+          puts "", "[prometheus] the demo's new store hung from #{at.call(stopped)} to #{at.call(resumed)} (SIGSTOP .. SIGCONT)"
+          firing.sort_by { |_, (first, _)| first }.each do |name, (first, last)|
+            puts "[prometheus] #{name} firing from #{at.call(first)} to #{at.call(last)}"
+          end
+          puts "[prometheus] never firing: #{(alert_exprs(RULES).keys.grep(/\AMultiStore/) - firing.keys).join(', ')}"
+          puts "[prometheus] journal as scraped: peak #{journal.max} keys, #{journal.last} at the demo's end"
+
+          aggregate_failures do
+            expect(status).to be_success, output
+            expect(output).to include("Back in line", "errors seen by callers: 0", "keys lost: 0")
+            HUNG_STORE_ALERTS.each do |name|
+              expect([name, firing[name]&.first]).to match([name, be_between(stopped, resumed)])
+            end
+            expect(firing.keys & NEVER_IN_THE_DEMO).to eq([])
+            expect(pending).to eq([]) # `for: 0s`: an alert fires as soon as its condition holds
+            # The re-sync emptied the journal before the demo ended, as Prometheus saw it.
+            expect(journal.max).to be > 1000
+            expect(journal.last).to eq(0)
+          end
+        ensure
+          # A failure above leaves the demo running: TERM runs its ensure, which stops its servers.
+          if demo && !demo.closed?
+            Process.kill(:TERM, demo.pid)
+            demo.close
+          end
+          Process.kill(:TERM, pid)
+          Process.wait(pid)
+          # What the demo leaves for its user: its metrics, its picture, a Prometheus configuration.
+          [output.to_s[/metrics written to (\S+)/, 1], output.to_s[/open it in a browser\): (\S+)/, 1]]
+            .compact.each { |file| FileUtils.rm_f(file) }
+          FileUtils.rm_rf(File.join(Dir.tmpdir, "gitlab-multistore-demo-prometheus-#{metrics_port}")) if metrics_port
+        end
+      end
+    end
   end
 end
