@@ -211,6 +211,7 @@ impl Backfill {
             secondary: &self.secondary,
             pattern: self.pattern.as_deref(),
             count: self.count,
+            reconciler: self.reconciler.as_ref(),
         };
         // Masters copied side by side already overlap reading with writing.
         let read_ahead = lanes.count() == 1;
@@ -265,6 +266,7 @@ impl Backfill {
             secondary: &self.secondary,
             pattern: self.pattern.as_deref(),
             count: self.count,
+            reconciler: self.reconciler.as_ref(),
         }
     }
 
@@ -352,6 +354,7 @@ struct Copier<'b> {
     secondary: &'b Store,
     pattern: Option<&'b [u8]>,
     count: usize,
+    reconciler: &'b dyn Reconciler,
 }
 
 impl Copier<'_> {
@@ -455,6 +458,12 @@ impl Copier<'_> {
                 restored: Vec::new(),
                 counts,
             });
+        }
+        // The flags made the primary the only store written since the page began (looked at as
+        // late as can be; a backfill also stops before its next page): keys deleted there since
+        // would come back.
+        if self.reconciler.written_alone(Role::Primary) {
+            return Err(Error::SoleStore("primary"));
         }
         let results = self.primary.pipeline(&page.restores, cancel)?;
         let mut restored = Vec::with_capacity(page.restoring.len());

@@ -83,6 +83,22 @@ impl Drop for WatchGuard<'_> {
     }
 }
 
+/// Sleeps `duration`, unless the call is cancelled or interrupted (a signal cuts the sleep short
+/// and the interrupt check says stop): whether it slept without being told to stop.
+pub fn pause(cancel: &CancelToken, duration: std::time::Duration) -> bool {
+    if cancel.is_cancelled() {
+        return false;
+    }
+    let ts = libc::timespec {
+        tv_sec: duration.as_secs() as libc::time_t,
+        tv_nsec: duration.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: ppoll with no descriptors only sleeps (or returns EINTR on a signal).
+    let slept = unsafe { libc::ppoll(std::ptr::null_mut(), 0, &ts, std::ptr::null()) };
+    let told_to_stop = was_interrupted(slept) && cancel.stop_after_signal();
+    !told_to_stop && !cancel.is_cancelled()
+}
+
 /// Runs `a` and `b` on two threads of their own, each with a cancel token of its own, and
 /// returns both results (`None` for one that panicked). The calling thread only waits (see
 /// `Workers::wait`), so an interrupt of it -- a Ruby thread raised into, or Ctrl-C -- cancels
@@ -231,7 +247,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(20));
                 cancel.cancel();
             });
-            assert_eq!(both(&cancel, blocked, |_| "done"), (Some("stopped"), Some("done")));
+            assert_eq!(
+                both(&cancel, blocked, |_| "done"),
+                (Some("stopped"), Some("done"))
+            );
         });
     }
 }

@@ -209,6 +209,12 @@ pub trait Reconciler: Send + Sync {
         ttl_tolerance_ms: i64,
         cancel: &CancelToken,
     ) -> Result<Vec<Vec<u8>>>;
+
+    /// Whether `role` is, as the MultiStore last saw the flags, the only store written: nothing
+    /// may be copied onto it then. (On its own, a copy cannot know.)
+    fn written_alone(&self, _role: Role) -> bool {
+        false
+    }
 }
 
 /// Copies straight from one store to the other (see `reconcile`).

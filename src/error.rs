@@ -74,6 +74,11 @@ pub enum Error {
     /// A store configuration the core cannot use.
     #[error("{0}")]
     InvalidConfig(String),
+
+    /// A copy stopped because the flags made its target the only store written (the switch
+    /// happened while it ran): copied now, it would bring back what was deleted there since.
+    #[error("the {0} became the only store written while the copy ran: stopped, so that nothing deleted there since comes back")]
+    SoleStore(&'static str),
 }
 
 impl Error {

@@ -5,6 +5,7 @@
 //! capacity it stops recording and says a full verify is needed, instead of growing without
 //! limit.
 
+use crate::cancel::CancelToken;
 use crate::fork::ForkSafeMutex;
 use crate::routing::Role;
 use crate::write_epochs::{WriteEpochs, WriteInFlight};
@@ -83,8 +84,8 @@ impl Journal {
     /// Waits, at most `timeout`, until every dual write that began before this call was
     /// answered: one that looked at the journal before a key was recorded is not held back by
     /// the fence, and would otherwise be undone by a copy of the key. Whether they all were.
-    pub fn wait_for_earlier_writes(&self, timeout: Duration) -> bool {
-        self.epochs.wait_for_earlier_writes(timeout)
+    pub fn wait_for_earlier_writes(&self, timeout: Duration, cancel: &CancelToken) -> bool {
+        self.epochs.wait_for_earlier_writes(timeout, cancel)
     }
 
     /// Records keys that `lagging` missed; `None` (keys unknown) marks a full verify as needed.

@@ -919,7 +919,7 @@ impl MultiStore {
         let other = other_role(default);
         // Free while nothing is journaled (no lock taken on the hot path).
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
-            self.catch_up_default(cmds, default);
+            self.catch_up_default(cmds, default, ctx.cancel);
         }
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
@@ -978,7 +978,13 @@ impl MultiStore {
     /// the returned guard is dropped.
     fn writes_in_flight(&self, cmds: &[Command]) -> WritesInFlight<'_> {
         let journal = &self.state.journal;
-        let counted = Some(journal.write_begins());
+        // A batch with a blocking command stays in flight for as long as it blocks (seconds):
+        // counted, it would hold every copy of every key back that long (a stream of them,
+        // for ever). Its other writes reach both stores as it is sent, like any pipeline.
+        let blocking = cmds
+            .iter()
+            .any(|cmd| command_table::lookup(cmd).is_some_and(CommandSpec::is_blocking));
+        let counted = (!blocking).then(|| journal.write_begins());
         if journal.is_empty() {
             return WritesInFlight {
                 journal,
@@ -1625,7 +1631,7 @@ impl MultiStore {
     /// Before a write, the keys it names that the default store missed (journaled as lagging
     /// it: the default flipped back before the re-sync copied them) are copied to it first
     /// (see `resync::catch_up`). Free while nothing is journaled.
-    fn catch_up_default(&self, cmds: &[Command], default: Role) {
+    fn catch_up_default(&self, cmds: &[Command], default: Role, cancel: &CancelToken) {
         let journal = &self.state.journal;
         if journal.is_empty() {
             return;
@@ -1642,7 +1648,7 @@ impl MultiStore {
             }
         }
         if !stale.is_empty() {
-            resync::catch_up(&self.resync_context(), journal, default, &stale);
+            resync::catch_up(&self.resync_context(), journal, default, &stale, cancel);
         }
     }
 

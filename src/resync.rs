@@ -161,7 +161,13 @@ fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToke
 /// the re-sync got to them. Computed on its stale copy, the write would answer wrongly, and its
 /// result would then be re-synced over the other store's newer one. Best effort: keys it cannot
 /// copy now stay journaled for the background re-sync. How many left the journal.
-pub fn catch_up(ctx: &ResyncContext, journal: &Journal, lagging: Role, keys: &[Vec<u8>]) -> u64 {
+pub fn catch_up(
+    ctx: &ResyncContext,
+    journal: &Journal,
+    lagging: Role,
+    keys: &[Vec<u8>],
+    cancel: &CancelToken,
+) -> u64 {
     let entries: Vec<(Vec<u8>, Entry)> = journal
         .entries(keys)
         .into_iter()
@@ -170,7 +176,7 @@ pub fn catch_up(ctx: &ResyncContext, journal: &Journal, lagging: Role, keys: &[V
     if entries.is_empty() {
         return 0;
     }
-    match resync_batch(ctx, journal, lagging, &entries, &CancelToken::new()) {
+    match resync_batch(ctx, journal, lagging, &entries, cancel) {
         Ok(settled) => {
             ctx.metrics.resynced(settled);
             settled
@@ -201,6 +207,13 @@ pub struct RepairThroughResync {
 }
 
 impl crate::copy::Reconciler for RepairThroughResync {
+    fn written_alone(&self, role: Role) -> bool {
+        self.ctx
+            .state
+            .upgrade()
+            .is_some_and(|state| state.written_alone(role))
+    }
+
     fn reconcile(
         &self,
         source: Role,
@@ -305,7 +318,7 @@ fn resync_batch(
     }
     // A dual write that looked at the journal before these keys were recorded is not held back
     // by the fence: the copy waits for it, or it would undo it on the lagging store.
-    if !journal.wait_for_earlier_writes(WAIT_FOR_EARLIER_WRITES) {
+    if !journal.wait_for_earlier_writes(WAIT_FOR_EARLIER_WRITES, cancel) {
         return Ok(0); // `fenced` releases the keys unsettled
     }
     let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();

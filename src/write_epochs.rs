@@ -7,33 +7,29 @@
 //! write of the previous one is left -- a grace period, as in read-copy-update: writes that
 //! begin afterwards are in the new epoch and are not waited for (those of the copied keys wait
 //! at the fence instead).
+//!
+//! Each count carries the fork generation it was made in (high 16 bits), so a child never
+//! waits for writes its parent had in flight, without a reset that could race with its own.
 
+use crate::cancel::CancelToken;
 use crate::fork;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_micros(200);
+const GENERATION_SHIFT: u32 = 48;
+const COUNT_MASK: u64 = (1 << GENERATION_SHIFT) - 1;
 
 #[derive(Default)]
 pub struct WriteEpochs {
     epoch: AtomicU64,
+    /// Per slot: the fork generation (high bits) and the writes in flight (low bits).
     in_flight: [AtomicU64; 2],
-    /// The fork generation the counts belong to: a child does not inherit its parent's writes.
-    generation: AtomicU64,
     /// One grace period at a time (a second one would move the epoch back onto the slot the
     /// first is waiting on): the fork generation of the one waiting, plus one; 0 when none is.
     /// Not a mutex: one held across a fork by a thread the child does not have would stay
     /// taken there, and a `ForkSafeMutex` is not for holding while waiting.
     waiting: AtomicU64,
-}
-
-/// The grace period under way, ended when dropped.
-struct Waiting<'e>(&'e AtomicU64);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
-    }
 }
 
 /// A write counted in an epoch until dropped.
@@ -45,20 +41,36 @@ pub struct WriteInFlight<'e> {
 
 impl Drop for WriteInFlight<'_> {
     fn drop(&mut self) {
-        if self.epochs.generation.load(Ordering::Acquire) == self.generation {
-            self.epochs.in_flight[self.slot].fetch_sub(1, Ordering::AcqRel);
-        }
+        // A count of another generation (this guard crossed a fork) is left alone.
+        let _ = self.epochs.in_flight[self.slot].fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |packed| {
+                (packed >> GENERATION_SHIFT == self.generation && packed & COUNT_MASK > 0)
+                    .then(|| packed - 1)
+            },
+        );
     }
+}
+
+fn generation() -> u64 {
+    fork::generation() & 0xffff
 }
 
 impl WriteEpochs {
     /// Counts a dual write about to be sent, until the returned guard is dropped.
     pub fn begin(&self) -> WriteInFlight<'_> {
-        let generation = self.current_generation();
+        let generation = generation();
         // Counted before the write looks at the journal: a copy that journals its keys after
         // this look moves the epoch on afterwards, and so waits for this write.
         let slot = (self.epoch.load(Ordering::SeqCst) % 2) as usize;
-        self.in_flight[slot].fetch_add(1, Ordering::SeqCst);
+        let _ = self.in_flight[slot].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |packed| {
+            Some(if packed >> GENERATION_SHIFT == generation {
+                packed + 1
+            } else {
+                (generation << GENERATION_SHIFT) | 1
+            })
+        });
         WriteInFlight {
             epochs: self,
             slot,
@@ -66,11 +78,22 @@ impl WriteEpochs {
         }
     }
 
+    /// Writes of this process (since its last fork) in flight in `slot`.
+    fn count(&self, slot: usize) -> u64 {
+        let packed = self.in_flight[slot].load(Ordering::SeqCst);
+        if packed >> GENERATION_SHIFT == generation() {
+            packed & COUNT_MASK
+        } else {
+            0
+        }
+    }
+
     /// Waits until every dual write that began before this call has been answered (or failed),
-    /// at most `timeout`. Whether they all were.
-    pub fn wait_for_earlier_writes(&self, timeout: Duration) -> bool {
-        let mine = self.current_generation() + 1;
+    /// at most `timeout`, and no longer than the caller's `cancel` allows. Whether they all were.
+    pub fn wait_for_earlier_writes(&self, timeout: Duration, cancel: &CancelToken) -> bool {
+        let mine = generation() + 1;
         let deadline = Instant::now() + timeout;
+        let pause = || Instant::now() < deadline && crate::cancel::pause(cancel, POLL);
         let _one_at_a_time = loop {
             let holder = self.waiting.load(Ordering::Acquire);
             // Free (0), or taken in a generation before a fork: nobody here is waiting.
@@ -82,20 +105,18 @@ impl WriteEpochs {
             {
                 break Waiting(&self.waiting);
             }
-            if Instant::now() >= deadline {
+            if !pause() {
                 return false;
             }
-            std::thread::sleep(POLL);
         };
         // Writes still counted in the other epoch began before an earlier grace period that ran
         // out of time: they are earlier writes too, and moving the epoch back onto their slot
         // would mix them with later ones. So they drain first.
         let drained = |slot: usize| {
-            while self.in_flight[slot].load(Ordering::SeqCst) > 0 {
-                if Instant::now() >= deadline {
+            while self.count(slot) > 0 {
+                if !pause() {
                     return false;
                 }
-                std::thread::sleep(POLL);
             }
             true
         };
@@ -106,17 +127,14 @@ impl WriteEpochs {
         let previous = (self.epoch.fetch_add(1, Ordering::SeqCst) % 2) as usize;
         drained(previous)
     }
+}
 
-    /// The fork generation, the counts reset first in a child that inherited its parent's.
-    fn current_generation(&self) -> u64 {
-        let now = fork::generation();
-        if self.generation.load(Ordering::Acquire) != now {
-            for slot in &self.in_flight {
-                slot.store(0, Ordering::Release);
-            }
-            self.generation.store(now, Ordering::Release);
-        }
-        now
+/// The grace period under way, ended when dropped.
+struct Waiting<'e>(&'e AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -127,17 +145,20 @@ mod tests {
     #[test]
     fn waits_for_the_writes_that_began_before_it_and_not_for_later_ones() {
         let epochs = WriteEpochs::default();
+        let cancel = CancelToken::new();
         let earlier = epochs.begin();
-        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20), &cancel));
         // A grace period that ran out leaves the write counted in the epoch before: the next
         // one waits for it too.
-        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+        assert!(!epochs.wait_for_earlier_writes(Duration::from_millis(20), &cancel));
         drop(earlier);
-        assert!(epochs.wait_for_earlier_writes(Duration::from_millis(20)));
+        assert!(epochs.wait_for_earlier_writes(Duration::from_millis(20), &cancel));
 
         let earlier = epochs.begin();
         std::thread::scope(|scope| {
-            let waiter = scope.spawn(|| epochs.wait_for_earlier_writes(Duration::from_secs(5)));
+            let waiter = scope.spawn(|| {
+                epochs.wait_for_earlier_writes(Duration::from_secs(5), &CancelToken::new())
+            });
             while epochs.epoch.load(Ordering::SeqCst) < 3 {
                 std::thread::yield_now();
             }
@@ -146,5 +167,16 @@ mod tests {
             drop(earlier);
             assert!(waiter.join().unwrap_or(false));
         });
+    }
+
+    #[test]
+    fn gives_up_waiting_when_the_caller_is_cancelled() {
+        let epochs = WriteEpochs::default();
+        let _stuck = epochs.begin();
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let started = Instant::now();
+        assert!(!epochs.wait_for_earlier_writes(Duration::from_secs(5), &cancel));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -16,6 +16,7 @@ struct RedisErrorClasses {
     not_namespaced: Opaque<ExceptionClass>,
     cross_slot: Opaque<ExceptionClass>,
     protocol: Opaque<ExceptionClass>,
+    backfill_after_switch: Opaque<ExceptionClass>,
 }
 
 static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
@@ -43,6 +44,9 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
         ),
         cross_slot: keep(ruby.eval::<ExceptionClass>("Redis::Cluster::CrossSlotPipeliningError")?),
         protocol: keep(redis.const_get("ProtocolError")?),
+        backfill_after_switch: keep(
+            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::BackfillAfterSwitchError")?,
+        ),
     };
     let _ = CLASSES.set(classes);
     Ok(())
@@ -75,6 +79,7 @@ pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
         CoreError::InvalidConfig(_) => "ArgumentError",
         CoreError::CrossSlot { .. } => "Redis::Cluster::CrossSlotPipeliningError",
         CoreError::UnexpectedReplyType(_) => "Redis::ProtocolError",
+        CoreError::SoleStore(_) => "Gitlab::Redis::MultiStore::BackfillAfterSwitchError",
     }
 }
 
@@ -94,6 +99,7 @@ pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
         CoreError::NotNamespaced(_) => classes.not_namespaced,
         CoreError::CrossSlot { .. } => classes.cross_slot,
         CoreError::UnexpectedReplyType(_) => classes.protocol,
+        CoreError::SoleStore(_) => classes.backfill_after_switch,
         CoreError::InvalidConfig(_) => {
             return Error::new(ruby.exception_arg_error(), err.to_string())
         }

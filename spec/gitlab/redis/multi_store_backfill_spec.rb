@@ -317,6 +317,27 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       expect(deleted.count { |key| primary.exists?(key) }).to eq(0)
     end
 
+    it "stops a page in flight when the flags make the primary the only store written, so no delete made there comes back" do
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      store.mset(*Array.new(5_000) { |i| ["x:#{i}", i.to_s] }.flatten) # on both stores
+      populate(secondary, 20_000, prefix: "old")
+      deleted = []
+      switch = Queue.new
+      operator = Thread.new do
+        switch.pop
+        flags.set(:use_primary_store_as_default_for_backfill) # the new store alone, mid-page
+        (0...5_000).each_slice(500) { |slice| store.del(*slice.map { |i| "x:#{i}" }) && deleted.concat(slice) }
+      end
+
+      expect do
+        switch << :now
+        store.backfill(count: 10_000)
+      end.to raise_error(Gitlab::Redis::MultiStore::BackfillAfterSwitchError)
+      operator.join
+
+      expect([deleted.size, deleted.count { |i| primary.exists?("x:#{i}") }]).to eq([5_000, 0])
+    end
+
     it "returns at once when its thread is raised into while a store hangs, whatever the read timeout" do
       populate(secondary, 20_000, prefix: "key")
       flags.enable(:use_primary_and_secondary_stores_for_backfill)

@@ -551,6 +551,35 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       end
     end
 
+    it "is not held back by a pipelined blocking pop in flight on another key" do
+      flags.enable(dual_write)
+      store = multi_store(primary_server.url, secondary_server.url)
+      lagging = dedicated_redis_server
+      fast = multi_store({ url: lagging.url, read_timeout: 0.3 }, { url: secondary_server.url, read_timeout: 0.3 })
+      slow = multi_store({ url: lagging.url, read_timeout: 15 }, { url: secondary_server.url, read_timeout: 15 })
+      fast.set("warm", "1")
+      blocker = Thread.new { slow.pipelined { |p| p.set("other", "1") && p.blpop("queue", timeout: 10) } }
+      sleep 0.3
+      Process.kill(:STOP, lagging.pid)
+      begin
+        5.times { |i| fast.set("k#{i}", "v#{i}") } # the new store misses them: journaled
+      ensure
+        Process.kill(:CONT, lagging.pid)
+      end
+
+      wait_until(3) { fast.migration_status[:journal_keys].zero? }
+
+      aggregate_failures do
+        expect(blocker).to be_alive
+        expect(fast.migration_status[:journal_keys]).to eq(0)
+        expect(lagging.client.mget(*Array.new(5) { |i| "k#{i}" })).to eq(Array.new(5) { |i| "v#{i}" })
+      end
+    ensure
+      secondary.rpush("queue", "x") # ends the blocking pop
+      blocker&.join(5)
+      store&.close
+    end
+
     it "repairs from the store the flags name at each page: a switch to the new store alone mid-verify loses no write" do
       flags.enable(dual_write)
       store = multi_store
