@@ -105,10 +105,7 @@ impl Backfill {
         pattern: Option<Vec<u8>>,
         count: usize,
     ) -> Self {
-        let reconciler = Arc::new(DirectCopy {
-            primary: Arc::clone(&primary),
-            secondary: Arc::clone(&secondary),
-        });
+        let reconciler = Arc::new(DirectCopy::new(&primary, &secondary));
         Backfill {
             primary,
             secondary,

@@ -223,6 +223,15 @@ pub struct DirectCopy {
     pub secondary: Arc<Store>,
 }
 
+impl DirectCopy {
+    pub fn new(primary: &Arc<Store>, secondary: &Arc<Store>) -> Self {
+        DirectCopy {
+            primary: Arc::clone(primary),
+            secondary: Arc::clone(secondary),
+        }
+    }
+}
+
 impl Reconciler for DirectCopy {
     fn reconcile(
         &self,

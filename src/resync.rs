@@ -221,10 +221,7 @@ impl crate::copy::Reconciler for RepairThroughResync {
         ttl_tolerance_ms: i64,
         cancel: &CancelToken,
     ) -> crate::error::Result<Vec<Vec<u8>>> {
-        let direct = crate::copy::DirectCopy {
-            primary: Arc::clone(&self.ctx.primary),
-            secondary: Arc::clone(&self.ctx.secondary),
-        };
+        let direct = crate::copy::DirectCopy::new(&self.ctx.primary, &self.ctx.secondary);
         let Some(state) = self.ctx.state.upgrade() else {
             return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
         };

@@ -137,10 +137,7 @@ enum Verdict {
 
 impl Verify {
     pub fn new(primary: Arc<Store>, secondary: Arc<Store>, options: VerifyOptions) -> Self {
-        let reconciler = Arc::new(DirectCopy {
-            primary: Arc::clone(&primary),
-            secondary: Arc::clone(&secondary),
-        });
+        let reconciler = Arc::new(DirectCopy::new(&primary, &secondary));
         Verify {
             primary,
             secondary,
