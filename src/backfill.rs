@@ -210,13 +210,52 @@ impl Backfill {
             count: self.count,
             reconciler: self.reconciler.as_ref(),
         };
+        let secondary_is_default = self.secondary_is_default;
+        // The second look of pages whose settle delay has passed reads the secondary while
+        // this step's pages are copied: the secondary, which does most of a backfill's work,
+        // is kept busy rather than waiting for one or the other.
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.recheck.front() {
+            if at.elapsed() < self.settle_delay {
+                break;
+            }
+            if let Some((_, keys)) = self.recheck.pop_front() {
+                due.extend(keys);
+            }
+        }
         // Masters copied side by side already overlap reading with writing.
         let read_ahead = lanes.count() == 1;
-        let pages = lanes.run(cancel, |lane, cancel| {
-            copier.lane_page(lane, read_ahead, cancel)
-        });
+        let mut copy_pages = |cancel: &CancelToken| {
+            lanes.run(cancel, |lane, cancel| {
+                copier.lane_page(lane, read_ahead, cancel)
+            })
+        };
+        let (pages, looked) = if due.is_empty() {
+            (copy_pages(cancel), Ok(BackfillReport::default()))
+        } else {
+            let (pages, looked) = crate::cancel::both(cancel, copy_pages, |cancel| {
+                copier.second_look(&due, secondary_is_default, cancel)
+            });
+            let panicked = || Error::Protocol("a backfill worker panicked".into());
+            (
+                pages.unwrap_or_else(|| vec![Err(panicked())]),
+                looked.unwrap_or_else(|| Err(panicked())),
+            )
+        };
         let finished = lanes.done();
         let mut failed = None;
+        match looked {
+            Ok(counts) => self.report.add_second_look(&counts),
+            Err(error) => {
+                // Looked at again by the next step (or a resumed run): a key is never left
+                // without its second look.
+                let overdue = Instant::now()
+                    .checked_sub(self.settle_delay)
+                    .unwrap_or_else(Instant::now);
+                self.recheck.push_front((overdue, due));
+                failed = Some(error);
+            }
+        }
         for page in pages {
             match page {
                 Ok(written) => {
@@ -233,28 +272,27 @@ impl Backfill {
         if let Some(error) = failed {
             return Err(error);
         }
-        while let Some((at, _)) = self.recheck.front() {
-            let wait = self.settle_delay.saturating_sub(at.elapsed());
-            if !wait.is_zero() {
-                if !finished {
-                    break;
+        if finished {
+            while let Some((at, keys)) = self.recheck.pop_front() {
+                let wait = self.settle_delay.saturating_sub(at.elapsed());
+                if !wait.is_zero() && !crate::cancel::pause(cancel, wait) {
+                    self.recheck.push_front((at, keys));
+                    return Err(Error::Interrupted);
                 }
-                std::thread::sleep(wait);
-            }
-            if let Some((_, keys)) = self.recheck.pop_front() {
-                self.second_look(&keys, cancel)?;
+                let counts = self
+                    .copier()
+                    .second_look(&keys, secondary_is_default, cancel);
+                match counts {
+                    Ok(counts) => self.report.add_second_look(&counts),
+                    Err(error) => {
+                        self.recheck.push_front((at, keys));
+                        return Err(error);
+                    }
+                }
             }
         }
         self.report.done = finished;
         Ok(&self.report)
-    }
-
-    /// See `Copier::delete_from_primary`.
-    fn delete_from_primary(&mut self, lost: &[Vec<u8>], cancel: &CancelToken) -> Result<()> {
-        let undone = self.copier().delete_from_primary(lost, cancel)?;
-        self.report.undone += undone;
-        self.report.copied = self.report.copied.saturating_sub(undone);
-        Ok(())
     }
 
     fn copier(&self) -> Copier<'_> {
@@ -266,55 +304,15 @@ impl Backfill {
             reconciler: self.reconciler.as_ref(),
         }
     }
-
-    /// The second look at restored keys, once a delete or write that was in flight during the
-    /// copy has landed on both stores. Each key is read again on the secondary: gone, it is
-    /// deleted from the primary; changed since it was copied (a write that changed it in place
-    /// between the DUMP and the RESTORE did nothing on the primary, where the key was not yet),
-    /// it is compared with the primary and, while the secondary is the default store, copied
-    /// again until both agree.
-    fn second_look(
-        &mut self,
-        copied: &[(Vec<u8>, Fingerprint)],
-        cancel: &CancelToken,
-    ) -> Result<()> {
-        let names: Vec<Vec<u8>> = copied.iter().map(|(key, _)| key.clone()).collect();
-        let now = copy::read(&self.secondary, &names, cancel)?;
-        let mut lost = Vec::new();
-        let mut changed = Vec::new();
-        for ((key, fingerprint), snapshot) in copied.iter().zip(now) {
-            match snapshot {
-                Snapshot::Missing => lost.push(key.clone()),
-                Snapshot::Value { payload, expiry } => {
-                    if copy::fingerprint(&payload, expiry) != *fingerprint {
-                        changed.push(key.clone());
-                    }
-                }
-                Snapshot::Failed(_) => changed.push(key.clone()),
-            }
-        }
-        self.delete_from_primary(&lost, cancel)?;
-        let tolerance = crate::verify::DEFAULT_TTL_TOLERANCE_MS;
-        // Changed through dual-write on both stores since: nothing to do for those.
-        let different =
-            copy::still_different(&self.secondary, &self.primary, &changed, tolerance, cancel)?;
-        if different.is_empty() {
-            return Ok(());
-        }
-        if !self.secondary_is_default {
-            self.report.left_different += different.len() as u64;
-            return Ok(());
-        }
-        let left = self
-            .reconciler
-            .reconcile(Role::Secondary, &different, tolerance, cancel)?;
-        self.report.recopied += (different.len() - left.len()) as u64;
-        self.report.left_different += left.len() as u64;
-        Ok(())
-    }
 }
 
 impl BackfillReport {
+    /// Adds the counters of a second look: the keys it deleted had been counted as copied.
+    fn add_second_look(&mut self, look: &BackfillReport) {
+        self.add(look);
+        self.copied = self.copied.saturating_sub(look.undone);
+    }
+
     /// Adds the counters of a page.
     fn add(&mut self, page: &BackfillReport) {
         self.scanned += page.scanned;
@@ -410,11 +408,7 @@ impl Copier<'_> {
         if keys.is_empty() {
             return Ok(page);
         }
-        let exists: Vec<Command> = keys
-            .iter()
-            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
-            .collect();
-        let on_primary = self.primary.pipeline(&exists, cancel)?;
+        let on_primary = copy::exists_each(self.primary, &keys, cancel)?;
         let mut missing = Vec::with_capacity(keys.len());
         for (key, reply) in keys.into_iter().zip(&on_primary) {
             match reply {
@@ -490,11 +484,7 @@ impl Copier<'_> {
         if restored.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let exists: Vec<Command> = restored
-            .iter()
-            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
-            .collect();
-        let on_secondary = self.secondary.pipeline(&exists, cancel)?;
+        let on_secondary = copy::exists_each(self.secondary, restored, cancel)?;
         let (lost, kept): (Vec<_>, Vec<_>) = restored
             .iter()
             .zip(on_secondary)
@@ -505,6 +495,54 @@ impl Copier<'_> {
             kept.into_iter().map(|(key, _)| key.clone()).collect(),
             undone,
         ))
+    }
+
+    /// The second look at restored keys, once a delete or write that was in flight during the
+    /// copy has landed on both stores. Each key is read again on the secondary: gone, it is
+    /// deleted from the primary; changed since it was copied (a write that changed it in place
+    /// between the DUMP and the RESTORE did nothing on the primary, where the key was not yet),
+    /// it is compared with the primary and, while the secondary is the default store, copied
+    /// again until both agree.
+    fn second_look(
+        &self,
+        copied: &[Copied],
+        secondary_is_default: bool,
+        cancel: &CancelToken,
+    ) -> Result<BackfillReport> {
+        let mut counts = BackfillReport::default();
+        let names: Vec<Vec<u8>> = copied.iter().map(|(key, _)| key.clone()).collect();
+        let now = copy::read(self.secondary, &names, cancel)?;
+        let mut lost = Vec::new();
+        let mut changed = Vec::new();
+        for ((key, fingerprint), snapshot) in copied.iter().zip(now) {
+            match snapshot {
+                Snapshot::Missing => lost.push(key.clone()),
+                Snapshot::Value { payload, expiry } => {
+                    if copy::fingerprint(&payload, expiry) != *fingerprint {
+                        changed.push(key.clone());
+                    }
+                }
+                Snapshot::Failed(_) => changed.push(key.clone()),
+            }
+        }
+        counts.undone = self.delete_from_primary(&lost, cancel)?;
+        let tolerance = crate::verify::DEFAULT_TTL_TOLERANCE_MS;
+        // Changed through dual-write on both stores since: nothing to do for those.
+        let different =
+            copy::still_different(self.secondary, self.primary, &changed, tolerance, cancel)?;
+        if different.is_empty() {
+            return Ok(counts);
+        }
+        if !secondary_is_default {
+            counts.left_different = different.len() as u64;
+            return Ok(counts);
+        }
+        let left = self
+            .reconciler
+            .reconcile(Role::Secondary, &different, tolerance, cancel)?;
+        counts.recopied = (different.len() - left.len()) as u64;
+        counts.left_different = left.len() as u64;
+        Ok(counts)
     }
 
     /// Deletes keys from the primary; how many it had.

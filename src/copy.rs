@@ -13,7 +13,7 @@ use crate::error::{Result, ServerErrorReply};
 use crate::key_state;
 use crate::reply::Reply;
 use crate::routing::Role;
-use crate::store::Store;
+use crate::store::{ReadTimeout, Store};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,23 +52,54 @@ pub(crate) fn read(
     if replies.first().is_some_and(Reply::is_error) {
         return read_relative(source, keys, cancel);
     }
-    Ok(replies
-        .chunks(2)
-        .map(|pair| match (&pair[0], &pair[1]) {
+    let mut replies = replies.into_iter();
+    let mut snapshots = Vec::with_capacity(keys.len());
+    while let (Some(at), Some(payload)) = (replies.next(), replies.next()) {
+        snapshots.push(match (at, payload) {
             (Reply::Error(line), _) | (_, Reply::Error(line)) => {
-                Snapshot::Failed(ServerErrorReply::from_line(line))
+                Snapshot::Failed(ServerErrorReply::from_line(&line))
             }
-            (Reply::Integer(at), Reply::Bulk(payload)) if *at != -2 => Snapshot::Value {
-                payload: payload.clone(),
-                expiry: if *at < 0 {
+            (Reply::Integer(at), Reply::Bulk(payload)) if at != -2 => Snapshot::Value {
+                payload,
+                expiry: if at < 0 {
                     Expiry::Never
                 } else {
-                    Expiry::At(*at)
+                    Expiry::At(at)
                 },
             },
             _ => Snapshot::Missing,
-        })
-        .collect())
+        });
+    }
+    Ok(snapshots)
+}
+
+/// `EXISTS` of each key, as the replies of one `EXISTS` a key. One `EXISTS` of all the keys
+/// settles the common pages (none of them there yet, or all of them) in one command: its
+/// count is 0, or the number of keys, only when every key's own answer is the same. Any other
+/// count, and a cluster (whose keys span slots), asks key by key.
+pub(crate) fn exists_each(
+    store: &Store,
+    keys: &[Vec<u8>],
+    cancel: &CancelToken,
+) -> Result<Vec<Reply>> {
+    if store.cluster().is_none() && keys.len() > 1 {
+        let mut count = Command::from_args([&b"EXISTS"[..]]);
+        for key in keys {
+            count.push(key);
+        }
+        match store.call(&count, ReadTimeout::Configured, cancel)? {
+            Reply::Integer(0) => return Ok(vec![Reply::Integer(0); keys.len()]),
+            Reply::Integer(n) if n == keys.len() as i64 => {
+                return Ok(vec![Reply::Integer(1); keys.len()])
+            }
+            _ => {}
+        }
+    }
+    let each: Vec<Command> = keys
+        .iter()
+        .map(|key| Command::from_args([&b"EXISTS"[..], key]))
+        .collect();
+    store.pipeline(&each, cancel)
 }
 
 fn read_relative(source: &Store, keys: &[Vec<u8>], cancel: &CancelToken) -> Result<Vec<Snapshot>> {
