@@ -15,7 +15,7 @@ pub struct ServerErrorReply {
 impl ServerErrorReply {
     pub fn from_line(line: &[u8]) -> Self {
         ServerErrorReply {
-            message: crate::reply::error_message(line).to_vec(),
+            message: crate::protocol::reply::error_message(line).to_vec(),
         }
     }
 }
@@ -103,7 +103,7 @@ impl Error {
             },
             io::ErrorKind::InvalidData => match err
                 .get_ref()
-                .and_then(|inner| inner.downcast_ref::<crate::reply::UnexpectedType>())
+                .and_then(|inner| inner.downcast_ref::<crate::protocol::reply::UnexpectedType>())
             {
                 Some(unexpected) => Error::UnexpectedReplyType(unexpected.0),
                 None => Error::Protocol(err.to_string()),

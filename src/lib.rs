@@ -1,52 +1,39 @@
 //! Core of gitlab_multistore: Redis connections and the routing of commands between the two
 //! stores of a partition being migrated. Pure Rust, no Ruby: the binding in
 //! `ext/gitlab_multistore` converts values and maps errors, nothing else.
+//!
+//! The layers, each a folder, each using only those listed before it (and the files at the
+//! root: `error`, `fork`, `seconds`, `metrics`):
+//! - `protocol`: what Redis speaks -- commands, replies, the command table (which arguments
+//!   are keys, whether a command reads or writes), key namespaces, glob patterns.
+//! - `transport`: one connection to one server -- sockets, TLS, timeouts, cancellation,
+//!   requests whose outcome is in doubt, connections borrowed for a block.
+//! - `backend`: a store, whatever its shape -- one server, one found through Sentinel, or a
+//!   Cluster -- with its pool of connections.
+//! - `routing`: which store a command goes to under the migration flags.
+//! - `migration`: copying and comparing keys between stores -- backfill, verify.
+//! - `healing`: what keeps the stores together when one fails -- breakers, the journal of keys
+//!   a store missed and the re-sync that copies them, the state a partition shares.
+//! - `multi_store`: the entry point a client calls, built on all of the above.
 
-pub mod backfill;
-pub mod blocking;
-pub mod borrowed;
-pub mod breaker;
-pub mod cancel;
-pub mod cluster;
-pub mod command;
-pub mod command_table;
-pub mod config;
-pub mod connection;
-mod copy;
+pub mod backend;
 pub mod error;
 pub mod fork;
-pub mod glob;
-pub mod hyperloglog;
-pub mod in_doubt;
-pub mod journal;
-pub mod key_state;
+pub mod healing;
 pub mod metrics;
-pub mod migration_state;
+pub mod migration;
 pub mod multi_store;
-pub mod namespace;
-pub mod poll;
-pub mod reply;
-pub mod resync;
+pub mod protocol;
 pub mod routing;
-pub mod scan_lanes;
-pub mod scripts;
 pub mod seconds;
-pub mod sentinel;
-pub mod session;
-pub mod spin_wait;
-pub mod store;
-pub mod stream_ids;
-pub mod subscription;
-pub mod tls;
-pub mod verify;
-pub mod write_epochs;
+pub mod transport;
 
-pub use cancel::CancelToken;
-pub use command::Command;
-pub use config::{Address, StoreConfig};
+pub use backend::store::{ReadTimeout, Store};
 pub use error::{Error, Result, ServerErrorReply};
+pub use multi_store::session::Session;
 pub use multi_store::{Event, MultiStore, Outcome};
-pub use reply::Reply;
+pub use protocol::command::Command;
+pub use protocol::reply::Reply;
 pub use routing::{Flags, ReadStrategy, Role};
-pub use session::Session;
-pub use store::{ReadTimeout, Store};
+pub use transport::cancel::CancelToken;
+pub use transport::config::{Address, StoreConfig};

@@ -2,7 +2,7 @@
 //! these to decide when to flip the next flag. Label values are resolved once per instance
 //! (`InstanceMetrics`), so counting on the hot path is one atomic add.
 
-use crate::routing::Role;
+use crate::routing::{PerRole, Role};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -246,14 +246,7 @@ struct StoreHandles {
 pub struct InstanceMetrics {
     instance_name: String,
     non_default_write_failures: Option<IntCounter>,
-    stores: [StoreHandles; 2],
-}
-
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::Primary => 0,
-        Role::Secondary => 1,
-    }
+    stores: PerRole<StoreHandles>,
 }
 
 impl InstanceMetrics {
@@ -284,7 +277,7 @@ impl InstanceMetrics {
                 m.non_default_write_failures
                     .with_label_values(&[instance_name]),
             ),
-            stores: [Role::Primary, Role::Secondary].map(|role| StoreHandles {
+            stores: PerRole::from_fn(|role| StoreHandles {
                 requests: RequestKind::ALL
                     .iter()
                     .map(|kind| {
@@ -303,7 +296,7 @@ impl InstanceMetrics {
             return;
         }
         let seconds = started.elapsed().as_secs_f64();
-        let handles = &self.stores[role_index(role)];
+        let handles = &self.stores[role];
         if let Some(counter) = handles.requests.get(kind as usize) {
             counter.inc();
         }

@@ -1,9 +1,9 @@
 //! Where a command goes during a migration, decided from its kind and the feature flags. The
 //! decision is data (`Route`), separate from the I/O, so it is tested without a server.
 
-use crate::command::Command;
-use crate::command_table::{CommandKind, CommandSpec};
-use crate::reply::Reply;
+use crate::protocol::command::Command;
+use crate::protocol::command_table::{CommandKind, CommandSpec};
+use crate::protocol::reply::Reply;
 
 /// The feature flags, read through the host application's callbacks before each call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,6 +58,43 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Secondary => "secondary",
+        }
+    }
+}
+
+/// One of something for each store, looked up by role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerRole<T> {
+    pub primary: T,
+    pub secondary: T,
+}
+
+impl<T> PerRole<T> {
+    pub fn new(primary: T, secondary: T) -> Self {
+        PerRole { primary, secondary }
+    }
+
+    /// `f` of each role.
+    pub fn from_fn(f: impl Fn(Role) -> T) -> Self {
+        PerRole::new(f(Role::Primary), f(Role::Secondary))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        [&self.primary, &self.secondary].into_iter()
+    }
+
+    pub fn map<U>(&self, f: impl Fn(&T) -> U) -> PerRole<U> {
+        PerRole::new(f(&self.primary), f(&self.secondary))
+    }
+}
+
+impl<T> std::ops::Index<Role> for PerRole<T> {
+    type Output = T;
+
+    fn index(&self, role: Role) -> &T {
+        match role {
+            Role::Primary => &self.primary,
+            Role::Secondary => &self.secondary,
         }
     }
 }
@@ -121,7 +158,7 @@ pub fn route(
 /// a pattern (SORT_RO … BY/GET) would answer from the primary's partial keyspace without missing,
 /// so it is the default store's to answer.
 pub fn reads_named_keys_only(cmd: &Command, spec: &CommandSpec) -> bool {
-    if spec.first_key <= 0 && !spec.has_flag(crate::command_table::flag::MOVABLEKEYS) {
+    if spec.first_key <= 0 && !spec.has_flag(crate::protocol::command_table::flag::MOVABLEKEYS) {
         return false;
     }
     !(spec.name == "sort_ro"
@@ -204,7 +241,7 @@ const TTL_MINUS_TWO_WHEN_MISSING: &[&str] = &["expiretime", "pexpiretime", "pttl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command_table::lookup;
+    use crate::protocol::command_table::lookup;
 
     fn route_of(args: &[&str], flags: Flags) -> Route {
         let cmd = Command::from_args(args);

@@ -1,6 +1,7 @@
 mod support;
 
-use gitlab_multistore::cluster::{key_slot, ClusterConfig};
+use gitlab_multistore::backend::cluster::key_slot;
+use gitlab_multistore::transport::config::ClusterConfig;
 use gitlab_multistore::{Address, CancelToken, Command, Reply, Store, StoreConfig};
 use redis::Value;
 use std::thread::sleep;
@@ -178,8 +179,8 @@ fn routes_splits_scans_and_follows_a_moved_slot() {
 
 #[test]
 fn backfills_and_verifies_every_master_side_by_side_and_resumes_each_from_its_own_cursor() {
-    use gitlab_multistore::backfill::Backfill;
-    use gitlab_multistore::verify::{Verify, VerifyOptions};
+    use gitlab_multistore::migration::backfill::Backfill;
+    use gitlab_multistore::migration::verify::{Verify, VerifyOptions};
     use std::sync::Arc;
 
     let cluster = Cluster::start();

@@ -1,6 +1,6 @@
 mod support;
 
-use gitlab_multistore::command_table::{self, flag};
+use gitlab_multistore::protocol::command_table::{self, flag};
 use gitlab_multistore::Command;
 use redis::Value;
 use support::RedisServer;

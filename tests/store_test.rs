@@ -133,8 +133,10 @@ fn blocking_command_waits_past_the_read_timeout_with_its_own() {
     let mut config = server.config();
     config.read_timeout = Some(Duration::from_millis(100));
     let store = Store::new(config.clone());
-    let timeout =
-        gitlab_multistore::store::blocking_read_timeout(&config, Duration::from_millis(300));
+    let timeout = gitlab_multistore::backend::store::blocking_read_timeout(
+        &config,
+        Duration::from_millis(300),
+    );
     let reply = store
         .call(
             &Command::from_args(["BLPOP", "empty", "0.3"]),

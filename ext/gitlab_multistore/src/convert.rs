@@ -8,7 +8,7 @@
 //! pipelines and transactions).
 
 use crate::error::command_error_class;
-use gitlab_multistore::reply::error_message;
+use gitlab_multistore::protocol::reply::error_message;
 use gitlab_multistore::{Command, Reply};
 use magnus::rb_sys::FromRawValue;
 use magnus::{

@@ -7,9 +7,9 @@ use crate::convert::symbol_hash;
 use crate::error::to_ruby_error;
 use crate::native_store::NativeStore;
 use crate::nogvl::{cancel_token, without_gvl};
-use gitlab_multistore::backfill::{Backfill, BackfillReport, Checkpoint};
+use gitlab_multistore::migration::backfill::{Backfill, BackfillReport, Checkpoint};
+use gitlab_multistore::migration::verify::{Verify, VerifyCheckpoint, VerifyOptions, VerifyReport};
 use gitlab_multistore::routing::default_role;
-use gitlab_multistore::verify::{Verify, VerifyCheckpoint, VerifyOptions, VerifyReport};
 use gitlab_multistore::{Flags, Store};
 use magnus::{
     function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, RString, Ruby,

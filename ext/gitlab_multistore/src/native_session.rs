@@ -6,9 +6,9 @@ use crate::convert::{
 };
 use crate::error::to_ruby_error;
 use crate::nogvl::without_gvl;
-use gitlab_multistore::poll::{self, Ready};
+use gitlab_multistore::multi_store::session::NextMessage;
 use gitlab_multistore::seconds::Wait;
-use gitlab_multistore::session::NextMessage;
+use gitlab_multistore::transport::poll::{self, Ready};
 use gitlab_multistore::{Command, ReadTimeout, Session};
 use magnus::{method, prelude::*, Error, RArray, RModule, Ruby, Value};
 use parking_lot::{Mutex, MutexGuard};

@@ -11,7 +11,7 @@ use crate::events;
 use crate::native_session::NativeSession;
 use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
-use gitlab_multistore::breaker::BreakerSettings;
+use gitlab_multistore::healing::breaker::BreakerSettings;
 use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Reply, Role, Store};
 use magnus::value::Opaque;
 use magnus::{
@@ -340,7 +340,7 @@ impl NativeStore {
 }
 
 fn forget_partitions() {
-    gitlab_multistore::migration_state::MigrationState::forget_all();
+    gitlab_multistore::healing::migration_state::MigrationState::forget_all();
 }
 
 fn metrics_text() -> String {

@@ -1,9 +1,9 @@
 //! A store's options Hash (already normalised by redis-rb's own option parser on the Ruby side)
 //! as the core's `StoreConfig`.
 
-use gitlab_multistore::cluster::ClusterConfig;
 use gitlab_multistore::seconds::Wait;
-use gitlab_multistore::sentinel::{SentinelConfig, SentinelNode, SentinelRole};
+use gitlab_multistore::transport::config::ClusterConfig;
+use gitlab_multistore::transport::config::{SentinelConfig, SentinelNode, SentinelRole};
 use gitlab_multistore::StoreConfig;
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, TryConvert};
 use std::time::Duration;
@@ -98,7 +98,9 @@ pub fn store_config(ruby: &Ruby, options: RHash) -> Result<StoreConfig, Error> {
                 "a Redis::Namespace over a Redis Cluster client is not supported as a store",
             ));
         }
-        config.namespace = Some(gitlab_multistore::namespace::Namespace::new(&name));
+        config.namespace = Some(gitlab_multistore::protocol::namespace::Namespace::new(
+            &name,
+        ));
     }
     if config.pool_size == 0 {
         return Err(Error::new(

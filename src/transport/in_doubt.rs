@@ -7,10 +7,10 @@
 //! nothing more of it can run), and the socket is kept until the server closes it. `settle`
 //! waits for that; whoever compares or copies keys settles both stores first.
 
-use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::fork::{self, ForkSafeMutex};
-use crate::poll::{self, Ready};
+use crate::transport::cancel::CancelToken;
+use crate::transport::poll::{self, Ready};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};

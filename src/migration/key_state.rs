@@ -7,11 +7,11 @@
 //! unreadable, which is never "the same": two refusals would otherwise hash alike.
 //! Shared by verify, backfill's second look and re-sync.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
+use crate::backend::store::Store;
 use crate::error::{Error, Result, ServerErrorReply};
-use crate::reply::Reply;
-use crate::store::Store;
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
+use crate::transport::cancel::CancelToken;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyState {
@@ -146,13 +146,15 @@ fn value_reads(kind: &[u8], key: &[u8]) -> Vec<Command> {
 fn digest(kind: &[u8], values: &[Reply]) -> [u8; 20] {
     let mut items: Vec<Vec<u8>> = Vec::new();
     match (kind, values) {
-        (b"string", [Reply::Bulk(value)]) => match crate::hyperloglog::registers(value) {
-            Some(registers) => {
-                items.push(b"hyperloglog registers".to_vec());
-                items.push(registers);
+        (b"string", [Reply::Bulk(value)]) => {
+            match crate::migration::hyperloglog::registers(value) {
+                Some(registers) => {
+                    items.push(b"hyperloglog registers".to_vec());
+                    items.push(registers);
+                }
+                None => items.push(value.clone()),
             }
-            None => items.push(value.clone()),
-        },
+        }
         (b"set", [members]) => {
             flatten(members, &mut items);
             items.sort();
@@ -297,6 +299,26 @@ fn flatten(reply: &Reply, out: &mut Vec<Vec<u8>>) {
         Reply::Integer(n) => out.push(n.to_string().into_bytes()),
         Reply::Nil => out.push(Vec::new()),
     }
+}
+
+/// TTLs within a second are equal: they tick down between the reads of the two stores.
+pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
+
+/// Whether each key is the same on both stores (type, value, TTL within a second; absent from
+/// both counts as the same).
+pub fn same_on_both(
+    primary: &Store,
+    secondary: &Store,
+    keys: &[Vec<u8>],
+    cancel: &CancelToken,
+) -> Result<Vec<bool>> {
+    let on_secondary = read(secondary, keys, cancel)?;
+    let on_primary = read(primary, keys, cancel)?;
+    Ok(on_secondary
+        .iter()
+        .zip(&on_primary)
+        .map(|(s, p)| s.same_as(p, DEFAULT_TTL_TOLERANCE_MS))
+        .collect())
 }
 
 #[cfg(test)]

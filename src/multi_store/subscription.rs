@@ -7,7 +7,7 @@
 //! `WINDOW` and was not matched yet. Subscription confirmations (and their counts) are the
 //! default store's; the other store's are read and dropped.
 
-use crate::reply::Reply;
+use crate::protocol::reply::Reply;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

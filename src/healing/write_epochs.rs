@@ -11,8 +11,8 @@
 //! Each count carries the fork generation it was made in (high 16 bits), so a child never
 //! waits for writes its parent had in flight, without a reset that could race with its own.
 
-use crate::cancel::CancelToken;
 use crate::fork;
+use crate::transport::cancel::CancelToken;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ impl WriteEpochs {
     pub fn wait_for_earlier_writes(&self, timeout: Duration, cancel: &CancelToken) -> bool {
         let mine = generation() + 1;
         let deadline = Instant::now() + timeout;
-        let pause = || Instant::now() < deadline && crate::cancel::pause(cancel, POLL);
+        let pause = || Instant::now() < deadline && crate::transport::cancel::pause(cancel, POLL);
         let _one_at_a_time = loop {
             let holder = self.waiting.load(Ordering::Acquire);
             // Free (0), or taken in a generation before a fork: nobody here is waiting.

@@ -7,13 +7,13 @@
 //! the copy's own latency (a 10 MB value, a paused server). Servers older than Redis 7.0 lack
 //! PEXPIRETIME: there the TTL is read with PTTL and the read time is taken off.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
+use crate::backend::store::{ReadTimeout, Store};
 use crate::error::{Result, ServerErrorReply};
-use crate::key_state;
-use crate::reply::Reply;
+use crate::migration::key_state;
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
 use crate::routing::Role;
-use crate::store::{ReadTimeout, Store};
+use crate::transport::cancel::CancelToken;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -320,7 +320,7 @@ pub(crate) fn at_once<A: Send, B: Send>(
     b: impl FnOnce(&CancelToken) -> Result<B> + Send,
 ) -> Result<(A, B)> {
     let panicked = || crate::error::Error::Protocol("a read panicked".into());
-    match crate::cancel::both(cancel, a, b) {
+    match crate::transport::cancel::both(cancel, a, b) {
         (Some(a), Some(b)) => Ok((a?, b?)),
         _ => Err(panicked()),
     }

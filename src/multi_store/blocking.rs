@@ -4,8 +4,8 @@
 //! that already differs does not lose the wrong element. A blocking XREADGROUP that delivered
 //! new entries delivers as many on the other store, so its consumer group advances the same way.
 
-use crate::command::Command;
-use crate::reply::Reply;
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
 
 /// The commands that replay on the non-default store what a blocking command did on the
 /// default one, or nothing when it timed out or changed nothing (XREAD only reads).

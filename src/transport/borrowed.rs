@@ -8,8 +8,8 @@
 //! not), so a thread-local slot is that Ruby thread's, and needs no lock. Borrows nest; the
 //! connection goes back to the pool when the outermost one ends.
 
-use crate::connection::Connection;
 use crate::fork;
+use crate::transport::connection::Connection;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -3,14 +3,14 @@
 //! lazily, reopened once after a connection error (redis-rb's `reconnect_attempts`), and never
 //! carried across a fork.
 
-use crate::cancel::CancelToken;
-use crate::cluster::{Cluster, ClusterInFlight};
-use crate::command::Command;
-use crate::config::StoreConfig;
-use crate::connection::{Connection, Reply};
+use crate::backend::cluster::{Cluster, ClusterInFlight};
 use crate::error::{Error, Result};
 use crate::fork::{self, ForkSafeMutex};
-use crate::in_doubt::InDoubt;
+use crate::protocol::command::Command;
+use crate::transport::cancel::CancelToken;
+use crate::transport::config::StoreConfig;
+use crate::transport::connection::{Connection, Reply};
+use crate::transport::in_doubt::InDoubt;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -74,7 +74,7 @@ pub struct Store {
     run_id: ForkSafeMutex<Option<String>>,
     reset: Arc<ResetSignal>,
     /// Behind Sentinel: the address the sentinels last gave.
-    resolved: ForkSafeMutex<Option<crate::config::Address>>,
+    resolved: ForkSafeMutex<Option<crate::transport::config::Address>>,
     /// A Redis Cluster: commands go to its nodes, each a standalone `Store`, and this store's
     /// own pool stays unused.
     cluster: Option<Cluster>,
@@ -97,7 +97,7 @@ impl Store {
             )
         });
         Store {
-            uid: crate::borrowed::next_store_id(),
+            uid: crate::transport::borrowed::next_store_id(),
             db: AtomicI64::new(config.db),
             config,
             epoch: AtomicU64::new(0),
@@ -184,7 +184,10 @@ impl Store {
             ReadTimeout::Configured,
             cancel,
         )?;
-        if let Some(id) = info.as_bytes().and_then(crate::connection::run_id) {
+        if let Some(id) = info
+            .as_bytes()
+            .and_then(crate::transport::connection::run_id)
+        {
             self.note_run_id(Some(&id));
         }
         Ok(())
@@ -324,7 +327,7 @@ impl Store {
     /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`. On a cluster,
     /// ask `node_for` which node's connection to take.
     pub fn checkout(&self, cancel: &CancelToken) -> Result<Connection> {
-        if let Some(conn) = crate::borrowed::take(self.uid) {
+        if let Some(conn) = crate::transport::borrowed::take(self.uid) {
             // One the server closed, or of a database or pool left since, is replaced by the
             // next one this thread opens or takes.
             if conn.epoch == self.epoch.load(Ordering::Acquire) && conn.still_open() {
@@ -346,7 +349,7 @@ impl Store {
             return;
         }
         conn.set_idle();
-        let Some(conn) = crate::borrowed::keep(self.uid, conn) else {
+        let Some(conn) = crate::transport::borrowed::keep(self.uid, conn) else {
             return; // kept for the thread that borrows this store's connection
         };
         let mut idle = pool.idle.lock();
@@ -360,12 +363,12 @@ impl Store {
     /// the thread: its commands go to whichever node owns their keys.
     pub fn borrow(&self) {
         if self.cluster.is_none() {
-            crate::borrowed::begin(self.uid);
+            crate::transport::borrowed::begin(self.uid);
         }
     }
 
     pub fn give_back(&self) {
-        if let Some(conn) = crate::borrowed::end(self.uid) {
+        if let Some(conn) = crate::transport::borrowed::end(self.uid) {
             self.checkin(conn);
         }
     }
@@ -450,13 +453,13 @@ impl Store {
         config.db = self.db();
         if let Some(sentinel) = &self.config.sentinel {
             // Asked on every new connection: after a failover the next reconnect follows it.
-            config.address = crate::sentinel::resolve(&config, sentinel, cancel)?;
+            config.address = crate::backend::sentinel::resolve(&config, sentinel, cancel)?;
             *self.resolved.lock() = Some(config.address.clone());
         }
         let mut conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
         conn.report_unanswered_to(Arc::clone(&self.in_doubt));
         if let Some(sentinel) = &self.config.sentinel {
-            crate::sentinel::check_role(&mut conn, sentinel, cancel)?;
+            crate::backend::sentinel::check_role(&mut conn, sentinel, cancel)?;
         }
         self.connected.store(true, Ordering::Release);
         self.note_run_id(conn.run_id.as_deref());

@@ -6,7 +6,7 @@
 //! therefore given the ID the default store chose: the two writes then run one after the
 //! other rather than at once, for XADD and the batches (pipelines, transactions) holding one.
 
-use crate::command::Command;
+use crate::protocol::command::Command;
 
 /// Where a XADD's ID argument is when the server is asked to choose it (`*`, or `<ms>-*`),
 /// after NOMKSTREAM and a MAXLEN/MINID trim with its `=`/`~` and LIMIT.
@@ -47,8 +47,11 @@ pub fn has_auto_id(cmds: &[Command]) -> bool {
 /// A batch as the other store should run it once the default store ran it: each XADD that let
 /// the server choose gets the ID the default store's reply holds (in a MULTI … EXEC batch,
 /// EXEC's reply holds them). `None` when the batch has no such XADD.
-pub fn mirror_batch(cmds: &[Command], replies: &[crate::reply::Reply]) -> Option<Vec<Command>> {
-    use crate::reply::Reply;
+pub fn mirror_batch(
+    cmds: &[Command],
+    replies: &[crate::protocol::reply::Reply],
+) -> Option<Vec<Command>> {
+    use crate::protocol::reply::Reply;
     if !has_auto_id(cmds) {
         return None;
     }
@@ -137,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_batch_takes_the_ids_from_its_replies_or_from_exec() {
-        use crate::reply::Reply;
+        use crate::protocol::reply::Reply;
         let id = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
         let xadd = Command::from_args(["xadd", "s", "*", "f", "v"]);
         let set = Command::from_args(["set", "k", "v"]);

@@ -2,8 +2,8 @@
 //! does not know (it was loaded before dual-write began, or the store restarted) is recovered
 //! by loading the script there, instead of leaving that store without the write.
 
-use crate::command::Command;
 use crate::fork::ForkSafeMutex;
+use crate::protocol::command::Command;
 use std::collections::HashMap;
 
 /// Bounded: an application has a handful of scripts; a flood of distinct ones (scripts built

@@ -35,7 +35,7 @@ pub struct StoreConfig {
     pub client_name: Option<String>,
     pub ssl: bool,
     /// Certificates for `ssl` (defaults: verify against the Mozilla roots).
-    pub tls: crate::tls::TlsConfig,
+    pub tls: crate::transport::tls::TlsConfig,
     /// `None` waits forever, as redis-rb does for a timeout of 0.
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -49,11 +49,11 @@ pub struct StoreConfig {
     /// zero never polls.
     pub spin_wait: Duration,
     /// Behind Redis Sentinel: `address` is then only where the last resolution pointed.
-    pub sentinel: Option<crate::sentinel::SentinelConfig>,
+    pub sentinel: Option<SentinelConfig>,
     /// A Redis Cluster: `address` is then its first configured node.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
     /// A key namespace (`Redis::Namespace`): keys are sent as `<namespace>:<key>`.
-    pub namespace: Option<crate::namespace::Namespace>,
+    pub namespace: Option<crate::protocol::namespace::Namespace>,
 }
 
 impl StoreConfig {
@@ -77,7 +77,7 @@ impl StoreConfig {
             password: None,
             client_name: None,
             ssl: false,
-            tls: crate::tls::TlsConfig {
+            tls: crate::transport::tls::TlsConfig {
                 verify: true,
                 verify_hostname: true,
                 ..Default::default()
@@ -156,6 +156,38 @@ impl fmt::Debug for StoreConfig {
             .field("write_timeout", &self.write_timeout)
             .finish()
     }
+}
+
+/// A sentinel to ask where the master is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelNode {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentinelRole {
+    Master,
+    Replica,
+}
+
+/// A store reached through Redis Sentinel: the sentinels asked, and which of the monitored
+/// master's servers to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    pub sentinels: Vec<SentinelNode>,
+    /// The name the sentinels monitor the master under (redis-rb's `host` with `sentinels:`).
+    pub master_name: String,
+    pub role: SentinelRole,
+}
+
+/// A Redis Cluster store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The nodes given in the configuration: where the slot map is first asked for.
+    pub seeds: Vec<Address>,
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Where a backfill or verify stands in its SCAN of a store, as lanes walked side by side: one
+//! Walking a store's keys for a backfill or verify: SCAN pages, and where the walk stands, as lanes walked side by side: one
 //! per master of a Redis Cluster (each master is scanned, copied and compared in parallel, by a
 //! bounded number of workers), one for a single server. A cluster lane uses the cluster SCAN
 //! cursor of redis-rb (low 8 bits: the master; the rest: that master's own cursor), starting at
@@ -9,9 +9,11 @@
 //! met where there are several lanes (a checkpoint of the one-master-after-the-other walk) is
 //! continued from: the masters before its index are done.
 
-use crate::cancel::CancelToken;
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::backend::store::Store;
+use crate::error::{Error, Result, ServerErrorReply};
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
+use crate::transport::cancel::CancelToken;
 
 /// At most this many lanes are worked at once: each holds a page in memory and a connection to
 /// each store.
@@ -186,13 +188,67 @@ impl<P: Send> Lanes<P> {
             .into_iter()
             .map(|lane| move |token: &CancelToken| page(lane, token))
             .collect();
-        crate::cancel::all(cancel, jobs)
+        crate::transport::cancel::all(cancel, jobs)
             .into_iter()
             .map(|done| {
                 done.unwrap_or_else(|| Err(Error::Protocol("a scan worker panicked".into())))
             })
             .collect()
     }
+}
+
+/// One SCAN page: the next cursor and the keys.
+pub(crate) fn scan_page(
+    store: &Store,
+    cursor: &[u8],
+    pattern: Option<&[u8]>,
+    count: usize,
+    cancel: &CancelToken,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    let count = count.to_string();
+    let mut scan = Command::from_args([&b"SCAN"[..], cursor, b"COUNT", count.as_bytes()]);
+    if let Some(pattern) = pattern {
+        scan.push(b"MATCH");
+        scan.push(pattern);
+    }
+    match store.call(&scan, Default::default(), cancel)? {
+        Reply::Array(mut page) if page.len() == 2 => {
+            let keys = match page.pop() {
+                Some(Reply::Array(keys)) => keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        Reply::Bulk(k) => Some(k),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let cursor = page
+                .pop()
+                .and_then(|c| c.as_bytes().map(<[u8]>::to_vec))
+                .unwrap_or_else(|| b"0".to_vec());
+            Ok((cursor, keys))
+        }
+        Reply::Error(line) => Err(Error::Server(ServerErrorReply::from_line(&line))),
+        other => Err(Error::Protocol(format!("unexpected SCAN reply {other:?}"))),
+    }
+}
+
+pub(crate) fn integer(reply: &Reply) -> Option<i64> {
+    match reply {
+        Reply::Integer(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// How many keys a store holds, for progress (DBSIZE); 0, unknown, inside a key namespace,
+/// whose keys only a full SCAN could count.
+pub fn estimated_keys(store: &Store, cancel: &CancelToken) -> Result<u64> {
+    if store.config().namespace.is_some() {
+        return Ok(0);
+    }
+    let dbsize = store.call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
+    Ok(integer(&dbsize).unwrap_or(0).max(0) as u64)
 }
 
 #[cfg(test)]

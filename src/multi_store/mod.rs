@@ -2,27 +2,31 @@
 //! default store's reply is what the caller gets; whatever happens on the other store is
 //! reported as an `Event` (and counted), never returned as an error.
 
-use crate::blocking;
-use crate::breaker::{Admission, Breaker, BreakerSettings, BreakerState, Transition};
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::command_table::{self, CommandKind, CommandSpec};
-use crate::config::StoreConfig;
-use crate::connection::Reply;
+pub mod blocking;
+pub mod session;
+pub mod stream_ids;
+pub mod subscription;
+
+use crate::backend::store::{blocking_read_timeout, ReadTimeout, Store};
 use crate::error::{Error, Result, ServerErrorReply};
 use crate::fork::ForkSafeMutex;
-use crate::journal::Journal;
+use crate::healing::breaker::{Admission, Breaker, BreakerSettings, BreakerState, Transition};
+use crate::healing::journal::Journal;
+use crate::healing::migration_state::MigrationState;
+use crate::healing::resync::{self, ResyncContext};
 use crate::metrics::{InstanceMetrics, RequestKind};
-use crate::migration_state::MigrationState;
-use crate::resync::{self, ResyncContext};
-use crate::routing::{self, default_role, is_miss, Flags, ReadStrategy, Role, Route};
-use crate::session::Session;
-use crate::store::{blocking_read_timeout, ReadTimeout, Store};
+use crate::protocol::command::Command;
+use crate::protocol::command_table::{self, CommandKind, CommandSpec};
+use crate::routing::{self, default_role, is_miss, Flags, PerRole, ReadStrategy, Role, Route};
+use crate::transport::cancel::CancelToken;
+use crate::transport::config::StoreConfig;
+use crate::transport::connection::Reply;
+use session::Session;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::migration_state::{
+use crate::healing::migration_state::{
     DUAL_WRITE_NEVER_ON, DUAL_WRITE_OFF_BOTH_DEFAULT, DUAL_WRITE_OFF_PRIMARY_DEFAULT,
     DUAL_WRITE_OFF_SECONDARY_DEFAULT, DUAL_WRITE_ON,
 };
@@ -60,8 +64,7 @@ pub struct Outcome<T> {
 
 pub struct MultiStore {
     instance_name: String,
-    primary: Arc<Store>,
-    secondary: Arc<Store>,
+    stores: PerRole<Arc<Store>>,
     /// The configurations name one server and database.
     configured_same: bool,
     /// Whether the two stores are one server under two names (`localhost` and `127.0.0.1`, a
@@ -111,7 +114,7 @@ struct WritesInFlight<'j> {
     journal: &'j Journal,
     keys: Vec<Vec<u8>>,
     /// The write counted for copies that must wait for it (`Journal::write_begins`).
-    _counted: Option<crate::write_epochs::WriteInFlight<'j>>,
+    _counted: Option<crate::healing::write_epochs::WriteInFlight<'j>>,
 }
 
 impl Drop for WritesInFlight<'_> {
@@ -175,8 +178,10 @@ impl MultiStore {
             same_server: AtomicU8::new(SAME_SERVER_UNKNOWN),
             same_server_asked: ForkSafeMutex::new(None),
             same_server_asking: parking_lot::Mutex::new(()),
-            primary: store(primary, Role::Primary),
-            secondary: store(secondary, Role::Secondary),
+            stores: PerRole::new(
+                store(primary, Role::Primary),
+                store(secondary, Role::Secondary),
+            ),
             metrics,
             instance_name,
             read_strategy: ReadStrategy::PrimaryWithFallback,
@@ -202,7 +207,7 @@ impl MultiStore {
     }
 
     pub fn breaker(&self, role: Role) -> &Breaker {
-        &self.state.breakers[role_index(role)]
+        &self.state.breakers[role]
     }
 
     /// What this partition's migration has been through in this process (shared by its
@@ -222,18 +227,18 @@ impl MultiStore {
         };
         Status {
             breakers: [
-                self.state.breakers[0].state(),
-                self.state.breakers[1].state(),
+                self.state.breakers.primary.state(),
+                self.state.breakers.secondary.state(),
             ],
             recent_write_failures,
             journal_keys: self.state.journal.len(),
             journal_peak: self.state.journal.peak(),
             journal_overflows: self.state.journal.overflows(),
             full_verify_needed: self.state.journal.full_verify_needed(),
-            resets: [self.primary.resets(), self.secondary.resets()],
+            resets: [self.stores.primary.resets(), self.stores.secondary.resets()],
             requests_in_doubt: [
-                self.primary.requests_in_doubt(),
-                self.secondary.requests_in_doubt(),
+                self.stores.primary.requests_in_doubt(),
+                self.stores.secondary.requests_in_doubt(),
             ],
         }
     }
@@ -307,11 +312,11 @@ impl MultiStore {
     }
 
     pub fn primary(&self) -> &Arc<Store> {
-        &self.primary
+        &self.stores.primary
     }
 
     pub fn secondary(&self) -> &Arc<Store> {
-        &self.secondary
+        &self.stores.secondary
     }
 
     /// True when both stores hold the same data: the same server (as configured, or as the
@@ -326,8 +331,8 @@ impl MultiStore {
             known => known == SAME_SERVER,
         };
         same_server
-            && self.primary.db() == self.secondary.db()
-            && self.primary.config().namespace == self.secondary.config().namespace
+            && self.stores.primary.db() == self.stores.secondary.db()
+            && self.stores.primary.config().namespace == self.stores.secondary.config().namespace
     }
 
     /// Compares the servers' run_ids (read by every connection's handshake), connecting to a
@@ -335,12 +340,13 @@ impl MultiStore {
     /// stores count as different (a write then goes to both, as before sameness could be told)
     /// and they are asked again a second later.
     fn ask_same_server(&self, flags: Flags, cancel: &CancelToken) -> bool {
-        if self.primary.cluster().is_some() || self.secondary.cluster().is_some() {
+        if self.stores.primary.cluster().is_some() || self.stores.secondary.cluster().is_some() {
             // A cluster's nodes each have their own run_id: sameness is the configuration's.
             self.same_server.store(OTHER_SERVERS, Ordering::Release);
             return false;
         }
         let wait = self
+            .stores
             .primary
             .config()
             .connect_timeout
@@ -382,8 +388,8 @@ impl MultiStore {
             Ordering::Release,
         );
         if same
-            && self.primary.db() == self.secondary.db()
-            && self.primary.config().namespace == self.secondary.config().namespace
+            && self.stores.primary.db() == self.stores.secondary.db()
+            && self.stores.primary.config().namespace == self.stores.secondary.config().namespace
         {
             tracing::warn!(instance_name = %self.instance_name, "both stores are the same server under two names: each write goes to it once");
         }
@@ -397,20 +403,21 @@ impl MultiStore {
     /// names of the server or the database selected since.
     pub fn check_namespaces_apart(&self, flags: Flags, cancel: &CancelToken) -> Result<()> {
         let (primary, secondary) = (
-            &self.primary.config().namespace,
-            &self.secondary.config().namespace,
+            &self.stores.primary.config().namespace,
+            &self.stores.secondary.config().namespace,
         );
-        let contains = |outer: &Option<crate::namespace::Namespace>,
-                        inner: &Option<crate::namespace::Namespace>| {
-            match (outer, inner) {
-                (None, _) => true,
-                (Some(outer), Some(inner)) => inner.within(outer),
-                (Some(_), None) => false,
-            }
-        };
+        let contains =
+            |outer: &Option<crate::protocol::namespace::Namespace>,
+             inner: &Option<crate::protocol::namespace::Namespace>| {
+                match (outer, inner) {
+                    (None, _) => true,
+                    (Some(outer), Some(inner)) => inner.within(outer),
+                    (Some(_), None) => false,
+                }
+            };
         let overlap = (primary.is_some() || secondary.is_some())
             && (contains(primary, secondary) || contains(secondary, primary));
-        if !overlap || self.primary.db() != self.secondary.db() {
+        if !overlap || self.stores.primary.db() != self.stores.secondary.db() {
             return Ok(());
         }
         let same_server = match self.same_server.load(Ordering::Acquire) {
@@ -420,7 +427,7 @@ impl MultiStore {
         if !same_server {
             return Ok(());
         }
-        let name = |ns: &Option<crate::namespace::Namespace>| match ns {
+        let name = |ns: &Option<crate::protocol::namespace::Namespace>| match ns {
             Some(ns) => format!("namespace {:?}", String::from_utf8_lossy(ns.name())),
             None => "no namespace".to_string(),
         };
@@ -432,10 +439,7 @@ impl MultiStore {
     }
 
     pub fn store(&self, role: Role) -> &Arc<Store> {
-        match role {
-            Role::Primary => &self.primary,
-            Role::Secondary => &self.secondary,
-        }
+        &self.stores[role]
     }
 
     pub fn default_store(&self, flags: Flags) -> &Arc<Store> {
@@ -513,13 +517,13 @@ impl MultiStore {
                 Ok(reply) => {
                     let mirror = blocking::mirror(cmd, reply);
                     if !mirror.is_empty() && !self.same_store(flags, cancel) {
-                        self.mirror(&mirror, other_role(default), &mut ctx);
+                        self.mirror(&mirror, default.other(), &mut ctx);
                     }
                 }
                 // What it popped, if it popped anything before the connection failed, cannot be
                 // told: the other store is re-synced from the default one.
                 Err(error) if error.is_connection_error() => {
-                    self.journal_missed(std::slice::from_ref(cmd), other_role(default));
+                    self.journal_missed(std::slice::from_ref(cmd), default.other());
                 }
                 Err(_) => {}
             }
@@ -548,7 +552,7 @@ impl MultiStore {
             .and_then(|db| std::str::from_utf8(db).ok())
             .and_then(|db| db.parse::<i64>().ok());
         if let (Ok(Reply::Status(_)), Some(db)) = (&result, db) {
-            let other = other_role(default);
+            let other = default.other();
             if flags.dual_write && !self.same_store(flags, cancel) {
                 let checked = self.timed(other, RequestKind::Other, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
@@ -650,7 +654,7 @@ impl MultiStore {
         };
         let wanted = flags.dual_write || default_role(flags) != pinned;
         if wanted && !cmds.is_empty() && !self.same_store(flags, cancel) {
-            self.mirror(cmds, other_role(pinned), &mut ctx);
+            self.mirror(cmds, pinned.other(), &mut ctx);
         }
         self.outcome(ctx, Ok(()))
     }
@@ -690,7 +694,7 @@ impl MultiStore {
 
     /// Moves both stores to database `db` (nothing is sent: their connections reopen on it).
     pub fn set_db(&self, db: i64) {
-        if db != self.primary.db() && !self.state.journal.is_empty() {
+        if db != self.stores.primary.db() && !self.state.journal.is_empty() {
             // The journal names keys of the database it was filled in: re-synced in another, the
             // wrong keys would be copied, and the missed ones never. A full verify (of each
             // database, as the README says) takes over.
@@ -698,25 +702,25 @@ impl MultiStore {
             self.state.journal.require_full_verify(None);
             tracing::warn!(instance_name = %self.instance_name, "SELECT while keys waited for re-sync: a full verify is needed");
         }
-        self.primary.select(db);
-        self.secondary.select(db);
+        self.stores.primary.select(db);
+        self.stores.secondary.select(db);
     }
 
     pub fn disconnect(&self) {
-        self.primary.disconnect();
-        self.secondary.disconnect();
+        self.stores.primary.disconnect();
+        self.stores.secondary.disconnect();
     }
 
     /// Until `give_back_connections`, this thread uses one connection of each store for all
     /// its calls (GitLab's `with_borrowed_connection`). Borrows nest.
     pub fn borrow_connections(&self) {
-        self.primary.borrow();
-        self.secondary.borrow();
+        self.stores.primary.borrow();
+        self.stores.secondary.borrow();
     }
 
     pub fn give_back_connections(&self) {
-        self.primary.give_back();
-        self.secondary.give_back();
+        self.stores.primary.give_back();
+        self.stores.secondary.give_back();
     }
 
     pub fn is_connected(&self, flags: Flags) -> bool {
@@ -858,7 +862,7 @@ impl MultiStore {
     /// A command a namespaced store would refuse is refused before it reaches either store,
     /// so the other one neither runs it nor counts it as a missed write.
     fn runs_in_namespaces(&self, cmds: &[Command]) -> Result<()> {
-        for store in [&self.primary, &self.secondary] {
+        for store in [&self.stores.primary, &self.stores.secondary] {
             if let Some(namespace) = &store.config().namespace {
                 for cmd in cmds {
                     namespace.command(cmd)?;
@@ -916,7 +920,7 @@ impl MultiStore {
         on_default: impl FnOnce(&Store) -> Result<T>,
         both: impl FnOnce(&mut CallContext) -> Result<T>,
     ) -> Result<T> {
-        let other = other_role(default);
+        let other = default.other();
         // Free while nothing is journaled (no lock taken on the hot path).
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
             self.catch_up_default(cmds, default, ctx.cancel);
@@ -954,7 +958,7 @@ impl MultiStore {
         if matches!(look_failed, Error::Interrupted) {
             return Err(Error::Interrupted); // nothing of the write was sent yet
         }
-        let other = other_role(default);
+        let other = default.other();
         let reply = self.missing_write(cmds, other, || self.timed(default, kind, write));
         self.report_non_default_failure(other, look_failed, ctx);
         reply
@@ -1011,17 +1015,17 @@ impl MultiStore {
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
-        let other = other_role(default);
+        let other = default.other();
         let cancel = ctx.cancel;
         let other_started = Instant::now();
-        let (reply, other_reply) = match crate::stream_ids::auto_id_position(cmd) {
+        let (reply, other_reply) = match crate::multi_store::stream_ids::auto_id_position(cmd) {
             // The other store gets the stream entry under the ID the default store chose.
             Some(id_at) => {
                 let reply = self.timed(default, kind, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
                 });
                 let mirrored = match &reply {
-                    Ok(Reply::Bulk(id)) => crate::stream_ids::with_id(cmd, id_at, id),
+                    Ok(Reply::Bulk(id)) => crate::multi_store::stream_ids::with_id(cmd, id_at, id),
                     _ => cmd.clone(),
                 };
                 let other_reply = self
@@ -1133,7 +1137,7 @@ impl MultiStore {
             })
         };
         if let Some(lagging) = self.journaled(cmd, spec) {
-            return read(other_role(lagging));
+            return read(lagging.other());
         }
         if self.state.journal.full_verify_needed() {
             // Some missed writes could not be journaled, a store restarted or dual-write was off
@@ -1358,7 +1362,7 @@ impl MultiStore {
         if keys.is_empty() {
             return Ok(Presence::Partial(Vec::new()));
         }
-        let other = other_role(source);
+        let other = source.other();
         let probes = exists_probes(keys.iter().copied());
         let in_flight = self.store(other).send(&probes, cancel);
         let on_source = self.store(source).pipeline(&probes, cancel);
@@ -1415,7 +1419,7 @@ impl MultiStore {
         tracing::debug!(instance_name = %self.instance_name, keys = keys.len(), "a write changed keys only one store had: re-syncing them");
         self.state
             .journal
-            .record(Some(keys.iter().map(Vec::as_slice)), other_role(default));
+            .record(Some(keys.iter().map(Vec::as_slice)), default.other());
         self.metrics.journal_size(self.state.journal.len());
         self.ensure_resync();
     }
@@ -1426,16 +1430,16 @@ impl MultiStore {
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
-        let other = other_role(default);
+        let other = default.other();
         let cancel = ctx.cancel;
         let other_started = Instant::now();
-        let (replies, other_replies) = if crate::stream_ids::has_auto_id(cmds) {
+        let (replies, other_replies) = if crate::multi_store::stream_ids::has_auto_id(cmds) {
             // The other store stores XADD * entries under the IDs the default store chose.
             let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             let mirrored = replies
                 .as_ref()
                 .ok()
-                .and_then(|r| crate::stream_ids::mirror_batch(cmds, r));
+                .and_then(|r| crate::multi_store::stream_ids::mirror_batch(cmds, r));
             let other_cmds = mirrored.as_deref().unwrap_or(cmds);
             (replies, self.store(other).pipeline(other_cmds, cancel))
         } else {
@@ -1478,7 +1482,7 @@ impl MultiStore {
             self.journal_missed(cmds, role);
             return;
         }
-        let source = other_role(role);
+        let source = role.other();
         let _counted = self.state.journal.write_begins();
         let partial = match self.keys_only_one_store_has(cmds, source, cancel) {
             Ok(Presence::Partial(partial)) => Some(partial),
@@ -1612,7 +1616,7 @@ impl MultiStore {
     /// How a verify's repair and a backfill's re-copy run by this MultiStore bring keys in line:
     /// through its re-sync, so the copies cannot undo its own dual writes (see
     /// `resync::RepairThroughResync`).
-    pub fn reconciler(&self) -> Arc<dyn crate::copy::Reconciler> {
+    pub fn reconciler(&self) -> Arc<dyn crate::migration::copy::Reconciler> {
         Arc::new(resync::RepairThroughResync {
             ctx: self.resync_context(),
         })
@@ -1621,8 +1625,7 @@ impl MultiStore {
     fn resync_context(&self) -> ResyncContext {
         ResyncContext {
             instance_name: self.instance_name.clone(),
-            primary: Arc::clone(&self.primary),
-            secondary: Arc::clone(&self.secondary),
+            stores: self.stores.clone(),
             state: Arc::downgrade(&self.state),
             metrics: self.metrics.clone(),
         }
@@ -1699,20 +1702,6 @@ fn request_kind(spec: Option<&CommandSpec>) -> RequestKind {
         Some(CommandKind::Read) => RequestKind::Read,
         Some(CommandKind::Write) => RequestKind::Write,
         _ => RequestKind::Other,
-    }
-}
-
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::Primary => 0,
-        Role::Secondary => 1,
-    }
-}
-
-fn other_role(role: Role) -> Role {
-    match role {
-        Role::Primary => Role::Secondary,
-        Role::Secondary => Role::Primary,
     }
 }
 

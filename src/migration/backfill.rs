@@ -22,15 +22,15 @@
 //! Streaming: one SCAN page in memory at a time (plus the keys restored during the last settle
 //! delay), whatever the size of the store.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::copy::{self, DirectCopy, Fingerprint, Reconciler, Snapshot};
+use crate::backend::store::Store;
 use crate::error::{Error, Result};
-use crate::in_doubt::WAIT_BEFORE_COMPARING;
-use crate::reply::Reply;
+use crate::migration::copy::{self, DirectCopy, Fingerprint, Reconciler, Snapshot};
+use crate::migration::scan_lanes::{estimated_keys, scan_page, Lane, Lanes};
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
 use crate::routing::Role;
-use crate::scan_lanes::{Lane, Lanes};
-use crate::store::Store;
+use crate::transport::cancel::CancelToken;
+use crate::transport::in_doubt::WAIT_BEFORE_COMPARING;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -233,7 +233,7 @@ impl Backfill {
         let (pages, looked) = if due.is_empty() {
             (copy_pages(cancel), Ok(BackfillReport::default()))
         } else {
-            let (pages, looked) = crate::cancel::both(cancel, copy_pages, |cancel| {
+            let (pages, looked) = crate::transport::cancel::both(cancel, copy_pages, |cancel| {
                 copier.second_look(&due, secondary_is_default, cancel)
             });
             let panicked = || Error::Protocol("a backfill worker panicked".into());
@@ -275,7 +275,7 @@ impl Backfill {
         if finished {
             while let Some((at, keys)) = self.recheck.pop_front() {
                 let wait = self.settle_delay.saturating_sub(at.elapsed());
-                if !wait.is_zero() && !crate::cancel::pause(cancel, wait) {
+                if !wait.is_zero() && !crate::transport::cancel::pause(cancel, wait) {
                     self.recheck.push_front((at, keys));
                     return Err(Error::Interrupted);
                 }
@@ -370,7 +370,7 @@ impl Copier<'_> {
         let next = page.next.clone();
         let (written, ahead) = match next.as_deref().filter(|_| read_ahead) {
             Some(cursor) => {
-                let (written, ahead) = crate::cancel::both(
+                let (written, ahead) = crate::transport::cancel::both(
                     cancel,
                     |cancel| self.write(page, cancel),
                     |cancel| self.read(cursor, index, lanes, cancel),
@@ -397,7 +397,7 @@ impl Copier<'_> {
     ) -> Result<ReadPage> {
         let (returned, keys) = scan_page(self.secondary, cursor, self.pattern, self.count, cancel)?;
         let mut page = ReadPage {
-            next: crate::scan_lanes::next_cursor(lane, lanes, &returned),
+            next: crate::migration::scan_lanes::next_cursor(lane, lanes, &returned),
             restores: Vec::new(),
             restoring: Vec::new(),
             counts: BackfillReport {
@@ -526,7 +526,7 @@ impl Copier<'_> {
             }
         }
         counts.undone = self.delete_from_primary(&lost, cancel)?;
-        let tolerance = crate::verify::DEFAULT_TTL_TOLERANCE_MS;
+        let tolerance = crate::migration::key_state::DEFAULT_TTL_TOLERANCE_MS;
         // Changed through dual-write on both stores since: nothing to do for those.
         let different =
             copy::still_different(self.secondary, self.primary, &changed, tolerance, cancel)?;
@@ -561,60 +561,4 @@ impl Copier<'_> {
             .filter(|reply| **reply == Reply::Integer(1))
             .count() as u64)
     }
-}
-
-/// One SCAN page: the next cursor and the keys.
-pub(crate) fn scan_page(
-    store: &Store,
-    cursor: &[u8],
-    pattern: Option<&[u8]>,
-    count: usize,
-    cancel: &CancelToken,
-) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
-    let count = count.to_string();
-    let mut scan = Command::from_args([&b"SCAN"[..], cursor, b"COUNT", count.as_bytes()]);
-    if let Some(pattern) = pattern {
-        scan.push(b"MATCH");
-        scan.push(pattern);
-    }
-    match store.call(&scan, Default::default(), cancel)? {
-        Reply::Array(mut page) if page.len() == 2 => {
-            let keys = match page.pop() {
-                Some(Reply::Array(keys)) => keys
-                    .into_iter()
-                    .filter_map(|k| match k {
-                        Reply::Bulk(k) => Some(k),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let cursor = page
-                .pop()
-                .and_then(|c| c.as_bytes().map(<[u8]>::to_vec))
-                .unwrap_or_else(|| b"0".to_vec());
-            Ok((cursor, keys))
-        }
-        Reply::Error(line) => Err(Error::Server(crate::error::ServerErrorReply::from_line(
-            &line,
-        ))),
-        other => Err(Error::Protocol(format!("unexpected SCAN reply {other:?}"))),
-    }
-}
-
-pub(crate) fn integer(reply: &Reply) -> Option<i64> {
-    match reply {
-        Reply::Integer(n) => Some(*n),
-        _ => None,
-    }
-}
-
-/// How many keys a store holds, for progress (DBSIZE); 0, unknown, inside a key namespace,
-/// whose keys only a full SCAN could count.
-pub fn estimated_keys(store: &Store, cancel: &CancelToken) -> Result<u64> {
-    if store.config().namespace.is_some() {
-        return Ok(0);
-    }
-    let dbsize = store.call(&Command::from_args(["DBSIZE"]), Default::default(), cancel)?;
-    Ok(integer(&dbsize).unwrap_or(0).max(0) as u64)
 }

@@ -5,10 +5,10 @@
 //! capacity it stops recording and says a full verify is needed, instead of growing without
 //! limit.
 
-use crate::cancel::CancelToken;
 use crate::fork::ForkSafeMutex;
+use crate::healing::write_epochs::{WriteEpochs, WriteInFlight};
 use crate::routing::Role;
-use crate::write_epochs::{WriteEpochs, WriteInFlight};
+use crate::transport::cancel::CancelToken;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -3,34 +3,12 @@
 //! error, so a failover is followed by the next reconnect. A connection whose server turns out
 //! to have another role (an old master demoted by a failover) is refused, as in redis-rb.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::config::{Address, StoreConfig};
-use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::reply::Reply;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentinelNode {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SentinelRole {
-    Master,
-    Replica,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentinelConfig {
-    pub sentinels: Vec<SentinelNode>,
-    /// The name the sentinels monitor the master under (redis-rb's `host` with `sentinels:`).
-    pub master_name: String,
-    pub role: SentinelRole,
-}
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
+use crate::transport::cancel::CancelToken;
+use crate::transport::config::{Address, SentinelConfig, SentinelRole, StoreConfig};
+use crate::transport::connection::Connection;
 
 /// The address to connect to now, asked of each sentinel in turn.
 pub fn resolve(

@@ -5,12 +5,12 @@
 //! of them (GitLab's `Wrapper.pool`) must not have one instance read a key another one knows to
 //! be stale, nor call the stores safe to switch while another one saw them fail.
 
-use crate::breaker::{Breaker, BreakerSettings};
-use crate::config::StoreConfig;
 use crate::fork::ForkSafeMutex;
-use crate::journal::Journal;
-use crate::routing::Role;
-use crate::scripts::ScriptCache;
+use crate::healing::breaker::{Breaker, BreakerSettings};
+use crate::healing::journal::Journal;
+use crate::healing::scripts::ScriptCache;
+use crate::routing::{PerRole, Role};
+use crate::transport::config::StoreConfig;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -31,7 +31,7 @@ pub const DUAL_WRITE_OFF_BOTH_DEFAULT: u8 = 4;
 pub struct MigrationState {
     pub journal: Journal,
     /// One per store, used while that store is the non-default one: [primary, secondary].
-    pub breakers: [Breaker; 2],
+    pub breakers: PerRole<Breaker>,
     pub scripts: ScriptCache,
     /// When non-default writes failed, for `status`.
     pub recent_failures: ForkSafeMutex<VecDeque<Instant>>,
@@ -53,7 +53,7 @@ impl MigrationState {
         let breaker = || Breaker::new(BreakerSettings::default());
         MigrationState {
             journal: Journal::new(DEFAULT_JOURNAL_CAPACITY),
-            breakers: [breaker(), breaker()],
+            breakers: PerRole::new(breaker(), breaker()),
             scripts: ScriptCache::default(),
             recent_failures: ForkSafeMutex::new(VecDeque::new()),
             reset_seen: AtomicBool::new(false),

@@ -4,7 +4,7 @@
 //! `Timeout.timeout`, a `Thread#kill`, a trap handler) or to go on waiting for what is left of
 //! the deadline.
 
-use crate::cancel::CancelToken;
+use crate::transport::cancel::CancelToken;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};

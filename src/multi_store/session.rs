@@ -2,14 +2,14 @@
 //! EXEC on the same connection, and a subscription reads many replies to one command, so such
 //! a caller keeps one connection out of the pool until it is done.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::connection::{Connection, Reply};
+use crate::backend::store::{blocking_read_timeout, ReadTimeout, Store};
 use crate::error::Result;
 use crate::fork;
+use crate::multi_store::subscription::{Dedup, Side};
+use crate::protocol::command::Command;
 use crate::routing::Role;
-use crate::store::{blocking_read_timeout, ReadTimeout, Store};
-use crate::subscription::{Dedup, Side};
+use crate::transport::cancel::CancelToken;
+use crate::transport::connection::{Connection, Reply};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ impl Session {
     }
 
     fn note(&mut self, cmds: &[Command]) {
-        self.changed_state |= !crate::store::reusable_after(cmds);
+        self.changed_state |= !crate::backend::store::reusable_after(cmds);
     }
 
     pub fn role(&self) -> Role {

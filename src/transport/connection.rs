@@ -3,17 +3,17 @@
 //! because an interrupt has to shut the socket down from another thread,
 //! and a blocking command has to change the read timeout for one call.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::config::{Address, StoreConfig};
 use crate::error::{Error, Result, ServerErrorReply};
-use crate::in_doubt::InDoubt;
-use crate::namespace::{Namespace, ReplyKeys};
-use crate::poll::Ready;
-pub use crate::reply::Reply;
-use crate::reply::ReplyReader;
-use crate::spin_wait::SpinWait;
-use crate::tls::TlsStream;
+use crate::protocol::command::Command;
+use crate::protocol::namespace::{Namespace, ReplyKeys};
+pub use crate::protocol::reply::Reply;
+use crate::protocol::reply::ReplyReader;
+use crate::transport::cancel::CancelToken;
+use crate::transport::config::{Address, StoreConfig};
+use crate::transport::in_doubt::InDoubt;
+use crate::transport::poll::Ready;
+use crate::transport::spin_wait::SpinWait;
+use crate::transport::tls::TlsStream;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -76,7 +76,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
-            Stream::Tls(s) => crate::tls::read(s, buf),
+            Stream::Tls(s) => crate::transport::tls::read(s, buf),
         }
     }
 }
@@ -173,8 +173,8 @@ impl Connection {
                         .map_err(failed_to_connect)?;
                     let _watch = cancel.watch(stream.as_raw_fd()).ok_or(Error::Interrupted)?;
                     let stop = || cancel.stop_after_signal();
-                    let tls =
-                        crate::tls::connect(stream, host, &config.tls, &stop).map_err(|e| {
+                    let tls = crate::transport::tls::connect(stream, host, &config.tls, &stop)
+                        .map_err(|e| {
                             match e.kind() {
                                 // A hung server: a timeout while connecting, as redis-rb names it.
                                 io::ErrorKind::WouldBlock
@@ -490,7 +490,7 @@ struct ReplyWait<'a> {
     spin: Option<(&'a mut SpinWait, RawFd)>,
 }
 
-impl crate::reply::Waiting for ReplyWait<'_> {
+impl crate::protocol::reply::Waiting for ReplyWait<'_> {
     fn stop(&self) -> bool {
         self.cancel.stop_after_signal()
     }
@@ -543,7 +543,7 @@ fn connect_addr(
             if e.raw_os_error() == Some(libc::EINPROGRESS)
                 || e.kind() == io::ErrorKind::WouldBlock =>
         {
-            crate::poll::wait(socket.as_raw_fd(), Ready::Writable, timeout, cancel)?;
+            crate::transport::poll::wait(socket.as_raw_fd(), Ready::Writable, timeout, cancel)?;
             if let Some(err) = socket.take_error()? {
                 return Err(err);
             }

@@ -4,17 +4,17 @@
 //! that differs is copied from the default store -- the store callers are answered from, whose
 //! data is the truth -- and checked again.
 
-use crate::backfill::scan_page;
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::copy::{self, DirectCopy, Reconciler};
+use crate::backend::store::Store;
 use crate::error::Result;
-use crate::in_doubt::WAIT_BEFORE_COMPARING;
-use crate::key_state::{self, KeyState};
-use crate::reply::Reply;
+use crate::migration::copy::{self, DirectCopy, Reconciler};
+use crate::migration::key_state::{self, KeyState};
+use crate::migration::scan_lanes::scan_page;
+use crate::migration::scan_lanes::Lanes;
+use crate::protocol::command::Command;
+use crate::protocol::reply::Reply;
 use crate::routing::Role;
-use crate::scan_lanes::Lanes;
-use crate::store::Store;
+use crate::transport::cancel::CancelToken;
+use crate::transport::in_doubt::WAIT_BEFORE_COMPARING;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,8 +123,7 @@ pub struct VerifyCheckpoint {
     pub report: VerifyReport,
 }
 
-/// TTLs within a second are equal: they tick down between the reads of the two stores.
-pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
+pub use crate::migration::key_state::DEFAULT_TTL_TOLERANCE_MS;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -208,7 +207,7 @@ impl Verify {
             self.started = true;
             self.report.total = match self.options.sample {
                 Some(sample) => sample,
-                None => crate::backfill::estimated_keys(&self.secondary, cancel)?,
+                None => crate::migration::scan_lanes::estimated_keys(&self.secondary, cancel)?,
             };
         }
         match self.phase {
@@ -268,7 +267,9 @@ impl Verify {
                 Role::Primary => checker.find_only_on_primary(&keys, cancel)?,
             };
             let (index, of) = lane.position();
-            lane.advance(crate::scan_lanes::next_cursor(index, of, &returned));
+            lane.advance(crate::migration::scan_lanes::next_cursor(
+                index, of, &returned,
+            ));
             Ok(page)
         });
         let done = lanes.done();
@@ -317,7 +318,7 @@ impl Verify {
                 self.options
                     .pattern
                     .as_deref()
-                    .is_none_or(|p| crate::glob::matches(p, k))
+                    .is_none_or(|p| crate::protocol::glob::matches(p, k))
             })
             .collect();
         keys.truncate(n);
@@ -452,21 +453,4 @@ impl Checker<'_> {
         }
         Ok(page)
     }
-}
-
-/// Whether each key is the same on both stores (type, value, TTL within a second; absent from
-/// both counts as the same).
-pub fn same_on_both(
-    primary: &Store,
-    secondary: &Store,
-    keys: &[Vec<u8>],
-    cancel: &CancelToken,
-) -> Result<Vec<bool>> {
-    let on_secondary = key_state::read(secondary, keys, cancel)?;
-    let on_primary = key_state::read(primary, keys, cancel)?;
-    Ok(on_secondary
-        .iter()
-        .zip(&on_primary)
-        .map(|(s, p)| s.same_as(p, DEFAULT_TTL_TOLERANCE_MS))
-        .collect())
 }

@@ -9,14 +9,14 @@
 //! Each node is a standalone `Store` with its own pool, so connections, reconnects, fork safety
 //! and restart detection are the node's business, not repeated here.
 
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::command_table;
-use crate::config::{Address, StoreConfig};
-use crate::connection::Reply;
+use crate::backend::store::{InFlight, ReadTimeout, Store};
 use crate::error::{Error, Result, ServerErrorReply};
-use crate::in_doubt::InDoubt;
-use crate::store::{InFlight, ReadTimeout, Store};
+use crate::protocol::command::Command;
+use crate::protocol::command_table;
+use crate::transport::cancel::CancelToken;
+use crate::transport::config::{Address, StoreConfig};
+use crate::transport::connection::Reply;
+use crate::transport::in_doubt::InDoubt;
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -33,12 +33,6 @@ const MAX_REDIRECTIONS: usize = 5;
 /// A burst of MOVED replies (a resharding in progress) reloads the slot map at most this often;
 /// in between, each MOVED patches the one slot it names.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// The nodes given in the configuration: where the slot map is first asked for.
-    pub seeds: Vec<Address>,
-}
 
 /// The hash slot of a key: CRC16 (XMODEM) of the key, or of its `{hash tag}` when it has a
 /// non-empty one, modulo 16384 — Redis's own `keyHashSlot`.

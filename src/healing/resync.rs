@@ -5,17 +5,17 @@
 //! the comparison fail, and the key is simply copied again on the next round. Runs on its own
 //! thread, without the GVL, off the callers' threads; exits when its MultiStore is dropped.
 
-use crate::breaker::{Admission, Breaker, Transition};
-use crate::cancel::CancelToken;
-use crate::command::Command;
-use crate::copy;
-use crate::in_doubt::WAIT_BEFORE_RESYNC;
-use crate::journal::{Entry, Journal};
+use crate::backend::store::Store;
+use crate::healing::breaker::{Admission, Breaker, Transition};
+use crate::healing::journal::{Entry, Journal};
+use crate::healing::migration_state::MigrationState;
 use crate::metrics::InstanceMetrics;
-use crate::migration_state::MigrationState;
-use crate::routing::Role;
-use crate::store::Store;
-use crate::verify::same_on_both;
+use crate::migration::copy;
+use crate::migration::key_state::same_on_both;
+use crate::protocol::command::Command;
+use crate::routing::{PerRole, Role};
+use crate::transport::cancel::CancelToken;
+use crate::transport::in_doubt::WAIT_BEFORE_RESYNC;
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,26 +32,13 @@ const WAIT_FOR_EARLIER_WRITES: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ResyncContext {
     pub instance_name: String,
-    pub primary: Arc<Store>,
-    pub secondary: Arc<Store>,
+    pub stores: PerRole<Arc<Store>>,
     pub state: Weak<MigrationState>,
     pub metrics: InstanceMetrics,
 }
 
-impl ResyncContext {
-    fn store(&self, role: Role) -> &Store {
-        match role {
-            Role::Primary => &self.primary,
-            Role::Secondary => &self.secondary,
-        }
-    }
-}
-
 fn breaker(state: &MigrationState, role: Role) -> &Breaker {
-    &state.breakers[match role {
-        Role::Primary => 0,
-        Role::Secondary => 1,
-    }]
+    &state.breakers[role]
 }
 
 /// Starts the partition's re-sync thread unless this process (since its last fork) already has.
@@ -206,7 +193,7 @@ pub struct RepairThroughResync {
     pub ctx: ResyncContext,
 }
 
-impl crate::copy::Reconciler for RepairThroughResync {
+impl crate::migration::copy::Reconciler for RepairThroughResync {
     fn written_alone(&self, role: Role) -> bool {
         self.ctx
             .state
@@ -221,20 +208,23 @@ impl crate::copy::Reconciler for RepairThroughResync {
         ttl_tolerance_ms: i64,
         cancel: &CancelToken,
     ) -> crate::error::Result<Vec<Vec<u8>>> {
-        let direct = crate::copy::DirectCopy::new(&self.ctx.primary, &self.ctx.secondary);
+        let direct = crate::migration::copy::DirectCopy::new(
+            &self.ctx.stores.primary,
+            &self.ctx.stores.secondary,
+        );
         let Some(state) = self.ctx.state.upgrade() else {
             return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
         };
         if !state.dual_write_on() {
             // The flags changed since the caller chose `source`: the target is now the store
             // written alone, and a copy onto it would undo its writes.
-            if state.written_alone(other(source)) {
+            if state.written_alone(source.other()) {
                 return Ok(keys.to_vec());
             }
             return direct.reconcile(source, keys, ttl_tolerance_ms, cancel);
         }
         let journal = &state.journal;
-        let target = other(source);
+        let target = source.other();
         let newer_on_target: Vec<Vec<u8>> = journal
             .entries(keys)
             .into_iter()
@@ -292,14 +282,14 @@ fn resync_batch(
     keys: &[(Vec<u8>, Entry)],
     cancel: &CancelToken,
 ) -> Result<u64, Failed> {
-    let source_role = other(lagging);
+    let source_role = lagging.other();
     let failed_on = |store: Role| move |error| Failed { store, error };
-    let source = ctx.store(source_role);
-    let target = ctx.store(lagging);
+    let source = &ctx.stores[source_role];
+    let target = &ctx.stores[lagging];
     // A write that timed out may still land on either store: copied before it lands, the key
     // would differ again once it does, and compare equal now.
     for role in [source_role, lagging] {
-        ctx.store(role)
+        ctx.stores[role]
             .settle_requests_in_doubt(WAIT_BEFORE_RESYNC, cancel)
             .map_err(failed_on(role))?;
     }
@@ -335,7 +325,7 @@ fn resync_batch(
             .map_err(failed_on(lagging))?;
     }
 
-    let equal = same_on_both(&ctx.primary, &ctx.secondary, &names, cancel)
+    let equal = same_on_both(&ctx.stores.primary, &ctx.stores.secondary, &names, cancel)
         .map_err(failed_on(source_role))?;
     Ok(fenced.release(&equal))
 }
@@ -374,11 +364,4 @@ fn state_written_alone(ctx: &ResyncContext, role: Role) -> bool {
     ctx.state
         .upgrade()
         .is_some_and(|state| state.written_alone(role))
-}
-
-fn other(role: Role) -> Role {
-    match role {
-        Role::Primary => Role::Secondary,
-        Role::Secondary => Role::Primary,
-    }
 }

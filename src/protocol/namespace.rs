@@ -11,10 +11,10 @@
 //! that name keys the table cannot place are refused before anything is sent: run inside a
 //! namespace they would reach, or count, other partitions' keys.
 
-use crate::command::Command;
-use crate::command_table;
 use crate::error::{Error, Result};
-use crate::reply::Reply;
+use crate::protocol::command::Command;
+use crate::protocol::command_table;
+use crate::protocol::reply::Reply;
 
 /// How the key names in a command's reply come back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

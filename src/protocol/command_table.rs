@@ -2,7 +2,7 @@
 //! never needs a round trip and never relies on a hand-kept list. The table is generated from a
 //! live `COMMAND` (script/generate_command_table.rb) and checked against one in the tests.
 
-use crate::command::Command;
+use crate::protocol::command::Command;
 use std::cmp::Ordering;
 
 #[path = "command_table/redis_7_0.rs"]
