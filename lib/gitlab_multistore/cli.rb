@@ -54,9 +54,7 @@ module GitlabMultistore
     end
 
     # Messages can quote a URL; never print its password.
-    def redact(text)
-      text.gsub(%r{(://[^:/@\s]*:)[^@\s]*@}, '\1*****@')
-    end
+    def redact(text) = Gitlab::Redis::Wrapper.redact_text(text)
 
     private
 

@@ -170,6 +170,12 @@ module Gitlab
           nil
         end
 
+        # Free text that may quote URLs (an error message), each URL's password replaced by
+        # REDACTED.
+        def redact_text(text)
+          text.gsub(%r{(://[^:/@\s]*:)[^@\s]*@}) { "#{Regexp.last_match(1)}#{REDACTED}@" }
+        end
+
         # The URL with its password (if any) replaced by REDACTED.
         def redact_url(url)
           uri = URI.parse(url)
