@@ -201,6 +201,25 @@ impl crate::migration::copy::Reconciler for RepairThroughResync {
             .is_some_and(|state| state.written_alone(role))
     }
 
+    /// Journaled for the re-sync, which compares each key and copies it from the other store
+    /// where it differs. Without a known lagging store, with no room in the journal, or with no
+    /// dual-write to keep the journal true, only a full verify can tell, and the migration
+    /// status says so.
+    fn hand_over(&self, keys: &[Vec<u8>], lagging: Option<Role>) {
+        let Some(state) = self.ctx.state.upgrade() else {
+            return;
+        };
+        match lagging {
+            Some(lagging)
+                if state.dual_write_on() && state.journal.record_if_room(keys, lagging) =>
+            {
+                self.ctx.metrics.journal_size(state.journal.len());
+                ensure_running(&state, || self.ctx.clone());
+            }
+            _ => state.journal.require_full_verify(lagging.map(Role::other)),
+        }
+    }
+
     fn reconcile(
         &self,
         source: Role,

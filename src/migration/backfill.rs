@@ -98,6 +98,10 @@ pub struct Backfill {
 /// longer (verify finds such a key as "only on the primary").
 pub const DEFAULT_SETTLE_DELAY: Duration = Duration::from_secs(1);
 
+/// Once every page is copied, a step waits at most this long for the last second looks to be
+/// due: a switch of the default store meanwhile is then seen before they are made.
+const LONGEST_FINAL_WAIT: Duration = Duration::from_millis(200);
+
 impl Backfill {
     pub fn new(
         primary: Arc<Store>,
@@ -181,10 +185,36 @@ impl Backfill {
     }
 
     /// Copies one SCAN page -- of each of up to `scan_lanes::WORKERS` masters at once, when the
-    /// secondary is a cluster. Call until the report says `done`.
+    /// secondary is a cluster -- and looks a second time at pages copied a settle delay ago.
+    /// Once every page is copied, the steps left wait for and make the last second looks: each
+    /// step gets the flags anew (a switch still stops the backfill) and a checkpoint after it
+    /// holds what is left to look at. Call until the report says `done`.
+    ///
+    /// A step that fails hands the keys still waiting for their second look to the re-sync
+    /// (see `Reconciler::hand_over`), so that a backfill given up on leaves no copy unchecked.
     pub fn step(&mut self, cancel: &CancelToken) -> Result<&BackfillReport> {
+        if let Err(error) = self.advance(cancel) {
+            let waiting: Vec<Copied> = self
+                .recheck
+                .iter()
+                .flat_map(|(_, keys)| keys.iter().cloned())
+                .collect();
+            if !waiting.is_empty() {
+                let keys: Vec<Vec<u8>> = waiting.into_iter().map(|(key, _)| key).collect();
+                // Copies from the secondary, while it is the default store, may be stale or
+                // deleted since; once the primary is the default, which store is behind depends on
+                // what was written since.
+                let lagging = self.secondary_is_default.then_some(Role::Primary);
+                self.reconciler.hand_over(&keys, lagging);
+            }
+            return Err(error);
+        }
+        Ok(&self.report)
+    }
+
+    fn advance(&mut self, cancel: &CancelToken) -> Result<()> {
         if self.report.done {
-            return Ok(&self.report);
+            return Ok(());
         }
         if !self.started {
             // Commands that timed out earlier may still land on either store: compared (or
@@ -211,6 +241,22 @@ impl Backfill {
             reconciler: self.reconciler.as_ref(),
         };
         let secondary_is_default = self.secondary_is_default;
+        let copying = !lanes.done();
+        if !copying {
+            // Only second looks are left: wait for the first of them to be due -- in short
+            // steps, each of which the caller follows with the flags as they are then.
+            if let Some((at, _)) = self.recheck.front() {
+                let wait = self.settle_delay.saturating_sub(at.elapsed());
+                if !wait.is_zero() {
+                    if !crate::transport::cancel::pause(cancel, wait.min(LONGEST_FINAL_WAIT)) {
+                        return Err(Error::Interrupted);
+                    }
+                    if wait > LONGEST_FINAL_WAIT {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         // The second look of pages whose settle delay has passed reads the secondary while
         // this step's pages are copied: the secondary, which does most of a backfill's work,
         // is kept busy rather than waiting for one or the other.
@@ -223,26 +269,29 @@ impl Backfill {
                 due.extend(keys);
             }
         }
-        // Masters copied side by side already overlap reading with writing.
-        let read_ahead = lanes.count() == 1;
-        let mut copy_pages = |cancel: &CancelToken| {
-            lanes.run(cancel, |lane, cancel| {
-                copier.lane_page(lane, read_ahead, cancel)
-            })
-        };
-        let (pages, looked) = if due.is_empty() {
-            (copy_pages(cancel), Ok(BackfillReport::default()))
+        let look = |cancel: &CancelToken| copier.second_look(&due, secondary_is_default, cancel);
+        let (pages, looked) = if !copying {
+            (Vec::new(), look(cancel))
         } else {
-            let (pages, looked) = crate::transport::cancel::both(cancel, copy_pages, |cancel| {
-                copier.second_look(&due, secondary_is_default, cancel)
-            });
-            let panicked = || Error::Protocol("a backfill worker panicked".into());
-            (
-                pages.unwrap_or_else(|| vec![Err(panicked())]),
-                looked.unwrap_or_else(|| Err(panicked())),
-            )
+            // Masters copied side by side already overlap reading with writing.
+            let read_ahead = lanes.count() == 1;
+            let mut copy_pages = |cancel: &CancelToken| {
+                lanes.run(cancel, |lane, cancel| {
+                    copier.lane_page(lane, read_ahead, cancel)
+                })
+            };
+            if due.is_empty() {
+                (copy_pages(cancel), Ok(BackfillReport::default()))
+            } else {
+                let (pages, looked) = crate::transport::cancel::both(cancel, copy_pages, look);
+                let panicked = || Error::Protocol("a backfill worker panicked".into());
+                (
+                    pages.unwrap_or_else(|| vec![Err(panicked())]),
+                    looked.unwrap_or_else(|| Err(panicked())),
+                )
+            }
         };
-        let finished = lanes.done();
+        let copied_all = lanes.done();
         let mut failed = None;
         match looked {
             Ok(counts) => self.report.add_second_look(&counts),
@@ -265,6 +314,9 @@ impl Backfill {
                     if !written.restored.is_empty() {
                         self.recheck.push_back((Instant::now(), written.restored));
                     }
+                    if let Some(error) = written.failure {
+                        failed = failed.or(Some(error));
+                    }
                 }
                 Err(error) => failed = failed.or(Some(error)),
             }
@@ -272,37 +324,8 @@ impl Backfill {
         if let Some(error) = failed {
             return Err(error);
         }
-        if finished {
-            while let Some((at, keys)) = self.recheck.pop_front() {
-                let wait = self.settle_delay.saturating_sub(at.elapsed());
-                if !wait.is_zero() && !crate::transport::cancel::pause(cancel, wait) {
-                    self.recheck.push_front((at, keys));
-                    return Err(Error::Interrupted);
-                }
-                let counts = self
-                    .copier()
-                    .second_look(&keys, secondary_is_default, cancel);
-                match counts {
-                    Ok(counts) => self.report.add_second_look(&counts),
-                    Err(error) => {
-                        self.recheck.push_front((at, keys));
-                        return Err(error);
-                    }
-                }
-            }
-        }
-        self.report.done = finished;
-        Ok(&self.report)
-    }
-
-    fn copier(&self) -> Copier<'_> {
-        Copier {
-            primary: &self.primary,
-            secondary: &self.secondary,
-            pattern: self.pattern.as_deref(),
-            count: self.count,
-            reconciler: self.reconciler.as_ref(),
-        }
+        self.report.done = copied_all && self.recheck.is_empty();
+        Ok(())
     }
 }
 
@@ -341,6 +364,9 @@ pub struct ReadPage {
 struct Written {
     restored: Vec<Copied>,
     counts: BackfillReport,
+    /// The RESTOREs, or the first look after them, failed: the step fails once the keys are
+    /// queued for their second look.
+    failure: Option<Error>,
 }
 
 /// The copying of pages, shared by the lanes' workers.
@@ -448,6 +474,7 @@ impl Copier<'_> {
             return Ok(Written {
                 restored: Vec::new(),
                 counts,
+                failure: None,
             });
         }
         // The flags made the primary the only store written since the page began (looked at as
@@ -456,7 +483,18 @@ impl Copier<'_> {
         if self.reconciler.written_alone(Role::Primary) {
             return Err(Error::SoleStore("primary"));
         }
-        let results = self.primary.pipeline(&page.restores, cancel)?;
+        let results = match self.primary.pipeline(&page.restores, cancel) {
+            Ok(results) => results,
+            // Some RESTOREs may have landed: every key of the page gets its second look, which
+            // deletes what the secondary lost and copies again what differs.
+            Err(error) => {
+                return Ok(Written {
+                    restored: page.restoring,
+                    counts,
+                    failure: Some(error),
+                })
+            }
+        };
         let mut restored = Vec::with_capacity(page.restoring.len());
         for (copied, result) in page.restoring.into_iter().zip(results) {
             match result {
@@ -469,12 +507,26 @@ impl Copier<'_> {
             }
         }
         let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
-        let (kept, undone) = self.undo_lost(&names, cancel)?;
+        let (kept, undone) = match self.undo_lost(&names, cancel) {
+            Ok(looked) => looked,
+            // Not looked at now: the second look will.
+            Err(error) => {
+                return Ok(Written {
+                    restored,
+                    counts,
+                    failure: Some(error),
+                })
+            }
+        };
         counts.undone += undone;
         counts.copied = counts.copied.saturating_sub(undone);
         let kept: HashSet<Vec<u8>> = kept.into_iter().collect();
         restored.retain(|(key, _)| kept.contains(key));
-        Ok(Written { restored, counts })
+        Ok(Written {
+            restored,
+            counts,
+            failure: None,
+        })
     }
 
     /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
@@ -512,6 +564,11 @@ impl Copier<'_> {
         let mut counts = BackfillReport::default();
         let names: Vec<Vec<u8>> = copied.iter().map(|(key, _)| key.clone()).collect();
         let now = copy::read(self.secondary, &names, cancel)?;
+        // Deleting or copying onto a primary the flags made the only store written would undo
+        // the application's writes there.
+        if self.reconciler.written_alone(Role::Primary) {
+            return Err(Error::SoleStore("primary"));
+        }
         let mut lost = Vec::new();
         let mut changed = Vec::new();
         for ((key, fingerprint), snapshot) in copied.iter().zip(now) {

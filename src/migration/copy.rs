@@ -246,6 +246,11 @@ pub trait Reconciler: Send + Sync {
     fn written_alone(&self, _role: Role) -> bool {
         false
     }
+
+    /// Keys that may differ, which the caller could not check (it failed or was stopped): left
+    /// to whoever brings the stores together later -- `lagging`, when known, is the store that
+    /// may be behind the other. On its own, a copy has nobody to leave them to.
+    fn hand_over(&self, _keys: &[Vec<u8>], _lagging: Option<Role>) {}
 }
 
 /// Copies straight from one store to the other (see `reconcile`).

@@ -338,6 +338,51 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
       expect([deleted.size, deleted.count { |i| primary.exists?("x:#{i}") }]).to eq([5_000, 0])
     end
 
+    it "stops in its final settle delay when the primary becomes the only store written, keeping the application's writes" do
+      populate(secondary, 50, prefix: "key")
+      secondary.set("t", "old", px: 700)
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      operator = Thread.new do
+        sleep 0.25 # the pages are copied by now: the backfill waits to look at them again
+        flags.set(:use_primary_store_as_default_for_backfill) # the new store alone from here
+        store.set("t", "new")
+      end
+
+      expect { store.backfill(count: 1_000) }.to raise_error(Gitlab::Redis::MultiStore::BackfillAfterSwitchError)
+      operator.join
+      sleep 0.8 # the secondary's "t" has expired
+
+      expect([primary.get("t"), primary.pttl("t"), store.get("t")]).to eq(["new", -1, "new"])
+    end
+
+    it "leaves no key deleted during its copy on the primary when the secondary stalls right after a page's RESTOREs" do
+      populate(secondary, 2_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      stalling = described_class.new({ url: primary_server.url, timeout: 0.5 }, { url: secondary_server.url, timeout: 0.5 },
+                                     "backfill", feature_flags: flags, on_error: ->(_e, _c) {})
+      deleted = []
+      expect do
+        stalling.backfill(count: 100) do
+          next unless deleted.empty?
+
+          # The next page is already read: its keys are RESTOREd after they were deleted.
+          deleted = secondary.keys("key:*") - primary.keys("key:*")
+          deleted.each_slice(100) { |keys| stalling.del(*keys) }
+          sleep 0.5
+          Process.kill(:STOP, secondary_server.pid) # the first look after the RESTOREs times out
+        end
+      end.to raise_error(Redis::TimeoutError)
+      Process.kill(:CONT, secondary_server.pid)
+
+      # The keys the failed step could not look at are the re-sync's now.
+      sleep 0.05 until deleted.none? { |key| primary.exists?(key) } || (@waited = (@waited || 0) + 1) > 60
+      expect([deleted.size, deleted.count { |key| primary.exists?(key) }]).to match([be > 1_000, 0])
+      expect(deleted.filter_map { |key| stalling.get(key) }).to be_empty
+    ensure
+      Process.kill(:CONT, secondary_server.pid)
+      stalling&.close
+    end
+
     it "returns at once when its thread is raised into while a store hangs, whatever the read timeout" do
       populate(secondary, 20_000, prefix: "key")
       flags.enable(:use_primary_and_secondary_stores_for_backfill)
@@ -429,6 +474,34 @@ RSpec.describe Gitlab::Redis::MultiStore, "backfill and verify" do
 
     def backfill_in_a_child(seconds, resume:)
       in_a_child(seconds) { |store| store.backfill(count: 200, rate: 40_000, checkpoint: checkpoint, resume: resume) }
+    end
+
+    it "looks again at the last pages after being interrupted in its final settle delay and resumed" do
+      populate(secondary, 3_000, prefix: "key")
+      flags.enable(:use_primary_and_secondary_stores_for_backfill)
+      # Changed in place on both stores while the last page is in flight -- by another process
+      # writing the primary first -- so the EXPIRE does nothing on the primary, which has no copy yet.
+      expired = []
+      interrupter = nil
+      expect do
+        store.backfill(count: 1_000, checkpoint: checkpoint) do |page|
+          if expired.empty? # the next page is read already: its copies miss the EXPIRE
+            expired = secondary.keys("key:*") - primary.keys("key:*")
+            primary.pipelined { |p| expired.each { |key| p.expire(key, 500) } }
+            secondary.pipelined { |p| expired.each { |key| p.expire(key, 500) } }
+          elsif page.scanned >= 3_000 && interrupter.nil?
+            backfill = Thread.current # every page copied: the second looks are a second away
+            interrupter = Thread.new { sleep 0.3 and backfill.raise(Interrupt) }
+          end
+        end
+      end.to raise_error(Interrupt)
+      interrupter.join
+
+      report = store.backfill(count: 1_000, checkpoint: checkpoint, resume: true)
+
+      expect(report).to be_done
+      expect([expired.size, expired.count { |key| primary.pttl(key) == -1 }]).to match([be >= 1_000, 0])
+      expect(store.verify).to be_in_agreement
     end
 
     it "survives being killed at random points: the resumed runs copy everything, once, and never over newer data" do

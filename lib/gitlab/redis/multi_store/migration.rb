@@ -76,12 +76,18 @@ module Gitlab
             saved&.save(native._checkpoint) unless page.done?
             yield page if block_given?
           end
+          finished = true
           saved&.remove
           # A full, clean copy has copied again what a restarted store lost. It does not show the
           # stores agree (it never overwrites a key the primary has): only a full verify does. A
           # resumed one may have skipped keys a restart since the kill took away: it does not count.
           @native._acknowledge_backfill if report.ok? && match.nil? && progress.nil?
           report
+        ensure
+          # Stopped by an error, an interrupt or a switch: the pages a step wrote before it failed
+          # are in the backfill's position, and their keys still due a second look with them, so
+          # that a resumed run looks at them rather than taking them for keys already there.
+          save_after_failure(saved, native) unless finished
         end
 
         # Compares the stores key by key (type, a digest of the value, TTL within a second):
@@ -209,6 +215,14 @@ module Gitlab
               pause = [pause * 2, LONGEST_PAUSE].min
             end
           end
+        end
+
+        def save_after_failure(saved, native)
+          saved&.save(native._checkpoint) if native
+        rescue StandardError => e
+          # The failure being raised matters more than the checkpoint's.
+          MultiStore.logger.warn("gitlab_multistore: could not save the backfill checkpoint after a failure: " \
+                                 "#{e.class}: #{e.message}")
         end
 
         def refuse_backfill_after_switch(running: false)
