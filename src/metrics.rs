@@ -4,130 +4,246 @@
 
 use crate::routing::{PerRole, Role};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// A metric, defined once: what the registry exposes and what `on_metric` receives are named
+/// and labelled from here.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    help: &'static str,
+    /// Label names, `instance_name` first.
+    labels: &'static [&'static str],
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `on_metric` gets each increment.
+    Counter,
+    /// `on_metric` gets each new value.
+    Gauge,
+    /// `on_metric` gets each observation (seconds).
+    Histogram,
+}
+
+pub const READ_FALLBACK: Family = Family {
+    name: "gitlab_redis_multi_store_read_fallback_total",
+    help: "Reads the primary store could not answer (reason: miss or error) that fell back to the secondary",
+    labels: &["instance_name", "command", "reason"],
+    kind: Kind::Counter,
+};
+pub const METHOD_MISSING: Family = Family {
+    name: "gitlab_redis_multi_store_method_missing_total",
+    help: "Commands not in the command table, sent to the default store only",
+    labels: &["instance_name", "command"],
+    kind: Kind::Counter,
+};
+pub const PIPELINED_DIFF: Family = Family {
+    name: "gitlab_redis_multi_store_pipelined_diff_error_total",
+    help: "Pipelines (command: pipelined) and transactions (multi) whose results differed between the two stores",
+    labels: &["instance_name", "command"],
+    kind: Kind::Counter,
+};
+pub const NON_DEFAULT_WRITE_FAILURES: Family = Family {
+    name: "gitlab_redis_multi_store_non_default_write_failures_total",
+    help: "Writes that failed on the non-default store (reported, not raised)",
+    labels: &["instance_name"],
+    kind: Kind::Counter,
+};
+pub const REQUESTS: Family = Family {
+    name: "gitlab_redis_multi_store_requests_total",
+    help: "Round trips to each store, by kind of command (read, write, other, pipeline)",
+    labels: &["instance_name", "store", "kind"],
+    kind: Kind::Counter,
+};
+pub const DURATION: Family = Family {
+    name: "gitlab_redis_multi_store_duration_seconds",
+    help: "Time of round trips to each store",
+    labels: &["instance_name", "store"],
+    kind: Kind::Histogram,
+};
+pub const JOURNAL_KEYS: Family = Family {
+    name: "gitlab_redis_multi_store_journal_keys",
+    help: "Keys the non-default store missed, waiting for re-sync",
+    labels: &["instance_name"],
+    kind: Kind::Gauge,
+};
+pub const RESYNCED: Family = Family {
+    name: "gitlab_redis_multi_store_resynced_keys_total",
+    help: "Journaled keys copied to the store that missed them, and equal on both stores since",
+    labels: &["instance_name"],
+    kind: Kind::Counter,
+};
+pub const JOURNAL_OVERFLOWS: Family = Family {
+    name: "gitlab_redis_multi_store_journal_overflow_total",
+    help: "Missed keys that could not be journaled (journal full): a full verify is needed",
+    labels: &["instance_name"],
+    kind: Kind::Counter,
+};
+pub const BREAKER_OPENED: Family = Family {
+    name: "gitlab_redis_multi_store_breaker_opened_total",
+    help: "Times the circuit breaker of a store opened after repeated failures",
+    labels: &["instance_name", "store"],
+    kind: Kind::Counter,
+};
+pub const BREAKER_SKIPPED: Family = Family {
+    name: "gitlab_redis_multi_store_breaker_skipped_total",
+    help: "Writes not sent to the non-default store because its circuit breaker was open",
+    labels: &["instance_name"],
+    kind: Kind::Counter,
+};
+pub const STORE_RESETS: Family = Family {
+    name: "gitlab_redis_multi_store_store_reset_total",
+    help: "Stores seen restarted (run_id changed): their data may be gone, backfill again",
+    labels: &["instance_name", "store"],
+    kind: Kind::Counter,
+};
+
+/// Every metric, in the order the registry holds them.
+pub const FAMILIES: [&Family; 12] = [
+    &READ_FALLBACK,
+    &METHOD_MISSING,
+    &PIPELINED_DIFF,
+    &NON_DEFAULT_WRITE_FAILURES,
+    &REQUESTS,
+    &DURATION,
+    &JOURNAL_KEYS,
+    &RESYNCED,
+    &JOURNAL_OVERFLOWS,
+    &BREAKER_OPENED,
+    &BREAKER_SKIPPED,
+    &STORE_RESETS,
+];
+
+const DURATION_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+enum Collector {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+    Histogram(HistogramVec),
+}
+
 pub struct Metrics {
     registry: Registry,
-    read_fallback: IntCounterVec,
-    method_missing: IntCounterVec,
-    pipelined_diff: IntCounterVec,
-    non_default_write_failures: IntCounterVec,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    journal_keys: IntGaugeVec,
-    resynced: IntCounterVec,
-    journal_overflows: IntCounterVec,
-    breaker_opened: IntCounterVec,
-    breaker_skipped: IntCounterVec,
-    store_resets: IntCounterVec,
+    /// One per family, in `FAMILIES` order.
+    collectors: Vec<Collector>,
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
-fn counter(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(vec.clone()))?;
-    Ok(vec)
-}
-
 impl Metrics {
     fn build() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
+        let mut collectors = Vec::with_capacity(FAMILIES.len());
+        for family in FAMILIES {
+            let opts = Opts::new(family.name, family.help);
+            let collector = match family.kind {
+                Kind::Counter => Collector::Counter(IntCounterVec::new(opts, family.labels)?),
+                Kind::Gauge => Collector::Gauge(IntGaugeVec::new(opts, family.labels)?),
+                Kind::Histogram => Collector::Histogram(HistogramVec::new(
+                    HistogramOpts::from(opts).buckets(DURATION_BUCKETS.to_vec()),
+                    family.labels,
+                )?),
+            };
+            match &collector {
+                Collector::Counter(vec) => registry.register(Box::new(vec.clone()))?,
+                Collector::Gauge(vec) => registry.register(Box::new(vec.clone()))?,
+                Collector::Histogram(vec) => registry.register(Box::new(vec.clone()))?,
+            }
+            collectors.push(collector);
+        }
         Ok(Metrics {
-            read_fallback: counter(
-                &registry,
-                "gitlab_redis_multi_store_read_fallback_total",
-                "Reads the primary store could not answer (reason: miss or error) that fell back to the secondary",
-                &["instance_name", "command", "reason"],
-            )?,
-            method_missing: counter(
-                &registry,
-                "gitlab_redis_multi_store_method_missing_total",
-                "Commands not in the command table, sent to the default store only",
-                &["instance_name", "command"],
-            )?,
-            pipelined_diff: counter(
-                &registry,
-                "gitlab_redis_multi_store_pipelined_diff_error_total",
-                "Pipelines (command: pipelined) and transactions (multi) whose results differed between the two stores",
-                &["instance_name", "command"],
-            )?,
-            non_default_write_failures: counter(
-                &registry,
-                "gitlab_redis_multi_store_non_default_write_failures_total",
-                "Writes that failed on the non-default store (reported, not raised)",
-                &["instance_name"],
-            )?,
-            requests: counter(
-                &registry,
-                "gitlab_redis_multi_store_requests_total",
-                "Round trips to each store, by kind of command (read, write, other, pipeline)",
-                &["instance_name", "store", "kind"],
-            )?,
-            duration: {
-                let opts = HistogramOpts::new(
-                    "gitlab_redis_multi_store_duration_seconds",
-                    "Time of round trips to each store",
-                )
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
-                let vec = HistogramVec::new(opts, &["instance_name", "store"])?;
-                registry.register(Box::new(vec.clone()))?;
-                vec
-            },
-            journal_keys: {
-                let vec = IntGaugeVec::new(
-                    Opts::new(
-                        "gitlab_redis_multi_store_journal_keys",
-                        "Keys the non-default store missed, waiting for re-sync",
-                    ),
-                    &["instance_name"],
-                )?;
-                registry.register(Box::new(vec.clone()))?;
-                vec
-            },
-            resynced: counter(
-                &registry,
-                "gitlab_redis_multi_store_resynced_keys_total",
-                "Journaled keys copied to the store that missed them, and equal on both stores since",
-                &["instance_name"],
-            )?,
-            journal_overflows: counter(
-                &registry,
-                "gitlab_redis_multi_store_journal_overflow_total",
-                "Missed keys that could not be journaled (journal full): a full verify is needed",
-                &["instance_name"],
-            )?,
-            breaker_opened: counter(
-                &registry,
-                "gitlab_redis_multi_store_breaker_opened_total",
-                "Times the circuit breaker of a store opened after repeated failures",
-                &["instance_name", "store"],
-            )?,
-            breaker_skipped: counter(
-                &registry,
-                "gitlab_redis_multi_store_breaker_skipped_total",
-                "Writes not sent to the non-default store because its circuit breaker was open",
-                &["instance_name"],
-            )?,
-            store_resets: counter(
-                &registry,
-                "gitlab_redis_multi_store_store_reset_total",
-                "Stores seen restarted (run_id changed): their data may be gone, backfill again",
-                &["instance_name", "store"],
-            )?,
             registry,
+            collectors,
         })
+    }
+
+    fn collector(&self, family: &Family) -> Option<&Collector> {
+        let index = FAMILIES.iter().position(|f| f.name == family.name)?;
+        self.collectors.get(index)
+    }
+}
+
+/// One series of a family -- its labels resolved once -- that counts in the registry and hands
+/// the same sample to `on_metric`.
+#[derive(Clone)]
+pub struct Series {
+    family: &'static Family,
+    labels: Vec<String>,
+    handle: Option<Handle>,
+}
+
+#[derive(Clone)]
+enum Handle {
+    Counter(IntCounter),
+    Gauge(IntGauge),
+    Histogram(Histogram),
+}
+
+impl Series {
+    /// The series of `family` with these label values (in the family's label order). A series
+    /// is exported from the moment it is resolved, at 0: a counter first scraped at 1 shows no
+    /// increase, and an alert on `increase()` would miss the first failure.
+    pub fn of(family: &'static Family, labels: &[&str]) -> Series {
+        let handle =
+            global()
+                .and_then(|m| m.collector(family))
+                .and_then(|collector| match collector {
+                    Collector::Counter(vec) => vec
+                        .get_metric_with_label_values(labels)
+                        .ok()
+                        .map(Handle::Counter),
+                    Collector::Gauge(vec) => vec
+                        .get_metric_with_label_values(labels)
+                        .ok()
+                        .map(Handle::Gauge),
+                    Collector::Histogram(vec) => vec
+                        .get_metric_with_label_values(labels)
+                        .ok()
+                        .map(Handle::Histogram),
+                });
+        Series {
+            family,
+            labels: labels.iter().map(|value| value.to_string()).collect(),
+            handle,
+        }
+    }
+
+    /// Counts `value` (a counter), sets it (a gauge), or observes it (a histogram).
+    pub fn add(&self, value: f64) {
+        match &self.handle {
+            Some(Handle::Counter(counter)) => counter.inc_by(value as u64),
+            Some(Handle::Gauge(gauge)) => gauge.set(value as i64),
+            Some(Handle::Histogram(histogram)) => histogram.observe(value),
+            None => {}
+        }
+        if hook_enabled() {
+            record(Sample {
+                name: self.family.name,
+                labels: self
+                    .family
+                    .labels
+                    .iter()
+                    .copied()
+                    .zip(self.labels.iter().cloned())
+                    .collect(),
+                value,
+            });
+        }
+    }
+
+    pub fn inc(&self) {
+        self.add(1.0);
     }
 }
 
@@ -150,10 +266,18 @@ pub struct Sample {
 
 static HOOK: AtomicBool = AtomicBool::new(false);
 
+/// Samples recorded on threads no caller drains -- the re-sync thread, copy workers, a store's
+/// restart noticed there -- for the next caller to hand over. Bounded: with no caller for a
+/// long while, the oldest are dropped rather than memory grown.
+static SHARED: parking_lot::Mutex<VecDeque<Sample>> = parking_lot::Mutex::new(VecDeque::new());
+const SHARED_CAPACITY: usize = 10_000;
+
 thread_local! {
     // Samples of the calls made on this thread, handed to the host application when the
     // binding has the GVL again (the core records them without it).
     static PENDING: RefCell<Vec<Sample>> = const { RefCell::new(Vec::new()) };
+    // Set once the thread has drained its samples: a caller's thread, which keeps its own.
+    static DRAINED_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Starts (or stops) recording samples for `take_samples`.
@@ -165,19 +289,27 @@ pub fn hook_enabled() -> bool {
     HOOK.load(Ordering::Relaxed)
 }
 
-/// The samples recorded on this thread since the last call.
+/// The samples recorded on this thread since the last call, and those of the core's own
+/// threads.
 pub fn take_samples() -> Vec<Sample> {
-    PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()))
+    DRAINED_HERE.with(|drained| drained.set(true));
+    let mut samples = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    let mut shared = SHARED.lock();
+    if !shared.is_empty() {
+        samples.extend(shared.drain(..));
+    }
+    samples
 }
 
-fn record(name: &'static str, labels: impl FnOnce() -> Vec<(&'static str, String)>, value: f64) {
-    if hook_enabled() {
-        let sample = Sample {
-            name,
-            labels: labels(),
-            value,
-        };
+fn record(sample: Sample) {
+    if DRAINED_HERE.with(Cell::get) {
         PENDING.with(|pending| pending.borrow_mut().push(sample));
+    } else {
+        let mut shared = SHARED.lock();
+        if shared.len() >= SHARED_CAPACITY {
+            shared.pop_front();
+        }
+        shared.push_back(sample);
     }
 }
 
@@ -234,59 +366,58 @@ impl RequestKind {
     }
 }
 
-/// Per-store handles of one instance: [primary, secondary].
-#[derive(Clone, Default)]
-struct StoreHandles {
-    requests: Vec<IntCounter>,
-    duration: Option<Histogram>,
-}
-
-/// One MultiStore's counters, labels resolved up front.
+/// One MultiStore's series, labels resolved up front; those labelled with a command name are
+/// resolved when they happen (fallbacks and unknown commands are rare, a diff rarer).
 #[derive(Clone, Default)]
 pub struct InstanceMetrics {
     instance_name: String,
-    non_default_write_failures: Option<IntCounter>,
-    stores: PerRole<StoreHandles>,
+    series: Option<Box<InstanceSeries>>,
+}
+
+#[derive(Clone)]
+struct InstanceSeries {
+    requests: PerRole<[Series; RequestKind::ALL.len()]>,
+    duration: PerRole<Series>,
+    non_default_write_failures: Series,
+    journal_keys: Series,
+    resynced: Series,
+    journal_overflows: Series,
+    breaker_opened: PerRole<Series>,
+    breaker_skipped: Series,
+    store_resets: PerRole<Series>,
 }
 
 impl InstanceMetrics {
     pub fn new(instance_name: &str) -> Self {
-        let Some(m) = global() else {
-            return Self::default();
-        };
-        // Every series whose labels are known now starts at 0: a counter first scraped at 1
-        // shows no increase, and an alert on `increase()` would miss the first failure.
-        let _ = m.journal_overflows.with_label_values(&[instance_name]);
-        let _ = m.breaker_skipped.with_label_values(&[instance_name]);
-        let _ = m.resynced.with_label_values(&[instance_name]);
-        let _ = m.journal_keys.with_label_values(&[instance_name]);
-        for store in [Role::Primary, Role::Secondary] {
-            let _ = m
-                .breaker_opened
-                .with_label_values(&[instance_name, store.name()]);
-            let _ = m
-                .store_resets
-                .with_label_values(&[instance_name, store.name()]);
-        }
+        let name = instance_name;
+        let per_store =
+            |family| PerRole::from_fn(|role: Role| Series::of(family, &[name, role.name()]));
         for batch in ["pipelined", "multi"] {
-            let _ = m.pipelined_diff.with_label_values(&[instance_name, batch]);
+            let _ = Series::of(&PIPELINED_DIFF, &[name, batch]);
         }
+        let series = InstanceSeries {
+            requests: PerRole::from_fn(|role: Role| {
+                RequestKind::ALL
+                    .map(|kind| Series::of(&REQUESTS, &[name, role.name(), kind.label()]))
+            }),
+            duration: per_store(&DURATION),
+            non_default_write_failures: Series::of(&NON_DEFAULT_WRITE_FAILURES, &[name]),
+            journal_keys: Series::of(&JOURNAL_KEYS, &[name]),
+            resynced: Series::of(&RESYNCED, &[name]),
+            journal_overflows: Series::of(&JOURNAL_OVERFLOWS, &[name]),
+            breaker_opened: per_store(&BREAKER_OPENED),
+            breaker_skipped: Series::of(&BREAKER_SKIPPED, &[name]),
+            store_resets: per_store(&STORE_RESETS),
+        };
         InstanceMetrics {
             instance_name: instance_name.to_string(),
-            non_default_write_failures: Some(
-                m.non_default_write_failures
-                    .with_label_values(&[instance_name]),
-            ),
-            stores: PerRole::from_fn(|role| StoreHandles {
-                requests: RequestKind::ALL
-                    .iter()
-                    .map(|kind| {
-                        m.requests
-                            .with_label_values(&[instance_name, role.name(), kind.label()])
-                    })
-                    .collect(),
-                duration: Some(m.duration.with_label_values(&[instance_name, role.name()])),
-            }),
+            series: Some(Box::new(series)),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&InstanceSeries)) {
+        if let Some(series) = &self.series {
+            f(series);
         }
     }
 
@@ -296,174 +427,56 @@ impl InstanceMetrics {
             return;
         }
         let seconds = started.elapsed().as_secs_f64();
-        let handles = &self.stores[role];
-        if let Some(counter) = handles.requests.get(kind as usize) {
-            counter.inc();
-        }
-        if let Some(histogram) = &handles.duration {
-            histogram.observe(seconds);
-        }
-        let labels = || {
-            vec![
-                ("instance_name", self.instance_name.clone()),
-                ("store", role.name().to_string()),
-            ]
-        };
-        record(
-            "gitlab_redis_multi_store_requests_total",
-            || {
-                let mut l = labels();
-                l.push(("kind", kind.label().to_string()));
-                l
-            },
-            1.0,
-        );
-        record("gitlab_redis_multi_store_duration_seconds", labels, seconds);
+        self.with(|s| {
+            s.requests[role][kind as usize].inc();
+            s.duration[role].add(seconds);
+        });
     }
 
     /// A read answered by the secondary after the primary missed, labelled with the command as
-    /// GitLab's dashboards query it (`pipelined` / `multi` for a batch). Not on the hot path: a
-    /// fallback already cost a second round trip.
+    /// GitLab's dashboards query it (`pipelined` / `multi` for a batch).
     pub fn read_fallback_miss(&self, command: &str) {
-        self.read_fallback(command, "miss");
+        Series::of(&READ_FALLBACK, &[&self.instance_name, command, "miss"]).inc();
     }
 
     pub fn read_fallback_error(&self, command: &str) {
-        self.read_fallback(command, "error");
-    }
-
-    fn read_fallback(&self, command: &str, reason: &'static str) {
-        self.inc_labelled(
-            |m| &m.read_fallback,
-            "gitlab_redis_multi_store_read_fallback_total",
-            &[("command", command), ("reason", reason)],
-        );
+        Series::of(&READ_FALLBACK, &[&self.instance_name, command, "error"]).inc();
     }
 
     /// `command`: `pipelined` or `multi`.
     pub fn pipelined_diff(&self, command: &str) {
-        self.inc_labelled(
-            |m| &m.pipelined_diff,
-            "gitlab_redis_multi_store_pipelined_diff_error_total",
-            &[("command", command)],
-        );
+        Series::of(&PIPELINED_DIFF, &[&self.instance_name, command]).inc();
     }
 
-    /// Counts one on the series of `instance_name` and `labels` (in the counter's label order).
-    fn inc_labelled(
-        &self,
-        counter: impl FnOnce(&Metrics) -> &IntCounterVec,
-        name: &'static str,
-        labels: &[(&'static str, &str)],
-    ) {
-        if let Some(m) = global() {
-            let mut values = vec![self.instance_name.as_str()];
-            values.extend(labels.iter().map(|(_, value)| *value));
-            counter(m).with_label_values(&values).inc();
-        }
-        record(
-            name,
-            || {
-                let mut all = vec![("instance_name", self.instance_name.clone())];
-                all.extend(labels.iter().map(|(k, v)| (*k, v.to_string())));
-                all
-            },
-            1.0,
-        );
+    pub fn method_missing(&self, command: &str) {
+        Series::of(&METHOD_MISSING, &[&self.instance_name, command]).inc();
     }
 
     pub fn non_default_write_failure(&self) {
-        self.inc(
-            &self.non_default_write_failures,
-            "gitlab_redis_multi_store_non_default_write_failures_total",
-            None,
-        );
+        self.with(|s| s.non_default_write_failures.inc());
     }
 
     pub fn journal_size(&self, keys: usize) {
-        if let Some(m) = global() {
-            m.journal_keys
-                .with_label_values(&[&self.instance_name])
-                .set(keys as i64);
-        }
+        self.with(|s| s.journal_keys.add(keys as f64));
     }
 
     pub fn resynced(&self, keys: u64) {
-        if let Some(m) = global() {
-            m.resynced
-                .with_label_values(&[&self.instance_name])
-                .inc_by(keys);
-        }
+        self.with(|s| s.resynced.add(keys as f64));
     }
 
     pub fn journal_overflow(&self, keys: u64) {
-        if let Some(m) = global() {
-            m.journal_overflows
-                .with_label_values(&[&self.instance_name])
-                .inc_by(keys);
-        }
+        self.with(|s| s.journal_overflows.add(keys as f64));
     }
 
     pub fn breaker_opened(&self, role: Role) {
-        if let Some(m) = global() {
-            m.breaker_opened
-                .with_label_values(&[&self.instance_name, role.name()])
-                .inc();
-        }
+        self.with(|s| s.breaker_opened[role].inc());
     }
 
     pub fn breaker_skipped(&self) {
-        if let Some(m) = global() {
-            m.breaker_skipped
-                .with_label_values(&[&self.instance_name])
-                .inc();
-        }
+        self.with(|s| s.breaker_skipped.inc());
     }
 
     pub fn store_reset(&self, role: Role) {
-        if let Some(m) = global() {
-            m.store_resets
-                .with_label_values(&[&self.instance_name, role.name()])
-                .inc();
-        }
-    }
-
-    /// Unknown commands are rare by nature, so their label is resolved when they happen.
-    pub fn method_missing(&self, command: &str) {
-        if let Some(m) = global() {
-            m.method_missing
-                .with_label_values(&[&self.instance_name, command])
-                .inc();
-        }
-        record(
-            "gitlab_redis_multi_store_method_missing_total",
-            || {
-                vec![
-                    ("instance_name", self.instance_name.clone()),
-                    ("command", command.to_string()),
-                ]
-            },
-            1.0,
-        );
-    }
-
-    fn inc(
-        &self,
-        counter: &Option<IntCounter>,
-        name: &'static str,
-        extra: Option<(&'static str, &str)>,
-    ) {
-        if let Some(counter) = counter {
-            counter.inc();
-        }
-        record(
-            name,
-            || {
-                let mut labels = vec![("instance_name", self.instance_name.clone())];
-                labels.extend(extra.map(|(k, v)| (k, v.to_string())));
-                labels
-            },
-            1.0,
-        );
+        self.with(|s| s.store_resets[role].inc());
     }
 }

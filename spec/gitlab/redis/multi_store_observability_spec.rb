@@ -138,16 +138,57 @@ RSpec.describe Gitlab::Redis::MultiStore, "observability" do
         metric = metrics[name] ||=
           if name.end_with?("_seconds")
             registry.histogram(name, "gitlab_multistore #{name}")
-          else
+          elsif name.end_with?("_total")
             registry.counter(name, "gitlab_multistore #{name}")
+          else
+            registry.gauge(name, "gitlab_multistore #{name}", {}, :livesum)
           end
-        metric.is_a?(Prometheus::Client::Histogram) ? metric.observe(labels, value) : metric.increment(labels, value)
+        case metric
+        when Prometheus::Client::Histogram then metric.observe(labels, value)
+        when Prometheus::Client::Counter then metric.increment(labels, value)
+        else metric.set(labels, value)
+        end
       end
 
       2.times { store.set("k", "v") }
 
       counter = metrics[:gitlab_redis_multi_store_requests_total]
       expect(counter.get(instance_name: instance_name, store: "secondary", kind: "write")).to eq(2.0)
+    end
+
+    it "hands it every metric the registry exports, those of the re-sync thread and of a restart included" do
+      seen = Hash.new { |hash, name| hash[name] = [] }
+      described_class.on_metric = lambda do |name, labels, value|
+        seen[name.to_s] << value if labels[:instance_name] == "every_metric"
+      end
+      new_store = dedicated_redis_server
+      every = described_class.new({ url: new_store.url, timeout: 0.2 }, secondary_server.url, "every_metric",
+                                  feature_flags: flags, on_error: ->(_e, _c) {},
+                                  journal_capacity: 3, breaker_threshold: 2, breaker_cool_down: 0.3)
+      flags.enable(:use_primary_and_secondary_stores_for_every_metric)
+      old = secondary_server.client
+
+      every.set("warm", "1")
+      old.set("only-old", "v")
+      every.get("only-old") # read from the secondary after the primary missed
+      every.call(["NOT.A.COMMAND"]) rescue Redis::CommandError # rubocop:disable Style/RescueModifier
+      old.set("counter", "10")
+      every.pipelined { |p| p.incr("counter") } # 1 on the new store, 11 on the old
+      Process.kill(:STOP, new_store.pid)
+      6.times { |i| every.set("missed:#{i}", i) } # fail, open the breaker, are skipped; 3 journaled
+      Process.kill(:CONT, new_store.pid)
+      sleep 0.05 until seen.key?("gitlab_redis_multi_store_resynced_keys_total") || (waited = (waited || 0) + 1) > 100
+      new_store.restart
+      every.set("after-restart", "1") # the new store's run_id changed
+      every.get("warm") # a later call hands over what the re-sync thread recorded meanwhile
+
+      exported = described_class.metrics_text.scan(/^# TYPE (\S+)/).flatten
+      expect(exported.size).to eq(12)
+      expect(exported - seen.keys).to be_empty
+      expect(seen["gitlab_redis_multi_store_journal_keys"]).to include(3.0, 0.0)
+    ensure
+      Process.kill(:CONT, new_store.pid) if new_store
+      every&.close
     end
 
     it "never fails a command when the hook raises" do
