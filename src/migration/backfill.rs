@@ -243,17 +243,27 @@ impl Backfill {
         let secondary_is_default = self.secondary_is_default;
         let copying = !lanes.done();
         if !copying {
-            // Only second looks are left: wait for the first of them to be due -- in short
-            // steps, each of which the caller follows with the flags as they are then.
+            // Only second looks are left: wait for them to be due -- in short steps, each of
+            // which the caller follows with the flags as they are then -- and make together
+            // those due within one such step.
+            let remaining = |at: &Instant| self.settle_delay.saturating_sub(at.elapsed());
             if let Some((at, _)) = self.recheck.front() {
-                let wait = self.settle_delay.saturating_sub(at.elapsed());
-                if !wait.is_zero() {
-                    if !crate::transport::cancel::pause(cancel, wait.min(LONGEST_FINAL_WAIT)) {
-                        return Err(Error::Interrupted);
-                    }
-                    if wait > LONGEST_FINAL_WAIT {
-                        return Ok(());
-                    }
+                let first = remaining(at);
+                let wait = if first > LONGEST_FINAL_WAIT {
+                    LONGEST_FINAL_WAIT
+                } else {
+                    self.recheck
+                        .iter()
+                        .map(|(at, _)| remaining(at))
+                        .take_while(|wait| *wait <= LONGEST_FINAL_WAIT)
+                        .max()
+                        .unwrap_or(first)
+                };
+                if !wait.is_zero() && !crate::transport::cancel::pause(cancel, wait) {
+                    return Err(Error::Interrupted);
+                }
+                if first > LONGEST_FINAL_WAIT {
+                    return Ok(());
                 }
             }
         }
@@ -506,8 +516,7 @@ impl Copier<'_> {
                 _ => counts.failed += 1,
             }
         }
-        let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
-        let (kept, undone) = match self.undo_lost(&names, cancel) {
+        let (kept, undone, left) = match self.undo_lost(&restored, cancel) {
             Ok(looked) => looked,
             // Not looked at now: the second look will.
             Err(error) => {
@@ -519,6 +528,7 @@ impl Copier<'_> {
             }
         };
         counts.undone += undone;
+        counts.left_different += left;
         counts.copied = counts.copied.saturating_sub(undone);
         let kept: HashSet<Vec<u8>> = kept.into_iter().collect();
         restored.retain(|(key, _)| kept.contains(key));
@@ -529,23 +539,29 @@ impl Copier<'_> {
         })
     }
 
-    /// Deletes from the primary the restored keys the secondary no longer has: they were deleted
-    /// (or expired) while being copied, and must not be resurrected. Returns the keys kept and
-    /// how many were deleted.
-    fn undo_lost(&self, restored: &[Vec<u8>], cancel: &CancelToken) -> Result<(Vec<Vec<u8>>, u64)> {
+    /// Takes back from the primary the restored keys the secondary no longer has: they were
+    /// deleted (or expired) while being copied, and must not be resurrected. Returns the keys
+    /// kept, how many were taken back, and how many were left (see `take_back`).
+    fn undo_lost(
+        &self,
+        restored: &[Copied],
+        cancel: &CancelToken,
+    ) -> Result<(Vec<Vec<u8>>, u64, u64)> {
         if restored.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, 0));
         }
-        let on_secondary = copy::exists_each(self.secondary, restored, cancel)?;
+        let names: Vec<Vec<u8>> = restored.iter().map(|(key, _)| key.clone()).collect();
+        let on_secondary = copy::exists_each(self.secondary, &names, cancel)?;
         let (lost, kept): (Vec<_>, Vec<_>) = restored
             .iter()
             .zip(on_secondary)
             .partition(|(_, reply)| *reply == Reply::Integer(0));
-        let lost: Vec<Vec<u8>> = lost.into_iter().map(|(key, _)| key.clone()).collect();
-        let undone = self.delete_from_primary(&lost, cancel)?;
+        let lost: Vec<Copied> = lost.into_iter().map(|(copied, _)| copied.clone()).collect();
+        let (undone, left) = self.take_back(&lost, cancel)?;
         Ok((
-            kept.into_iter().map(|(key, _)| key.clone()).collect(),
+            kept.into_iter().map(|((key, _), _)| key.clone()).collect(),
             undone,
+            left,
         ))
     }
 
@@ -556,6 +572,22 @@ impl Copier<'_> {
     /// it is compared with the primary and, while the secondary is the default store, copied
     /// again until both agree.
     fn second_look(
+        &self,
+        copied: &[Copied],
+        secondary_is_default: bool,
+        cancel: &CancelToken,
+    ) -> Result<BackfillReport> {
+        // A page at a time: the looks due at the end are a second's worth of pages, whose
+        // values read at once would be that much memory.
+        let mut counts = BackfillReport::default();
+        for page in copied.chunks(self.count.max(1)) {
+            let looked = self.second_look_at(page, secondary_is_default, cancel)?;
+            counts.add(&looked);
+        }
+        Ok(counts)
+    }
+
+    fn second_look_at(
         &self,
         copied: &[Copied],
         secondary_is_default: bool,
@@ -573,7 +605,7 @@ impl Copier<'_> {
         let mut changed = Vec::new();
         for ((key, fingerprint), snapshot) in copied.iter().zip(now) {
             match snapshot {
-                Snapshot::Missing => lost.push(key.clone()),
+                Snapshot::Missing => lost.push((key.clone(), *fingerprint)),
                 Snapshot::Value { payload, expiry } => {
                     if copy::fingerprint(&payload, expiry) != *fingerprint {
                         changed.push(key.clone());
@@ -582,7 +614,7 @@ impl Copier<'_> {
                 Snapshot::Failed(_) => changed.push(key.clone()),
             }
         }
-        counts.undone = self.delete_from_primary(&lost, cancel)?;
+        (counts.undone, counts.left_different) = self.take_back(&lost, cancel)?;
         let tolerance = crate::migration::key_state::DEFAULT_TTL_TOLERANCE_MS;
         // Changed through dual-write on both stores since: nothing to do for those.
         let different =
@@ -591,31 +623,51 @@ impl Copier<'_> {
             return Ok(counts);
         }
         if !secondary_is_default {
-            counts.left_different = different.len() as u64;
+            counts.left_different += different.len() as u64;
             return Ok(counts);
         }
         let left = self
             .reconciler
             .reconcile(Role::Secondary, &different, tolerance, cancel)?;
         counts.recopied = (different.len() - left.len()) as u64;
-        counts.left_different = left.len() as u64;
+        counts.left_different += left.len() as u64;
         Ok(counts)
     }
 
-    /// Deletes keys from the primary; how many it had.
-    fn delete_from_primary(&self, lost: &[Vec<u8>], cancel: &CancelToken) -> Result<u64> {
+    /// Deletes from the primary the copies of keys the secondary lost -- only where the primary
+    /// still holds exactly the copy. A key written there since is newer than the loss: written
+    /// by a process whose flags already made the primary the store written alone (a switch
+    /// this backfill has not seen yet), it must be kept. Such a key is left and counted as left
+    /// different, for verify to judge; so is a copy the primary holds in another encoding than
+    /// the DUMP (which can happen for a collection shrunk on the secondary). Returns how many
+    /// copies are gone from the primary (deleted here, or already) and how many were left.
+    fn take_back(&self, lost: &[Copied], cancel: &CancelToken) -> Result<(u64, u64)> {
         if lost.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
-        let dels: Vec<Command> = lost
-            .iter()
-            .map(|key| Command::from_args([&b"DEL"[..], key]))
-            .collect();
-        Ok(self
-            .primary
-            .pipeline(&dels, cancel)?
-            .iter()
-            .filter(|reply| **reply == Reply::Integer(1))
-            .count() as u64)
+        let names: Vec<Vec<u8>> = lost.iter().map(|(key, _)| key.clone()).collect();
+        let on_primary = copy::read(self.primary, &names, cancel)?;
+        let mut ours = Vec::new();
+        let (mut gone, mut left) = (0, 0);
+        for ((key, fingerprint), snapshot) in lost.iter().zip(on_primary) {
+            match snapshot {
+                Snapshot::Value { payload, expiry }
+                    if copy::fingerprint(&payload, expiry) == *fingerprint =>
+                {
+                    ours.push(Command::from_args([&b"DEL"[..], key]))
+                }
+                Snapshot::Missing => gone += 1,
+                _ => left += 1,
+            }
+        }
+        if !ours.is_empty() {
+            for reply in self.primary.pipeline(&ours, cancel)? {
+                match reply {
+                    Reply::Integer(_) => gone += 1,
+                    _ => left += 1,
+                }
+            }
+        }
+        Ok((gone, left))
     }
 }

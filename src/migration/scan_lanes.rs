@@ -149,12 +149,12 @@ impl<P: Send> Lanes<P> {
 
     /// The position to save (see the module's comment).
     pub fn saved(&self) -> Vec<u8> {
+        // A single lane's cursor as it is, unless the walk is over: SCAN's "0" would then read
+        // as "from the start", and a backfill resumed in its last second looks would walk again.
         if let [lane] = self.lanes.as_slice() {
-            return if lane.done {
-                b"0".to_vec()
-            } else {
-                lane.cursor.clone()
-            };
+            if !lane.done {
+                return lane.cursor.clone();
+            }
         }
         let mut saved = PREFIX.to_vec();
         for (i, lane) in self.lanes.iter().enumerate() {
@@ -286,6 +286,9 @@ mod tests {
         assert_eq!(saved(3, b"lanes:1,1,2"), b"lanes:0,1,2");
         assert_eq!(saved(3, b"lanes:x,y,z"), b"lanes:0,1,2");
         assert_eq!(saved(3, b"lanes:-,-,-"), b"lanes:-,-,-");
+        // One server's finished walk stays finished.
+        assert_eq!(saved(1, b"lanes:-"), b"lanes:-");
+        assert!(Lanes::<()>::from_saved(1, Some(b"lanes:-")).done());
         assert!(Lanes::<()>::from_saved(3, Some(b"lanes:-,-,-")).done());
     }
 }
