@@ -22,14 +22,13 @@ impl ServerErrorReply {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The connection could not be established. `cause` names the failure the way redis-rb
-    /// does (`Errno::ECONNREFUSED`, `Redis::TimeoutError`, `SocketError`).
+    /// The connection could not be established.
     #[error("Error connecting to Redis on {location} ({cause})")]
-    CannotConnect { location: String, cause: String },
+    CannotConnect { location: String, cause: Cause },
 
-    /// An established connection broke (`Connection lost (ECONNRESET)`).
+    /// An established connection broke.
     #[error("Connection lost ({cause})")]
-    ConnectionLost { cause: String },
+    ConnectionLost { cause: Cause },
 
     #[error("Connection timed out")]
     Timeout,
@@ -97,10 +96,6 @@ impl Error {
     pub(crate) fn from_io(err: &io::Error) -> Error {
         match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
-            // redis-rb's Ruby driver turns a closed connection into ECONNRESET.
-            io::ErrorKind::UnexpectedEof => Error::ConnectionLost {
-                cause: "ECONNRESET".into(),
-            },
             io::ErrorKind::InvalidData => match err
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<crate::protocol::reply::UnexpectedType>())
@@ -109,45 +104,82 @@ impl Error {
                 None => Error::Protocol(err.to_string()),
             },
             _ => Error::ConnectionLost {
-                cause: errno_name(err).trim_start_matches("Errno::").to_string(),
+                cause: Cause::of(err),
             },
         }
     }
 
     pub(crate) fn cannot_connect(location: &str, err: &io::Error) -> Error {
-        let cause = match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "Redis::TimeoutError".into(),
-            _ => errno_name(err),
-        };
         Error::CannotConnect {
             location: location.to_string(),
-            cause,
+            cause: Cause::of(err),
         }
     }
 }
 
-/// Ruby's name for the errno behind an I/O error (`Errno::ECONNREFUSED`), which is what
-/// redis-rb puts in its messages.
-pub(crate) fn errno_name(err: &io::Error) -> String {
-    let name = match err.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
-        Some(libc::ECONNRESET) => "ECONNRESET",
-        Some(libc::ECONNABORTED) => "ECONNABORTED",
-        Some(libc::EPIPE) => "EPIPE",
-        Some(libc::ENOENT) => "ENOENT",
-        Some(libc::EACCES) => "EACCES",
-        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
-        Some(libc::ENETUNREACH) => "ENETUNREACH",
-        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
-        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
-        Some(libc::EINVAL) => "EINVAL",
-        Some(libc::EBADF) => "EBADF",
-        Some(libc::ENOTCONN) => "ENOTCONN",
-        Some(code) => return format!("Errno::E{code}"),
-        None if err.kind() == io::ErrorKind::UnexpectedEof => return "EOFError".into(),
-        None => return "SocketError".into(),
-    };
-    format!("Errno::{name}")
+/// Why a connection could not be made, or broke: what the binding needs to name it as the
+/// client it stands in for does (redis-rb: `Errno::ECONNREFUSED`, `Redis::TimeoutError`…).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// An operating system error (errno).
+    Os(i32),
+    /// The server closed the connection.
+    Closed,
+    /// No answer within the timeout.
+    TimedOut,
+    /// The TLS handshake failed (the TLS library's message).
+    Tls(String),
+    /// Another I/O failure, without an errno (a host name that does not resolve).
+    Io(String),
+    /// Not an I/O failure: what was wrong with the server (a sentinel's master of the wrong
+    /// role, no sentinel answering).
+    Refused(String),
+}
+
+impl Cause {
+    pub(crate) fn of(err: &io::Error) -> Cause {
+        match (err.kind(), err.raw_os_error()) {
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, _) => Cause::TimedOut,
+            (io::ErrorKind::UnexpectedEof, _) => Cause::Closed,
+            (_, Some(errno)) => Cause::Os(errno),
+            _ => Cause::Io(err.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Os(errno) => match errno_name(*errno) {
+                Some(name) => f.write_str(name),
+                None => write!(f, "errno {errno}"),
+            },
+            Cause::Closed => f.write_str("closed by the server"),
+            Cause::TimedOut => f.write_str("timed out"),
+            Cause::Tls(message) => write!(f, "TLS: {message}"),
+            Cause::Io(message) | Cause::Refused(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The POSIX name of an errno a connection meets (`ECONNREFUSED`); `None` for the others.
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPIPE => "EPIPE",
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EINVAL => "EINVAL",
+        libc::EBADF => "EBADF",
+        libc::ENOTCONN => "ENOTCONN",
+        _ => return None,
+    })
 }
 
 impl fmt::Display for ServerErrorReply {

@@ -1,5 +1,6 @@
 mod support;
 
+use gitlab_multistore::error::Cause;
 use gitlab_multistore::{CancelToken, Command, Error, ReadTimeout, Reply, Store, StoreConfig};
 use redis::Value;
 use std::sync::Arc;
@@ -88,13 +89,20 @@ fn talks_over_a_unix_socket() {
 }
 
 #[test]
-fn cannot_connect_names_location_and_errno_like_redis_rb() {
+fn cannot_connect_names_location_and_the_errno() {
     let port = support::free_port();
     let store = Store::new(StoreConfig::tcp("127.0.0.1", port));
     let err = call(&store, &["PING"]).unwrap_err();
+    match &err {
+        Error::CannotConnect { location, cause } => {
+            assert_eq!(location, &format!("127.0.0.1:{port}"));
+            assert_eq!(cause, &Cause::Os(libc::ECONNREFUSED));
+        }
+        other => panic!("not a connect failure: {other:?}"),
+    }
     assert_eq!(
         err.to_string(),
-        format!("Error connecting to Redis on 127.0.0.1:{port} (Errno::ECONNREFUSED)")
+        format!("Error connecting to Redis on 127.0.0.1:{port} (ECONNREFUSED)")
     );
     assert!(!store.is_connected());
 }

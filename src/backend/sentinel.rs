@@ -3,7 +3,7 @@
 //! error, so a failover is followed by the next reconnect. A connection whose server turns out
 //! to have another role (an old master demoted by a failover) is refused, as in redis-rb.
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::protocol::command::Command;
 use crate::protocol::reply::Reply;
 use crate::transport::cancel::CancelToken;
@@ -39,7 +39,7 @@ pub fn resolve(
     }
     Err(Error::CannotConnect {
         location: format!("sentinels of {}", sentinel.master_name),
-        cause: "No sentinels available.".into(),
+        cause: Cause::Refused("No sentinels available.".into()),
     })
 }
 
@@ -110,11 +110,11 @@ pub fn check_role(
     };
     match role {
         Some(role) if role != expected => Err(Error::ConnectionLost {
-            cause: format!(
+            cause: Cause::Refused(format!(
                 "Instance role mismatch. Expected {}, got {}",
                 String::from_utf8_lossy(expected),
                 String::from_utf8_lossy(&role)
-            ),
+            )),
         }),
         _ => Ok(()),
     }

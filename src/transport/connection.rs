@@ -3,7 +3,7 @@
 //! because an interrupt has to shut the socket down from another thread,
 //! and a blocking command has to change the read timeout for one call.
 
-use crate::error::{Error, Result, ServerErrorReply};
+use crate::error::{Cause, Error, Result, ServerErrorReply};
 use crate::protocol::command::Command;
 use crate::protocol::namespace::{Namespace, ReplyKeys};
 pub use crate::protocol::reply::Reply;
@@ -185,7 +185,7 @@ impl Connection {
                                 // covers it.
                                 _ => Error::CannotConnect {
                                     location: location.clone(),
-                                    cause: format!("OpenSSL::SSL::SSLError: {e}"),
+                                    cause: Cause::Tls(e.to_string()),
                                 },
                             }
                         })?;

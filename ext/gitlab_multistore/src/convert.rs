@@ -139,7 +139,7 @@ pub fn reply_to_hash(ruby: &Ruby, reply: Reply) -> Result<RValue, Error> {
 /// exactly as redis-rb's Ruby driver builds it.
 fn command_error(ruby: &Ruby, line: &[u8]) -> Result<Exception, Error> {
     let message = ruby.str_from_slice(error_message(line));
-    command_error_class(ruby)?.new_instance((message,))
+    command_error_class(ruby).new_instance((message,))
 }
 
 /// The top-level reply of a single call: an error reply is raised, as redis-rb's

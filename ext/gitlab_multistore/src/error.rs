@@ -1,135 +1,111 @@
-//! Core errors as the exceptions redis-rb raises: same classes, same messages, so rescue
-//! clauses written for redis-rb keep working.
+//! The one map from core errors to Ruby exceptions: the classes and messages redis-rb raises, so
+//! rescue clauses written for redis-rb keep working, and the gem's own errors. Both a command's
+//! error and an event's (handed to the application's `on_error`) are built here.
 
+use gitlab_multistore::error::{errno_name, Cause};
 use gitlab_multistore::Error as CoreError;
-use magnus::value::{InnerValue, Opaque};
-use magnus::{prelude::*, Error, ExceptionClass, RClass, Ruby};
+use magnus::value::Lazy;
+use magnus::{prelude::*, Error, Exception, ExceptionClass, Ruby};
 use std::any::Any;
-use std::sync::OnceLock;
 
-struct RedisErrorClasses {
-    command: Opaque<ExceptionClass>,
-    cannot_connect: Opaque<ExceptionClass>,
-    connection: Opaque<ExceptionClass>,
-    timeout: Opaque<ExceptionClass>,
-    method_missing: Opaque<ExceptionClass>,
-    not_namespaced: Opaque<ExceptionClass>,
-    cross_slot: Opaque<ExceptionClass>,
-    protocol: Opaque<ExceptionClass>,
-    backfill_after_switch: Opaque<ExceptionClass>,
+/// Looked up on first use: the gem's Ruby files define them before any call reaches the
+/// binding. Should one be missing, the error is still raised, as a StandardError.
+fn class(ruby: &Ruby, path: &str) -> ExceptionClass {
+    // From the top level: `eval` would resolve the name inside whatever the caller runs in.
+    ruby.class_object()
+        .funcall::<_, _, ExceptionClass>("const_get", (path,))
+        .unwrap_or_else(|_| ruby.exception_standard_error())
 }
 
-static CLASSES: OnceLock<RedisErrorClasses> = OnceLock::new();
+static COMMAND: Lazy<ExceptionClass> = Lazy::new(|ruby| class(ruby, "Redis::CommandError"));
+static CANNOT_CONNECT: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| class(ruby, "Redis::CannotConnectError"));
+static CONNECTION: Lazy<ExceptionClass> = Lazy::new(|ruby| class(ruby, "Redis::ConnectionError"));
+static TIMEOUT: Lazy<ExceptionClass> = Lazy::new(|ruby| class(ruby, "Redis::TimeoutError"));
+static PROTOCOL: Lazy<ExceptionClass> = Lazy::new(|ruby| class(ruby, "Redis::ProtocolError"));
+static CROSS_SLOT: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| class(ruby, "Redis::Cluster::CrossSlotPipeliningError"));
+static METHOD_MISSING: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| class(ruby, "Gitlab::Redis::MultiStore::MethodMissingError"));
+static NOT_NAMESPACED: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| class(ruby, "Gitlab::Redis::MultiStore::NamespaceError"));
+static BACKFILL_AFTER_SWITCH: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| class(ruby, "Gitlab::Redis::MultiStore::BackfillAfterSwitchError"));
 
-/// Looks the exception classes up once, at load time (lib/ requires redis-rb and defines the
-/// MultiStore's errors before loading the extension).
-pub fn init(ruby: &Ruby) -> Result<(), Error> {
-    let redis: RClass = ruby.class_object().const_get("Redis")?;
-    // Registered with the GC: it then keeps them alive and never moves them, which
-    // `GC.compact` would otherwise do under these stored references.
-    let keep = |class: ExceptionClass| -> Opaque<ExceptionClass> {
-        ruby.gc_register_mark_object(class);
-        Opaque::from(class)
-    };
-    let classes = RedisErrorClasses {
-        command: keep(redis.const_get("CommandError")?),
-        cannot_connect: keep(redis.const_get("CannotConnectError")?),
-        connection: keep(redis.const_get("ConnectionError")?),
-        timeout: keep(redis.const_get("TimeoutError")?),
-        method_missing: keep(
-            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::MethodMissingError")?,
-        ),
-        not_namespaced: keep(
-            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::NamespaceError")?,
-        ),
-        cross_slot: keep(ruby.eval::<ExceptionClass>("Redis::Cluster::CrossSlotPipeliningError")?),
-        protocol: keep(redis.const_get("ProtocolError")?),
-        backfill_after_switch: keep(
-            ruby.eval::<ExceptionClass>("Gitlab::Redis::MultiStore::BackfillAfterSwitchError")?,
-        ),
-    };
-    let _ = CLASSES.set(classes);
-    Ok(())
+pub fn command_error_class(ruby: &Ruby) -> ExceptionClass {
+    ruby.get_inner(&COMMAND)
 }
 
-fn classes(ruby: &Ruby) -> Result<&'static RedisErrorClasses, Error> {
-    CLASSES.get().ok_or_else(|| {
-        Error::new(
-            ruby.exception_runtime_error(),
-            "gitlab_multistore: native extension used before it was initialised",
-        )
-    })
-}
-
-pub fn command_error_class(ruby: &Ruby) -> Result<ExceptionClass, Error> {
-    Ok(classes(ruby)?.command.get_inner_with(ruby))
-}
-
-/// The Ruby class a core error is raised as, by name (for reports built on the Ruby side).
-pub fn ruby_error_class_name(err: &CoreError) -> &'static str {
-    match err {
-        CoreError::Server(_) => "Redis::CommandError",
-        CoreError::CannotConnect { .. } => "Redis::CannotConnectError",
-        CoreError::Timeout | CoreError::RequestsInDoubt { .. } => "Redis::TimeoutError",
+fn exception_class(ruby: &Ruby, err: &CoreError) -> ExceptionClass {
+    let class = match err {
+        CoreError::Server(_) => &COMMAND,
+        CoreError::CannotConnect { .. } => &CANNOT_CONNECT,
+        CoreError::Timeout | CoreError::RequestsInDoubt { .. } => &TIMEOUT,
         CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
-            "Redis::ConnectionError"
+            &CONNECTION
         }
-        CoreError::MethodMissing(_) => "Gitlab::Redis::MultiStore::MethodMissingError",
-        CoreError::NotNamespaced(_) => "Gitlab::Redis::MultiStore::NamespaceError",
-        CoreError::InvalidConfig(_) => "ArgumentError",
-        CoreError::CrossSlot { .. } => "Redis::Cluster::CrossSlotPipeliningError",
-        CoreError::UnexpectedReplyType(_) => "Redis::ProtocolError",
-        CoreError::SoleStore(_) => "Gitlab::Redis::MultiStore::BackfillAfterSwitchError",
+        CoreError::MethodMissing(_) => &METHOD_MISSING,
+        CoreError::NotNamespaced(_) => &NOT_NAMESPACED,
+        CoreError::CrossSlot { .. } => &CROSS_SLOT,
+        CoreError::UnexpectedReplyType(_) => &PROTOCOL,
+        CoreError::SoleStore(_) => &BACKFILL_AFTER_SWITCH,
+        CoreError::InvalidConfig(_) => return ruby.exception_arg_error(),
+    };
+    ruby.get_inner(class)
+}
+
+/// A connection failure's cause as redis-rb names it: `Error connecting to Redis on … (`this`)`
+/// while connecting, `Connection lost (`this`)` after.
+fn redis_rb_cause(cause: &Cause, connecting: bool) -> String {
+    match cause {
+        Cause::Os(errno) => {
+            let name = errno_name(*errno).map_or_else(|| format!("E{errno}"), str::to_string);
+            if connecting {
+                format!("Errno::{name}")
+            } else {
+                name
+            }
+        }
+        // redis-rb's Ruby driver turns a connection closed under a command into ECONNRESET.
+        Cause::Closed if connecting => "EOFError".into(),
+        Cause::Closed => "ECONNRESET".into(),
+        Cause::TimedOut => "Redis::TimeoutError".into(),
+        Cause::Tls(message) => format!("OpenSSL::SSL::SSLError: {message}"),
+        Cause::Io(_) => "SocketError".into(),
+        Cause::Refused(message) => message.clone(),
+    }
+}
+
+/// The exception redis-rb would raise for `err`.
+pub fn exception(ruby: &Ruby, err: &CoreError) -> Result<Exception, Error> {
+    let class = exception_class(ruby, err);
+    match err {
+        // Error lines are bytes: raised as a binary string, as redis-rb does.
+        CoreError::Server(reply) => class.new_instance((ruby.str_from_slice(&reply.message),)),
+        // redis-rb builds its message from the byte.
+        CoreError::UnexpectedReplyType(byte) => {
+            class.new_instance((ruby.str_new(&(*byte as char).to_string()),))
+        }
+        // redis-rb builds its message from the keys.
+        CoreError::CrossSlot { keys } => {
+            class.new_instance((ruby.ary_from_iter(keys.iter().map(|k| ruby.str_from_slice(k))),))
+        }
+        CoreError::CannotConnect { location, cause } => class.new_instance((format!(
+            "Error connecting to Redis on {location} ({})",
+            redis_rb_cause(cause, true)
+        ),)),
+        CoreError::ConnectionLost { cause } => class.new_instance((format!(
+            "Connection lost ({})",
+            redis_rb_cause(cause, false)
+        ),)),
+        _ => class.new_instance((err.to_string(),)),
     }
 }
 
 pub fn to_ruby_error(ruby: &Ruby, err: CoreError) -> Error {
-    let classes = match classes(ruby) {
-        Ok(classes) => classes,
-        Err(not_ready) => return not_ready,
-    };
-    let class = match &err {
-        CoreError::Server(_) => classes.command,
-        CoreError::CannotConnect { .. } => classes.cannot_connect,
-        CoreError::Timeout | CoreError::RequestsInDoubt { .. } => classes.timeout,
-        CoreError::ConnectionLost { .. } | CoreError::Interrupted | CoreError::Protocol(_) => {
-            classes.connection
-        }
-        CoreError::MethodMissing(_) => classes.method_missing,
-        CoreError::NotNamespaced(_) => classes.not_namespaced,
-        CoreError::CrossSlot { .. } => classes.cross_slot,
-        CoreError::UnexpectedReplyType(_) => classes.protocol,
-        CoreError::SoleStore(_) => classes.backfill_after_switch,
-        CoreError::InvalidConfig(_) => {
-            return Error::new(ruby.exception_arg_error(), err.to_string())
-        }
-    };
-    match &err {
-        // Error lines are bytes: raised as a binary string, as redis-rb does.
-        CoreError::Server(reply) => {
-            let message = ruby.str_from_slice(&reply.message);
-            match class.get_inner_with(ruby).new_instance((message,)) {
-                Ok(exception) => Error::from(exception),
-                Err(e) => e,
-            }
-        }
-        // redis-rb builds its message from the byte.
-        CoreError::UnexpectedReplyType(byte) => {
-            let byte = ruby.str_new(&(*byte as char).to_string());
-            match class.get_inner_with(ruby).new_instance((byte,)) {
-                Ok(exception) => Error::from(exception),
-                Err(e) => e,
-            }
-        }
-        // redis-rb builds its message from the keys.
-        CoreError::CrossSlot { keys } => {
-            let keys = ruby.ary_from_iter(keys.iter().map(|k| ruby.str_from_slice(k)));
-            match class.get_inner_with(ruby).new_instance((keys,)) {
-                Ok(exception) => Error::from(exception),
-                Err(e) => e,
-            }
-        }
-        _ => Error::new(class.get_inner_with(ruby), err.to_string()),
+    match exception(ruby, &err) {
+        Ok(exception) => Error::from(exception),
+        Err(failed) => failed,
     }
 }
 

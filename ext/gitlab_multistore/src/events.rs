@@ -1,9 +1,10 @@
 //! Delivers what happened on the side of a call (a failed write on the non-default store, a
 //! read fallback, an unknown command) to the Ruby reporter, after the GVL is taken back. Each
-//! event becomes `[kind, command_name, store, error_class, error_message]`; the Ruby side turns
-//! it into an exception and calls the application's `on_error`.
+//! event becomes `[kind, command_name, store, exception]` -- the exception of a failure built
+//! by the one error map (`error::exception`), nil for the other kinds, which the Ruby side names
+//! -- and the Ruby side calls the application's `on_error`.
 
-use crate::error::ruby_error_class_name;
+use crate::error::exception;
 use gitlab_multistore::{Event, Outcome};
 use magnus::{prelude::*, Error, RArray, Ruby, Value};
 
@@ -32,11 +33,13 @@ fn event_to_ruby(ruby: &Ruby, event: &Event, command_name: &str) -> Result<RArra
         Event::MethodMissing => ("method_missing", None, None),
         Event::PipelinedDiff => ("pipelined_diff", None, None),
     };
-    let row = ruby.ary_new_capa(5);
+    let row = ruby.ary_new_capa(4);
     row.push(ruby.to_symbol(kind))?;
     row.push(ruby.str_new(command_name))?;
     row.push(store.map_or(nil, |s| ruby.to_symbol(s).as_value()))?;
-    row.push(error.map_or(nil, |e| ruby.str_new(ruby_error_class_name(e)).as_value()))?;
-    row.push(error.map_or(nil, |e| ruby.str_new(&e.to_string()).as_value()))?;
+    match error {
+        Some(error) => row.push(exception(ruby, error)?)?,
+        None => row.push(nil)?,
+    }
     Ok(row)
 }

@@ -23,7 +23,6 @@ use magnus::{Error, Ruby};
 
 #[magnus::init(name = "gitlab_multistore")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
-    error::init(ruby)?;
     logging::init();
     let module = ruby.define_module("GitlabMultistore")?;
     native_store::init(ruby, module)?;

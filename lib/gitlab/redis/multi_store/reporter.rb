@@ -16,10 +16,11 @@ module Gitlab
           @on_error = on_error
         end
 
-        # One row per event: [kind, command_name, store, error_class, error_message].
+        # One row per event: [kind, command_name, store, exception] -- the exception of a failure
+        # built by the native error map, nil for the kinds named here.
         def call(events)
-          events.each do |kind, command_name, store, error_class, error_message|
-            exception = build(kind, command_name, error_class, error_message)
+          events.each do |kind, command_name, store, error|
+            exception = error || build(kind, command_name)
             context = { instance_name: @instance_name, command_name: command_name, store: store }
             context[:message] = "Failed to read from primary store" if kind == :read_from_primary_failed
             context[:message] = "Failed to write to #{store} store" if kind == :non_default_failed
@@ -35,7 +36,7 @@ module Gitlab
 
         private
 
-        def build(kind, command_name, error_class, error_message)
+        def build(kind, command_name)
           case kind
           when :read_fallback
             ReadFromPrimaryError.new("Value not found on the primary store. Read from the secondary store successful.")
@@ -44,15 +45,8 @@ module Gitlab
           when :pipelined_diff
             PipelinedDiffError.new("Pipeline executed on both stores, but their results differ")
           else
-            error_from(error_class, error_message)
+            ::Redis::BaseError.new("#{kind} on #{command_name}")
           end
-        end
-
-        def error_from(class_name, message)
-          klass = Object.const_get(class_name.to_s)
-          klass.new(message)
-        rescue NameError
-          ::Redis::BaseError.new(message)
         end
 
         def deliver(exception, context)
