@@ -1,11 +1,11 @@
 # frozen_string_literal: true
 
-# redis-rb and the MultiStore's error classes come first: the native extension looks up the
-# exception classes it raises when it loads.
+# The native extension comes first: the Ruby side takes the flag bits from it. (It looks the
+# exception classes it raises up when it first raises one.)
 require "redis"
 require "monitor"
 require "gitlab_multistore/version"
+require "gitlab_multistore/gitlab_multistore"
 require "gitlab/redis/multi_store"
 require "gitlab/redis/wrapper"
 require "gitlab/redis/multi_store_wrapper"
-require "gitlab_multistore/gitlab_multistore"

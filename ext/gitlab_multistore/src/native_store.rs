@@ -365,6 +365,10 @@ fn set_request_metrics(enabled: bool) {
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("NativeStore", ruby.class_object())?;
+    // The flag bits the Ruby side packs for each call, defined once, in the core.
+    class.const_set("FLAG_DUAL_WRITE", Flags::DUAL_WRITE)?;
+    class.const_set("FLAG_PRIMARY_DEFAULT", Flags::PRIMARY_DEFAULT)?;
+    class.const_set("FLAG_STRICT", Flags::STRICT)?;
     class.define_singleton_method("new", function!(NativeStore::new, 6))?;
     class.define_method("_status", method!(NativeStore::status, 1))?;
     class.define_method(

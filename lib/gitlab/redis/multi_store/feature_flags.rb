@@ -14,9 +14,9 @@ module Gitlab
       # flag table does not exist yet during boot or migrations), or the callable calling back
       # into this store (a flag cache kept in the Redis being migrated) -- GitLab hit that loop.
       class FeatureFlags
-        DUAL_WRITE = 1
-        PRIMARY_DEFAULT = 2
-        STRICT = 4
+        DUAL_WRITE = GitlabMultistore::NativeStore::FLAG_DUAL_WRITE
+        PRIMARY_DEFAULT = GitlabMultistore::NativeStore::FLAG_PRIMARY_DEFAULT
+        STRICT = GitlabMultistore::NativeStore::FLAG_STRICT
         TRUE_VALUES = %w[1 true yes on].freeze
         FALSE_VALUES = %w[0 false no off].freeze
 
