@@ -75,6 +75,17 @@ impl RedisServer {
         self.child.id()
     }
 
+    /// Stops the server (SIGSTOP): connected, it answers nothing until `resume`.
+    pub fn pause(&self) {
+        // SAFETY: signals a child process this struct owns.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) };
+    }
+
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

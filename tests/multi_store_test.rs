@@ -1,0 +1,198 @@
+//! The MultiStore core without Ruby, against real redis-servers: where each flag state sends
+//! writes and reads, the read fallback, the journal and re-sync after a non-default store
+//! failed, and a backfill followed by a verify. Each test checks both stores' contents through
+//! an independent client (the `redis` crate), not only the reply the caller got.
+
+mod support;
+
+use gitlab_multistore::migration::backfill::Backfill;
+use gitlab_multistore::migration::verify::{Verify, VerifyOptions};
+use gitlab_multistore::{CancelToken, Command, Event, Flags, MultiStore, Reply, Role};
+use redis::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{bulk, status, RedisServer};
+
+const FLAG_STATES: [(bool, bool); 4] = [(false, false), (true, false), (true, true), (false, true)];
+
+fn flags(dual_write: bool, primary_default: bool) -> Flags {
+    Flags {
+        dual_write,
+        primary_default,
+        strict: false,
+    }
+}
+
+fn cmd(args: &[&str]) -> Command {
+    Command::from_args(args.iter().map(|a| a.as_bytes()))
+}
+
+fn on(server: &RedisServer, key: &str) -> Option<String> {
+    match server.query(&["GET", key]) {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
+    }
+}
+
+/// Polls until `done` or 5 s have passed; whether it became true.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+#[test]
+fn each_flag_state_writes_where_the_runbook_says_and_reads_the_default_store() {
+    for (i, (dual_write, primary_default)) in FLAG_STATES.into_iter().enumerate() {
+        let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+        let store = MultiStore::new(format!("routing{i}"), primary.config(), secondary.config());
+        let flags = flags(dual_write, primary_default);
+        let cancel = CancelToken::new();
+
+        let written = store.call(&cmd(&["SET", "k", "v"]), flags, &cancel);
+        assert_eq!(written.result.unwrap(), status("OK"));
+
+        let on_primary = dual_write || primary_default;
+        let on_secondary = dual_write || !primary_default;
+        let state = format!("dual_write={dual_write} primary_default={primary_default}");
+        assert_eq!(on(&primary, "k").is_some(), on_primary, "{state}");
+        assert_eq!(on(&secondary, "k").is_some(), on_secondary, "{state}");
+
+        // Reads go to the default store, except during dual-write with the secondary as the
+        // default: then the primary is read first (GitLab's MultiStore), falling back on a miss.
+        let (read_first, other) = if primary_default || dual_write {
+            (&primary, &secondary)
+        } else {
+            (&secondary, &primary)
+        };
+        read_first.query(&["SET", "r", "read"]);
+        other.query(&["SET", "r", "other"]);
+        let read = store.call(&cmd(&["GET", "r"]), flags, &cancel);
+        assert_eq!(read.result.unwrap(), bulk("read"), "{state}");
+    }
+}
+
+#[test]
+fn a_read_the_primary_misses_during_dual_write_falls_back_to_the_secondary() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("fallback", primary.config(), secondary.config());
+    secondary.query(&["SET", "only-old", "v"]);
+
+    let read = store.call(
+        &cmd(&["GET", "only-old"]),
+        flags(true, false),
+        &CancelToken::new(),
+    );
+
+    assert_eq!(read.result.unwrap(), bulk("v"));
+    assert!(read.events.iter().any(|e| matches!(e, Event::ReadFallback)));
+    assert_eq!(on(&primary, "only-old"), None, "a read copies nothing");
+}
+
+#[test]
+fn a_write_the_non_default_store_missed_is_journaled_and_copied_once_it_is_back() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let mut hanging = primary.config();
+    hanging.read_timeout = Some(Duration::from_millis(200));
+    let store = MultiStore::new("journal", hanging, secondary.config());
+    let flags = flags(true, false);
+    let cancel = CancelToken::new();
+    store.call(&cmd(&["PING"]), flags, &cancel);
+
+    primary.pause();
+    let written = store.call(&cmd(&["SET", "k", "v1"]), flags, &cancel);
+    primary.resume();
+
+    assert_eq!(
+        written.result.unwrap(),
+        status("OK"),
+        "the default store answered"
+    );
+    assert!(written.events.iter().any(|e| matches!(
+        e,
+        Event::NonDefaultFailed {
+            role: Role::Primary,
+            ..
+        }
+    )));
+    assert_eq!(on(&secondary, "k").as_deref(), Some("v1"));
+    assert!(
+        eventually(|| on(&primary, "k").as_deref() == Some("v1")),
+        "the re-sync copied the missed write"
+    );
+    assert!(eventually(|| store.status().journal_keys == 0));
+}
+
+#[test]
+fn a_pipeline_during_dual_write_runs_on_both_stores() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("pipeline", primary.config(), secondary.config());
+    let batch = [cmd(&["INCR", "n"]), cmd(&["RPUSH", "l", "a", "b"])];
+
+    let outcome = store.pipeline(&batch, flags(true, true), false, &CancelToken::new());
+
+    assert_eq!(
+        outcome.result.unwrap(),
+        vec![Reply::Integer(1), Reply::Integer(2)]
+    );
+    for server in [&primary, &secondary] {
+        assert_eq!(on(server, "n").as_deref(), Some("1"));
+        assert_eq!(server.query(&["LLEN", "l"]), Value::Int(2));
+    }
+}
+
+#[test]
+fn a_backfill_copies_what_only_the_secondary_has_and_a_verify_then_agrees() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    for i in 0..500 {
+        let key = format!("key:{i}");
+        secondary.query(&["SET", &key, &i.to_string(), "EX", "3600"]);
+    }
+    secondary.query(&["HSET", "hash", "f", "v"]);
+    primary.query(&["SET", "key:7", "newer"]);
+    let store = MultiStore::new("copy", primary.config(), secondary.config());
+    let cancel = CancelToken::new();
+    store.call(&cmd(&["PING"]), flags(true, false), &cancel);
+    let stores = (
+        Arc::clone(store.store(Role::Primary)),
+        Arc::clone(store.store(Role::Secondary)),
+    );
+
+    let mut backfill = Backfill::new(stores.0.clone(), stores.1.clone(), None, 100)
+        .with_reconciler(store.reconciler())
+        .with_settle_delay(Duration::from_millis(50));
+    let report = loop {
+        let report = backfill.step(&cancel).unwrap().clone();
+        if report.done {
+            break report;
+        }
+    };
+
+    assert_eq!(
+        (report.copied, report.already_present, report.failed),
+        (500, 1, 0)
+    );
+    assert_eq!(
+        on(&primary, "key:7").as_deref(),
+        Some("newer"),
+        "never overwritten"
+    );
+    assert_eq!(on(&primary, "key:8").as_deref(), Some("8"));
+    assert!(matches!(primary.query(&["TTL", "key:8"]), Value::Int(t) if t > 3590));
+
+    primary.query(&["SET", "key:7", "7", "EX", "3600"]);
+    let mut verify = Verify::new(stores.0, stores.1, VerifyOptions::default());
+    let verdict = loop {
+        let verdict = verify.step(&cancel).unwrap().clone();
+        if verdict.done {
+            break verdict;
+        }
+    };
+    assert!(verdict.in_agreement(), "{verdict:?}");
+    assert_eq!(verdict.checked, 501);
+}
