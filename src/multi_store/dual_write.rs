@@ -1,0 +1,475 @@
+//! Writes during dual-write: to both stores at once, the default store's reply returned; what
+//! the other store missed or may have missed journaled for the re-sync; pipelines compared.
+
+use super::*;
+
+/// What the presence look before an in-place write found.
+pub(super) enum Presence {
+    /// Keys that exist on one store only, to re-sync once the write has run.
+    Partial(Vec<Vec<u8>>),
+    /// The non-default store did not answer: it is not sent the write either.
+    OtherDidNotAnswer(Error),
+}
+
+/// Keys registered with `Journal::writes_begin`, handed back when dropped: the write was
+/// answered, failed, or was interrupted.
+pub(super) struct WritesInFlight<'j> {
+    journal: &'j Journal,
+    keys: Vec<Vec<u8>>,
+    /// The write counted for copies that must wait for it (`Journal::write_begins`).
+    _counted: Option<crate::healing::write_epochs::WriteInFlight<'j>>,
+}
+
+impl Drop for WritesInFlight<'_> {
+    fn drop(&mut self) {
+        self.journal.writes_end(std::mem::take(&mut self.keys));
+    }
+}
+
+/// One EXISTS per key, so that each answer says whether that one key is there (and each goes to
+/// its own node on a cluster, ahead of the commands that follow it there).
+pub(super) fn exists_probes<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Command> {
+    keys.into_iter()
+        .map(|key| Command::from_args([&b"EXISTS"[..], key]))
+        .collect()
+}
+
+/// A replayed removal that removed nothing (see `blocking::mirror`): LREM/ZREM answering 0, an
+/// XREADGROUP delivering nothing.
+pub(super) fn took_nothing(cmd: &Command, reply: &Reply) -> bool {
+    match reply {
+        Reply::Integer(0) => cmd.name_is("lrem") || cmd.name_is("zrem") || cmd.name_is("srem"),
+        Reply::Nil => cmd.name_is("xreadgroup"),
+        Reply::Array(items) => cmd.name_is("xreadgroup") && items.is_empty(),
+        _ => false,
+    }
+}
+
+/// Whether two stores answering a write differently means their data differs. PUBLISH answers
+/// with each server's own subscriber count.
+pub(super) fn replies_tell_the_data(cmd: &Command) -> bool {
+    !(cmd.name_is("publish") || cmd.name_is("spublish"))
+}
+
+impl MultiStore {
+    /// Sends to the non-default store first without waiting, then runs the default store's
+    /// round trip, then collects the other reply: latency is the slower store's, not the sum.
+    /// While the other store's breaker is open it is not asked at all; what it misses is
+    /// journaled for re-sync.
+    pub(super) fn write_both(
+        &self,
+        cmd: &Command,
+        default: Role,
+        kind: RequestKind,
+        ctx: &mut CallContext,
+    ) -> Result<Reply> {
+        let cancel = ctx.cancel;
+        self.guarded_dual_write(
+            std::slice::from_ref(cmd),
+            default,
+            kind,
+            ctx,
+            |s| s.call(cmd, ReadTimeout::Configured, cancel),
+            |ctx| self.write_both_unguarded(cmd, default, kind, ctx),
+        )
+    }
+
+    /// What every dual write goes through: one breaker admission, taken before the presence
+    /// look (a probe after the cool-down is looked before like any write: its keys may exist on
+    /// one store only); the writes registered in flight for the re-sync; the presence look; then
+    /// `both` -- or `on_default` alone when the other store is skipped or did not answer.
+    pub(super) fn guarded_dual_write<T>(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        kind: RequestKind,
+        ctx: &mut CallContext,
+        on_default: impl FnOnce(&Store) -> Result<T>,
+        both: impl FnOnce(&mut CallContext) -> Result<T>,
+    ) -> Result<T> {
+        let other = default.other();
+        // Free while nothing is journaled (no lock taken on the hot path).
+        if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
+            self.catch_up_default(cmds, default, ctx.cancel);
+        }
+        if self.breaker(other).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
+        }
+        let _writes = self.writes_in_flight(cmds);
+        match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+            Presence::Partial(partial) => {
+                let reply = both(ctx);
+                self.journal_partial(partial, default);
+                reply
+            }
+            Presence::OtherDidNotAnswer(look_failed) => {
+                self.write_default_only(cmds, default, kind, look_failed, ctx, on_default)
+            }
+        }
+    }
+
+    /// The other store did not answer the presence look before a write: it is not sent the
+    /// write too, which would make the caller wait out its timeout a second time (and a write
+    /// answered late would count as no failure, leaving the breaker closed). The write counts
+    /// as failed there: reported, fed to its breaker and journaled.
+    pub(super) fn write_default_only<T>(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        kind: RequestKind,
+        look_failed: Error,
+        ctx: &mut CallContext,
+        write: impl FnOnce(&Store) -> Result<T>,
+    ) -> Result<T> {
+        if matches!(look_failed, Error::Interrupted) {
+            return Err(Error::Interrupted); // nothing of the write was sent yet
+        }
+        let other = default.other();
+        let reply = self.missing_write(cmds, other, || self.timed(default, kind, write));
+        self.report_non_default_failure(other, look_failed, ctx);
+        reply
+    }
+
+    /// Runs a write the `lagging` store does not get. Its keys are journaled before it, so reads
+    /// go to the default store meanwhile, and registered as written until it is answered, so the
+    /// re-sync cannot copy and settle them before the write has landed.
+    pub(super) fn missing_write<T>(
+        &self,
+        cmds: &[Command],
+        lagging: Role,
+        write: impl FnOnce() -> T,
+    ) -> T {
+        let mut registered = Vec::new();
+        self.journal_missed_with(cmds, lagging, Some(&mut registered));
+        let _writes = WritesInFlight {
+            journal: &self.state.journal,
+            keys: registered,
+            _counted: None,
+        };
+        write()
+    }
+
+    /// Registers a dual write of `cmds` with the journal (see `Journal::writes_begin`) until
+    /// the returned guard is dropped.
+    pub(super) fn writes_in_flight(&self, cmds: &[Command]) -> WritesInFlight<'_> {
+        let journal = &self.state.journal;
+        // A batch with a blocking command stays in flight for as long as it blocks (seconds):
+        // counted, it would hold every copy of every key back that long (a stream of them,
+        // for ever). Its other writes reach both stores as it is sent, like any pipeline.
+        let blocking = cmds
+            .iter()
+            .any(|cmd| command_table::lookup(cmd).is_some_and(CommandSpec::is_blocking));
+        let counted = (!blocking).then(|| journal.write_begins());
+        if journal.is_empty() {
+            return WritesInFlight {
+                journal,
+                keys: Vec::new(),
+                _counted: counted,
+            };
+        }
+        let keys: Vec<&[u8]> = cmds
+            .iter()
+            .filter_map(|cmd| command_table::keys(cmd, command_table::lookup(cmd)?))
+            .flatten()
+            .collect();
+        WritesInFlight {
+            journal,
+            keys: journal.writes_begin(keys),
+            _counted: counted,
+        }
+    }
+
+    pub(super) fn write_both_unguarded(
+        &self,
+        cmd: &Command,
+        default: Role,
+        kind: RequestKind,
+        ctx: &mut CallContext,
+    ) -> Result<Reply> {
+        let other = default.other();
+        let cancel = ctx.cancel;
+        let other_started = Instant::now();
+        let (reply, other_reply) = match crate::multi_store::stream_ids::auto_id_position(cmd) {
+            // The other store gets the stream entry under the ID the default store chose.
+            Some(id_at) => {
+                let reply = self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                });
+                let mirrored = match &reply {
+                    Ok(Reply::Bulk(id)) => crate::multi_store::stream_ids::with_id(cmd, id_at, id),
+                    _ => cmd.clone(),
+                };
+                let other_reply = self
+                    .store(other)
+                    .pipeline(std::slice::from_ref(&mirrored), cancel);
+                (reply, other_reply)
+            }
+            None => {
+                let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
+                let reply = self.timed(default, kind, |s| {
+                    s.call(cmd, ReadTimeout::Configured, cancel)
+                });
+                let other_reply = in_flight
+                    .and_then(|f| self.store(other).receive(f, cancel))
+                    .and_then(|replies| self.recover_noscript(cmd, other, replies, cancel));
+                (reply, other_reply)
+            }
+        };
+        self.metrics.request(other, kind, other_started);
+        if reply.as_ref().is_err_and(Error::is_connection_error) && other_reply.is_ok() {
+            // The other store may now hold a write the default store never applied: re-sync it
+            // from the default store, and meanwhile read the key from the default store only.
+            self.journal_missed(std::slice::from_ref(cmd), other);
+        }
+        match other_reply {
+            Err(error) => self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx),
+            Ok(replies) => {
+                self.breaker_success(other);
+                match (replies.first(), &reply) {
+                    // An error reply only on the non-default store means the stores disagree.
+                    (Some(Reply::Error(line)), Ok(default_reply)) if !default_reply.is_error() => {
+                        let error = Error::Server(ServerErrorReply::from_line(line));
+                        self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx);
+                    }
+                    // Two different answers to one write mean the key differed before it (a
+                    // counter the new store started from zero, EXPIRE or SETNX on a key it does
+                    // not have yet) or differs now (SPOP took another member): the other store
+                    // is brought in line with the default one, and meanwhile reads of the key go
+                    // to the default store only.
+                    (Some(other_reply), Ok(default_reply))
+                        if other_reply != default_reply && replies_tell_the_data(cmd) =>
+                    {
+                        tracing::debug!(instance_name = %self.instance_name, command_name = %cmd.name(), "a write answered differently by the stores: re-syncing its keys");
+                        self.journal_keys_of(cmd, other);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        reply
+    }
+
+    /// An EVALSHA the other store does not know: load the script there (when it went through
+    /// this MultiStore) and run it again, so that store gets the write too.
+    pub(super) fn recover_noscript(
+        &self,
+        cmd: &Command,
+        role: Role,
+        replies: Vec<Reply>,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Reply>> {
+        let noscript = replies.first().and_then(Reply::error_code) == Some(&b"NOSCRIPT"[..]);
+        let Some(recovery) = noscript.then(|| self.state.scripts.recovery(cmd)).flatten() else {
+            return Ok(replies);
+        };
+        tracing::debug!(instance_name = %self.instance_name, store = role.name(), "loading a script the store did not know");
+        let mut recovered = self.store(role).pipeline(&recovery, cancel)?;
+        Ok(recovered.pop().into_iter().collect())
+    }
+
+    pub(super) fn pipeline_both(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        ctx: &mut CallContext,
+    ) -> Result<Vec<Reply>> {
+        let cancel = ctx.cancel;
+        self.guarded_dual_write(
+            cmds,
+            default,
+            RequestKind::Pipeline,
+            ctx,
+            |s| s.pipeline(cmds, cancel),
+            |ctx| self.pipeline_both_unguarded(cmds, default, ctx),
+        )
+    }
+
+    /// Until a full verify has shown the stores agree, a key may exist on one store only (not
+    /// backfilled yet). A write that changes such a key in place -- HSET of one field, SADD,
+    /// INCR, EXPIRE -- leaves the other store holding a part of it (a hash of one field), which
+    /// a primary-first read would return as if whole; one that reads it (ZUNIONSTORE, BITOP, a
+    /// script) computes another result there for its other keys. So before such writes, both
+    /// stores are asked which of their keys they have (EXISTS, one pipelined round trip to
+    /// each, at once); every key of a command that names a key only one store has is journaled
+    /// after the write and re-synced from `source`. Writes that replace the whole key (SET, DEL,
+    /// MSET …) need no such look, nor does anything once the stores are known to agree.
+    pub(super) fn keys_only_one_store_has(
+        &self,
+        cmds: &[Command],
+        source: Role,
+        cancel: &CancelToken,
+    ) -> Result<Presence> {
+        if self.state.journal.stores_agree() {
+            return Ok(Presence::Partial(Vec::new()));
+        }
+        let mut per_command: Vec<Vec<&[u8]>> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            if spec.kind() != CommandKind::Write || command_table::replaces_whole_keys(cmd, spec) {
+                continue;
+            }
+            let named = command_table::keys(cmd, spec).unwrap_or_default();
+            for key in &named {
+                if !keys.contains(key) {
+                    keys.push(key);
+                }
+            }
+            per_command.push(named);
+        }
+        if keys.is_empty() {
+            return Ok(Presence::Partial(Vec::new()));
+        }
+        let other = source.other();
+        let probes = exists_probes(keys.iter().copied());
+        let in_flight = self.store(other).send(&probes, cancel);
+        let on_source = self.store(source).pipeline(&probes, cancel);
+        let on_other = in_flight.and_then(|f| self.store(other).receive(f, cancel));
+        // A default store that did not answer fails the call before any of the write is sent
+        // anywhere, as the write itself would have, instead of waiting out its timeout twice.
+        let on_source = on_source?;
+        let on_other = match on_other {
+            Ok(on_other) => on_other,
+            Err(error) => return Ok(Presence::OtherDidNotAnswer(error)),
+        };
+        let differing: Vec<&[u8]> = keys
+            .iter()
+            .zip(on_source.iter().zip(&on_other))
+            .filter(|(_, (s, o))| s != o)
+            .map(|(key, _)| *key)
+            .collect();
+        let mut journaled: Vec<Vec<u8>> = Vec::new();
+        for named in per_command {
+            if named.iter().any(|key| differing.contains(key)) {
+                for key in named {
+                    if !journaled.iter().any(|k| k == key) {
+                        journaled.push(key.to_vec());
+                    }
+                }
+            }
+        }
+        Ok(Presence::Partial(journaled))
+    }
+
+    /// EXISTS of each key the commands name, while the stores are not known to agree (empty once
+    /// they are).
+    pub(super) fn presence_probes(&self, cmds: &[Command]) -> Vec<Command> {
+        if self.state.journal.stores_agree() {
+            return Vec::new();
+        }
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for cmd in cmds {
+            if let Some(spec) = command_table::lookup(cmd) {
+                for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        exists_probes(keys)
+    }
+
+    pub(super) fn journal_partial(&self, keys: Vec<Vec<u8>>, default: Role) {
+        if keys.is_empty() {
+            return;
+        }
+        tracing::debug!(instance_name = %self.instance_name, keys = keys.len(), "a write changed keys only one store had: re-syncing them");
+        self.state
+            .journal
+            .record(Some(keys.iter().map(Vec::as_slice)), default.other());
+        self.metrics.journal_size(self.state.journal.len());
+        self.ensure_resync();
+    }
+
+    pub(super) fn pipeline_both_unguarded(
+        &self,
+        cmds: &[Command],
+        default: Role,
+        ctx: &mut CallContext,
+    ) -> Result<Vec<Reply>> {
+        let other = default.other();
+        let cancel = ctx.cancel;
+        let other_started = Instant::now();
+        let (replies, other_replies) = if crate::multi_store::stream_ids::has_auto_id(cmds) {
+            // The other store stores XADD * entries under the IDs the default store chose.
+            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            let mirrored = replies
+                .as_ref()
+                .ok()
+                .and_then(|r| crate::multi_store::stream_ids::mirror_batch(cmds, r));
+            let other_cmds = mirrored.as_deref().unwrap_or(cmds);
+            (replies, self.store(other).pipeline(other_cmds, cancel))
+        } else {
+            let in_flight = self.store(other).send(cmds, cancel);
+            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            (
+                replies,
+                in_flight.and_then(|f| self.store(other).receive(f, cancel)),
+            )
+        };
+        self.metrics
+            .request(other, RequestKind::Pipeline, other_started);
+        if replies.as_ref().is_err_and(Error::is_connection_error) && other_replies.is_ok() {
+            self.journal_missed(cmds, other);
+        }
+        match other_replies {
+            Err(error) => self.non_default_failed(cmds, other, error, ctx),
+            Ok(other_replies) => {
+                self.breaker_success(other);
+                if matches!(&replies, Ok(r) if *r != other_replies) {
+                    self.metrics.pipelined_diff(&(ctx.cmd_name)());
+                    tracing::debug!(instance_name = %self.instance_name, "pipeline results differ between the stores");
+                    ctx.events.push(Event::PipelinedDiff);
+                    // Which of the two is right cannot be told here; the default store's data
+                    // is the truth callers see, so the other store is re-synced from it.
+                    self.journal_missed(cmds, other);
+                }
+            }
+        }
+        replies
+    }
+
+    /// Replays on `role` writes that already ran on the other store (a transaction on a pinned
+    /// connection, what a blocking pop took). Looked before like any dual write: a key the
+    /// other store had and `role` did not is re-synced whole afterwards.
+    pub(super) fn mirror(&self, cmds: &[Command], role: Role, ctx: &mut CallContext) {
+        let cancel = ctx.cancel;
+        if self.breaker(role).admit() == Admission::Skipped {
+            self.metrics.breaker_skipped();
+            self.journal_missed(cmds, role);
+            return;
+        }
+        let source = role.other();
+        let _counted = self.state.journal.write_begins();
+        let partial = match self.keys_only_one_store_has(cmds, source, cancel) {
+            Ok(Presence::Partial(partial)) => Some(partial),
+            Ok(Presence::OtherDidNotAnswer(error)) => {
+                return self.non_default_failed(cmds, role, error, ctx)
+            }
+            // The source did not answer the look: the replay goes ahead, all its keys re-synced.
+            Err(_) => None,
+        };
+        match self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
+            Ok(replies) => {
+                self.breaker_success(role);
+                // The other store did not have what the replayed command was to take (the entry
+                // a blocking XREADGROUP got had not reached it yet, the element was not there)
+                // or refused it: the stores differ, and the key is re-synced from the source.
+                for (cmd, reply) in cmds.iter().zip(&replies) {
+                    if reply.is_error() || took_nothing(cmd, reply) {
+                        self.journal_keys_of(cmd, role);
+                    }
+                }
+            }
+            Err(error) => self.non_default_failed(cmds, role, error, ctx),
+        }
+        match partial {
+            Some(partial) => self.journal_partial(partial, source),
+            None => self.journal_missed(cmds, role),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What the MultiStore does about a store that missed writes: reports, the journal, the
+//! re-sync thread, catching the default store up, and the circuit breakers.
+
+use super::*;
+
+impl MultiStore {
+    pub(super) fn non_default_failed(
+        &self,
+        cmds: &[Command],
+        role: Role,
+        error: Error,
+        ctx: &mut CallContext,
+    ) {
+        self.journal_missed(cmds, role);
+        self.report_non_default_failure(role, error, ctx);
+    }
+
+    pub(super) fn report_non_default_failure(
+        &self,
+        role: Role,
+        error: Error,
+        ctx: &mut CallContext,
+    ) {
+        self.metrics.non_default_write_failure();
+        if error.is_connection_error() {
+            self.breaker_failure(role);
+        }
+        self.state.recent_failures.lock().push_back(Instant::now());
+        tracing::debug!(
+            instance_name = %self.instance_name,
+            command_name = %(ctx.cmd_name)(),
+            store = role.name(),
+            error = %error,
+            "write failed on the non-default store"
+        );
+        ctx.events.push(Event::NonDefaultFailed { role, error });
+    }
+
+    /// Records the keys of the writes among `cmds` as missed by `lagging`, and makes sure the
+    /// re-sync task runs.
+    pub(super) fn journal_missed(&self, cmds: &[Command], lagging: Role) {
+        self.journal_missed_with(cmds, lagging, None);
+    }
+
+    /// `journal_missed`; with `registered`, the keys are also registered as being written (see
+    /// `Journal::record_in_flight`).
+    pub(super) fn journal_missed_with(
+        &self,
+        cmds: &[Command],
+        lagging: Role,
+        mut registered: Option<&mut Vec<Vec<u8>>>,
+    ) {
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            if spec.kind() != CommandKind::Write {
+                continue;
+            }
+            let keys = if command_table::writes_other_database(cmd) {
+                None // a full verify (of every database) is needed
+            } else {
+                command_table::keys(cmd, spec)
+            };
+            let dropped = match registered.as_deref_mut() {
+                Some(registered) => self
+                    .state
+                    .journal
+                    .record_in_flight(keys, lagging, registered),
+                None => self.state.journal.record(keys, lagging),
+            };
+            if dropped > 0 {
+                self.metrics.journal_overflow(dropped);
+                tracing::warn!(instance_name = %self.instance_name, dropped, "journal full: a full verify is needed");
+            }
+        }
+        self.metrics.journal_size(self.state.journal.len());
+        self.ensure_resync();
+    }
+
+    /// Records the keys of one write as missed by `lagging`, if it names them (a write without
+    /// nameable keys is left alone: its differing answer is no sign of differing data).
+    pub(super) fn journal_keys_of(&self, cmd: &Command, lagging: Role) {
+        let Some(spec) = command_table::lookup(cmd) else {
+            return;
+        };
+        match command_table::keys(cmd, spec) {
+            Some(keys) if !keys.is_empty() => {
+                self.journal_missed(std::slice::from_ref(cmd), lagging);
+            }
+            _ => {}
+        }
+    }
+
+    /// The store that missed the latest write of the command's key, if it is journaled.
+    pub(super) fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
+        if self.state.journal.is_empty() {
+            return None;
+        }
+        let keys = command_table::keys(cmd, spec)?;
+        keys.iter().find_map(|key| self.state.journal.lagging(key))
+    }
+
+    pub(super) fn ensure_resync(&self) {
+        resync::ensure_running(&self.state, || self.resync_context());
+    }
+
+    /// How a verify's repair and a backfill's re-copy run by this MultiStore bring keys in line:
+    /// through its re-sync, so the copies cannot undo its own dual writes (see
+    /// `resync::RepairThroughResync`).
+    pub fn reconciler(&self) -> Arc<dyn crate::migration::copy::Reconciler> {
+        Arc::new(resync::RepairThroughResync {
+            ctx: self.resync_context(),
+        })
+    }
+
+    pub(super) fn resync_context(&self) -> ResyncContext {
+        ResyncContext {
+            instance_name: self.instance_name.clone(),
+            stores: self.stores.clone(),
+            state: Arc::downgrade(&self.state),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Before a write, the keys it names that the default store missed (journaled as lagging
+    /// it: the default flipped back before the re-sync copied them) are copied to it first
+    /// (see `resync::catch_up`). Free while nothing is journaled.
+    pub(super) fn catch_up_default(&self, cmds: &[Command], default: Role, cancel: &CancelToken) {
+        let journal = &self.state.journal;
+        if journal.is_empty() {
+            return;
+        }
+        let mut stale: Vec<Vec<u8>> = Vec::new();
+        for cmd in cmds {
+            let Some(spec) = command_table::lookup(cmd) else {
+                continue;
+            };
+            for key in command_table::keys(cmd, spec).unwrap_or_default() {
+                if journal.lagging(key) == Some(default) && !stale.iter().any(|k| k == key) {
+                    stale.push(key.to_vec());
+                }
+            }
+        }
+        if !stale.is_empty() {
+            resync::catch_up(&self.resync_context(), journal, default, &stale, cancel);
+        }
+    }
+
+    pub(super) fn breaker_success(&self, role: Role) {
+        if self.breaker(role).record_success() == Transition::Closed {
+            tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker closed: the store answers again");
+        }
+    }
+
+    pub(super) fn breaker_failure(&self, role: Role) {
+        // Its pooled connections are most likely dead too (restart, reset): the next attempt,
+        // the breaker's probe included, gets a fresh one instead of the next dead one.
+        self.store(role).disconnect();
+        if self.breaker(role).record_failure() == Transition::Opened {
+            self.metrics.breaker_opened(role);
+            tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker opened: not waiting on the store for a cool-down");
+        }
+    }
+}
