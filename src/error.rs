@@ -162,24 +162,56 @@ impl fmt::Display for Cause {
     }
 }
 
-/// The POSIX name of an errno a connection meets (`ECONNREFUSED`); `None` for the others.
+/// The name of an errno (`ECONNREFUSED`), as Ruby's `Errno::` classes are named; `None` for one
+/// outside the table (those a socket, a path or a process limit can give).
 pub fn errno_name(errno: i32) -> Option<&'static str> {
-    Some(match errno {
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ECONNABORTED => "ECONNABORTED",
-        libc::EPIPE => "EPIPE",
-        libc::ENOENT => "ENOENT",
-        libc::EACCES => "EACCES",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::EINVAL => "EINVAL",
-        libc::EBADF => "EBADF",
-        libc::ENOTCONN => "ENOTCONN",
-        _ => return None,
-    })
+    const NAMES: &[(i32, &str)] = &[
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EINTR, "EINTR"),
+        (libc::EIO, "EIO"),
+        (libc::EBADF, "EBADF"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EFAULT, "EFAULT"),
+        (libc::ENOTDIR, "ENOTDIR"),
+        (libc::EISDIR, "EISDIR"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::ENFILE, "ENFILE"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+        (libc::ELOOP, "ELOOP"),
+        (libc::ENOTSOCK, "ENOTSOCK"),
+        (libc::EPROTOTYPE, "EPROTOTYPE"),
+        (libc::ENOPROTOOPT, "ENOPROTOOPT"),
+        (libc::EPROTONOSUPPORT, "EPROTONOSUPPORT"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::EAFNOSUPPORT, "EAFNOSUPPORT"),
+        (libc::EADDRINUSE, "EADDRINUSE"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ENETRESET, "ENETRESET"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ENOBUFS, "ENOBUFS"),
+        (libc::EISCONN, "EISCONN"),
+        (libc::ENOTCONN, "ENOTCONN"),
+        (libc::ESHUTDOWN, "ESHUTDOWN"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::EHOSTDOWN, "EHOSTDOWN"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+        (libc::EALREADY, "EALREADY"),
+        (libc::EINPROGRESS, "EINPROGRESS"),
+    ];
+    NAMES
+        .iter()
+        .find(|(code, _)| *code == errno)
+        .map(|(_, name)| *name)
 }
 
 impl fmt::Display for ServerErrorReply {
@@ -189,3 +221,23 @@ impl fmt::Display for ServerErrorReply {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_errnos_a_socket_a_path_or_a_process_limit_gives() {
+        assert_eq!(errno_name(libc::ECONNREFUSED), Some("ECONNREFUSED"));
+        assert_eq!(errno_name(libc::EMFILE), Some("EMFILE"));
+        assert_eq!(errno_name(libc::ENOTDIR), Some("ENOTDIR"));
+        assert_eq!(errno_name(libc::EHOSTDOWN), Some("EHOSTDOWN"));
+        assert_eq!(errno_name(-1), None);
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(Cause::of(&refused), Cause::Os(libc::ECONNREFUSED));
+        assert_eq!(
+            Cause::of(&io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Cause::Closed
+        );
+    }
+}

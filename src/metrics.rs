@@ -2,6 +2,7 @@
 //! these to decide when to flip the next flag. Label values are resolved once per instance
 //! (`InstanceMetrics`), so counting on the hot path is one atomic add.
 
+use crate::fork::ForkSafeMutex;
 use crate::routing::{PerRole, Role};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -9,8 +10,8 @@ use prometheus::{
 };
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;
 
 /// A metric, defined once: what the registry exposes and what `on_metric` receives are named
@@ -268,14 +269,19 @@ static HOOK: AtomicBool = AtomicBool::new(false);
 
 /// Samples recorded on threads no caller drains -- the re-sync thread, copy workers, a store's
 /// restart noticed there -- for the next caller to hand over. Bounded: with no caller for a
-/// long while, the oldest are dropped rather than memory grown.
-static SHARED: parking_lot::Mutex<VecDeque<Sample>> = parking_lot::Mutex::new(VecDeque::new());
+/// long while, the oldest are dropped rather than memory grown. Stamped with the fork
+/// generation they were recorded in: a forked child hands over none of its parent's (the parent
+/// does), and with the order they were recorded in, so a gauge's last value is its last.
+static SHARED: LazyLock<ForkSafeMutex<VecDeque<(u64, Sample)>>> =
+    LazyLock::new(|| ForkSafeMutex::new(VecDeque::new()));
 const SHARED_CAPACITY: usize = 10_000;
+static RECORDED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     // Samples of the calls made on this thread, handed to the host application when the
-    // binding has the GVL again (the core records them without it).
-    static PENDING: RefCell<Vec<Sample>> = const { RefCell::new(Vec::new()) };
+    // binding has the GVL again (the core records them without it), each with its place in
+    // the order samples were recorded.
+    static PENDING: RefCell<Vec<(u64, Sample)>> = const { RefCell::new(Vec::new()) };
     // Set once the thread has drained its samples: a caller's thread, which keeps its own.
     static DRAINED_HERE: Cell<bool> = const { Cell::new(false) };
 }
@@ -290,26 +296,37 @@ pub fn hook_enabled() -> bool {
 }
 
 /// The samples recorded on this thread since the last call, and those of the core's own
-/// threads.
+/// threads, in the order they were recorded.
 pub fn take_samples() -> Vec<Sample> {
     DRAINED_HERE.with(|drained| drained.set(true));
     let mut samples = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    let mut shared = SHARED.lock();
-    if !shared.is_empty() {
-        samples.extend(shared.drain(..));
+    let generation = crate::fork::generation();
+    {
+        let mut shared = SHARED.lock();
+        if !shared.is_empty() {
+            samples.extend(
+                shared
+                    .drain(..)
+                    .filter(|(recorded, _)| recorded >> 48 == generation),
+            );
+            samples.sort_by_key(|(recorded, _)| *recorded);
+        }
     }
-    samples
+    samples.into_iter().map(|(_, sample)| sample).collect()
 }
 
 fn record(sample: Sample) {
+    // The fork generation in the high bits, the order within it below.
+    let order = RECORDED.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1);
+    let stamped = ((crate::fork::generation() << 48) | order, sample);
     if DRAINED_HERE.with(Cell::get) {
-        PENDING.with(|pending| pending.borrow_mut().push(sample));
+        PENDING.with(|pending| pending.borrow_mut().push(stamped));
     } else {
         let mut shared = SHARED.lock();
         if shared.len() >= SHARED_CAPACITY {
             shared.pop_front();
         }
-        shared.push_back(sample);
+        shared.push_back(stamped);
     }
 }
 

@@ -263,7 +263,15 @@ impl Connection {
                 return Err(Error::Server(ServerErrorReply::from_line(&line)));
             }
         }
-        Ok(info.as_ref().and_then(Reply::as_bytes).and_then(run_id))
+        match info {
+            // A server at maxclients writes this on accept and hangs up: redis-rb's first command
+            // reads it and raises it. Any other error to INFO (an ACL, a proxy) is no reason to
+            // refuse the connection: the run_id is only unknown.
+            Some(Reply::Error(line)) if line.starts_with(b"ERR max number of clients") => {
+                Err(Error::Server(ServerErrorReply::from_line(&line)))
+            }
+            info => Ok(info.as_ref().and_then(Reply::as_bytes).and_then(run_id)),
+        }
     }
 
     /// Sends one command and reads its reply.

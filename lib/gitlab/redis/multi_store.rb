@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 require "logger"
+require "redis"
+require "gitlab_multistore/gitlab_multistore"
 require "gitlab/redis/multi_store/errors"
 require "gitlab/redis/multi_store/store_options"
 require "gitlab/redis/multi_store/feature_flags"

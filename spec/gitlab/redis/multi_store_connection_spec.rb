@@ -1,10 +1,51 @@
 # frozen_string_literal: true
 
 require "timeout"
+require "tmpdir"
+require "English"
 
 RSpec.describe Gitlab::Redis::MultiStore, "connections" do
   def multi_store(secondary, primary: primary_server.url, **options)
     described_class.new(primary, secondary, "connections", **options)
+  end
+
+  describe "refusals and errnos, as redis-rb raises them" do
+    it "raises a server at maxclients's refusal as redis-rb does, not as a lost connection" do
+      full = dedicated_redis_server("--maxclients", "1")
+      # The one client the server takes (once it has let go of the start-up check's socket).
+      holder = full.client
+      Timeout.timeout(5) do
+        holder.ping
+      rescue Redis::CommandError
+        holder.close
+        sleep 0.05
+        retry
+      end
+      store = described_class.new(full.url, full.url, "connections_full")
+
+      raised = ->(client) { client.get("k") rescue $ERROR_INFO } # rubocop:disable Style/RescueModifier
+      plain = raised.call(Redis.new(url: full.url))
+      ours = raised.call(store)
+
+      expect([ours.class, ours.message]).to eq([plain.class, plain.message])
+      expect(ours).to be_a(Redis::CommandError).and have_attributes(message: /max number of clients/)
+    ensure
+      holder&.close
+      store&.close
+    end
+
+    it "names any errno a connection meets as Ruby's Errno class, as redis-rb's message does" do
+      Dir.mktmpdir do |dir|
+        File.write(File.join(dir, "file"), "")
+        path = File.join(dir, "file", "redis.sock") # a file where a directory should be: ENOTDIR
+        store = described_class.new({ path: path }, { path: path }, "connections_errno")
+
+        expect { store.get("k") }.to raise_error(Redis::CannotConnectError, /\(Errno::ENOTDIR\)\z/)
+        expect { Redis.new(path: path).get("k") }.to raise_error(Errno::ENOTDIR)
+      ensure
+        store&.close
+      end
+    end
   end
 
   describe "how a store is given" do

@@ -191,6 +191,34 @@ RSpec.describe Gitlab::Redis::MultiStore, "observability" do
       every&.close
     end
 
+    it "still gets every other sample when it raises on one" do
+      kept = []
+      described_class.on_metric = lambda do |name, labels, value|
+        raise "no histograms here" if name == :gitlab_redis_multi_store_duration_seconds
+
+        kept << [name, labels[:kind]] if labels[:instance_name] == instance_name
+      end
+
+      10.times { store.set("k", "v") }
+
+      expect(kept.count([:gitlab_redis_multi_store_requests_total, "write"])).to eq(10)
+    end
+
+    it "is not handed the samples of the calls it makes itself, which would never end" do
+      calls = 0
+      described_class.on_metric = lambda do |_name, labels, _value|
+        next unless labels[:instance_name] == instance_name
+
+        calls += 1
+        store.incr("metric_count") # a metrics client kept in the store it observes
+      end
+
+      store.set("k", "v")
+
+      expect(calls).to eq(2) # the SET's request and duration, not the INCRs'
+      expect(secondary_server.client.get("metric_count")).to eq("2")
+    end
+
     it "never fails a command when the hook raises" do
       described_class.on_metric = ->(*) { raise "metrics backend down" }
 

@@ -19,14 +19,24 @@ module Gitlab
         end
 
         # rows: [[metric_name (Symbol), labels (Hash), value (Float)], ...]
+        #
+        # Each sample on its own: a hook failing on one still gets the others. The samples of
+        # calls the hook itself makes (a metrics client kept in a MultiStore) are not handed to
+        # it again, which would never end.
         def deliver_samples(rows)
           hook = MultiStore.on_metric
-          return unless hook
+          return if hook.nil? || Thread.current[:gitlab_multistore_in_on_metric]
 
-          rows.each { |name, labels, value| hook.call(name, labels, value) }
-          nil
-        rescue StandardError => e
-          MultiStore.logger.error("gitlab_multistore: on_metric raised #{e.class}: #{e.message}")
+          begin
+            Thread.current[:gitlab_multistore_in_on_metric] = true
+            rows.each do |name, labels, value|
+              hook.call(name, labels, value)
+            rescue StandardError => e
+              MultiStore.logger.error("gitlab_multistore: on_metric raised #{e.class}: #{e.message}")
+            end
+          ensure
+            Thread.current[:gitlab_multistore_in_on_metric] = nil
+          end
           nil
         end
       end
