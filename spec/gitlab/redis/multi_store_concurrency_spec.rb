@@ -118,8 +118,12 @@ RSpec.describe Gitlab::Redis::MultiStore, "threads, interrupts and fork" do
 
   it "subscribes on a pinned connection and returns it after the last unsubscribe" do
     received = []
+    subscribed = Queue.new
     listener = Thread.new do
       store.subscribe("news") do |on|
+        # Its own confirmation: a subscriber another example left on the shared server would
+        # make PUBSUB NUMSUB positive before this one is listening.
+        on.subscribe { subscribed << true }
         on.message do |channel, message|
           received << [channel, message]
           store.unsubscribe if message == "bye"
@@ -127,7 +131,7 @@ RSpec.describe Gitlab::Redis::MultiStore, "threads, interrupts and fork" do
       end
     end
     publisher = secondary_server.client
-    sleep 0.02 until publisher.call(%i[pubsub numsub news]).last.positive?
+    subscribed.pop
 
     publisher.publish("news", "hello")
     publisher.publish("news", "bye")

@@ -386,10 +386,13 @@ RSpec.describe Gitlab::Redis::MultiStore, "dual-write edges" do
     it "does not take PUBLISH's subscriber counts for a difference in data" do
       flags.enable(dual_write)
       store = multi_store
+      subscriber = secondary_server.client
       listener = Thread.new do
-        secondary_server.client.subscribe_with_timeout(1, "news") { |on| on.message { nil } }
+        subscriber.subscribe_with_timeout(1, "news") { |on| on.message { nil } }
       rescue Redis::TimeoutError
         nil # nothing more arrived within the second
+      ensure
+        subscriber.close # not left subscribed on the shared server for later examples
       end
       sleep 0.2
 
