@@ -7,7 +7,7 @@ mod support;
 
 use gitlab_multistore::migration::backfill::Backfill;
 use gitlab_multistore::migration::verify::{Verify, VerifyOptions};
-use gitlab_multistore::{CancelToken, Command, Event, Flags, MultiStore, Reply, Role};
+use gitlab_multistore::{CancelToken, Command, Event, Flags, MultiStore, ReadTimeout, Reply, Role};
 use redis::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,4 +195,73 @@ fn a_backfill_copies_what_only_the_secondary_has_and_a_verify_then_agrees() {
     };
     assert!(verdict.in_agreement(), "{verdict:?}");
     assert_eq!(verdict.checked, 501);
+}
+
+#[test]
+fn a_watched_transaction_runs_on_the_pinned_store_and_once_committed_on_the_other() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("session", primary.config(), secondary.config());
+    let flags = flags(true, false);
+    let cancel = CancelToken::new();
+    let default = ReadTimeout::Configured;
+    store.call(&cmd(&["SET", "balance", "10"]), flags, &cancel);
+
+    let mut session = store.session(flags);
+    assert_eq!(
+        session.role(),
+        Role::Secondary,
+        "pinned to the default store"
+    );
+    let watch = session.call(&cmd(&["WATCH", "balance"]), default, &cancel);
+    assert_eq!(watch.unwrap(), status("OK"));
+    let transaction = [
+        cmd(&["MULTI"]),
+        cmd(&["INCRBY", "balance", "5"]),
+        cmd(&["EXEC"]),
+    ];
+    let replies = session.pipeline(&transaction, &cancel).unwrap();
+    assert_eq!(
+        replies.last(),
+        Some(&Reply::Array(vec![Reply::Integer(15)]))
+    );
+    session.release();
+    assert_eq!(on(&secondary, "balance").as_deref(), Some("15"));
+    assert_eq!(
+        on(&primary, "balance").as_deref(),
+        Some("10"),
+        "not yet mirrored"
+    );
+
+    let mirrored = store.mirror_transaction(&transaction[1..2], Role::Secondary, flags, &cancel);
+    assert!(mirrored.result.is_ok());
+    assert_eq!(on(&primary, "balance").as_deref(), Some("15"));
+}
+
+#[test]
+fn a_watched_transaction_aborts_when_the_key_changes_and_nothing_is_mirrored() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("session_abort", primary.config(), secondary.config());
+    let flags = flags(true, false);
+    let cancel = CancelToken::new();
+    let default = ReadTimeout::Configured;
+    store.call(&cmd(&["SET", "balance", "10"]), flags, &cancel);
+
+    let mut session = store.session(flags);
+    session
+        .call(&cmd(&["WATCH", "balance"]), default, &cancel)
+        .unwrap();
+    // Another client changes the key between WATCH and EXEC.
+    store.call(&cmd(&["SET", "balance", "99"]), flags, &cancel);
+    let transaction = [
+        cmd(&["MULTI"]),
+        cmd(&["INCRBY", "balance", "5"]),
+        cmd(&["EXEC"]),
+    ];
+    let replies = session.pipeline(&transaction, &cancel).unwrap();
+    session.release();
+
+    assert_eq!(replies.last(), Some(&Reply::Nil), "EXEC aborted");
+    for server in [&primary, &secondary] {
+        assert_eq!(on(server, "balance").as_deref(), Some("99"));
+    }
 }
