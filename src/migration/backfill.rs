@@ -2,14 +2,14 @@
 //! flag flipped reach the primary; a key that is only read (or has a long TTL) would be lost at
 //! the switch. A backfill walks the secondary with SCAN and copies each key the primary lacks:
 //!
-//! - DUMP + PTTL on the secondary, RESTORE on the primary *without* REPLACE: a key written
+//! - PEXPIRETIME + DUMP on the secondary, RESTORE on the primary *without* REPLACE: a key written
 //!   through dual-write since is newer and wins (BUSYKEY counts as "already present");
 //! - the expiry is copied as an absolute time (see `copy.rs`), so the copy expires with the
 //!   original; a key that expires meanwhile is skipped;
 //! - a key deleted through the MultiStore while it was being copied must not come back: a
-//!   restored key the secondary no longer has is deleted from the primary again — checked right
-//!   away, and once more after a settle delay (1 s), when a delete that was in flight during the
-//!   copy has landed on both stores;
+//!   restored key the secondary no longer has is deleted from the primary again, while the
+//!   primary still holds exactly the copy — checked right away, and once more after a settle
+//!   delay (1 s), when a delete that was in flight during the copy has landed on both stores;
 //! - a write that changes a key in place (EXPIRE, PERSIST, HDEL, HINCRBY …) and is dual-written
 //!   between the DUMP and the RESTORE does nothing on the primary (the key is not there yet) and
 //!   is then overwritten by the stale snapshot: at the second look each restored key is read
@@ -194,13 +194,12 @@ impl Backfill {
     /// (see `Reconciler::hand_over`), so that a backfill given up on leaves no copy unchecked.
     pub fn step(&mut self, cancel: &CancelToken) -> Result<&BackfillReport> {
         if let Err(error) = self.advance(cancel) {
-            let waiting: Vec<Copied> = self
+            let keys: Vec<Vec<u8>> = self
                 .recheck
                 .iter()
-                .flat_map(|(_, keys)| keys.iter().cloned())
+                .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key.clone()))
                 .collect();
-            if !waiting.is_empty() {
-                let keys: Vec<Vec<u8>> = waiting.into_iter().map(|(key, _)| key).collect();
+            if !keys.is_empty() {
                 // Copies from the secondary, while it is the default store, may be stale or
                 // deleted since; once the primary is the default, which store is behind depends on
                 // what was written since.
@@ -567,7 +566,7 @@ impl Copier<'_> {
 
     /// The second look at restored keys, once a delete or write that was in flight during the
     /// copy has landed on both stores. Each key is read again on the secondary: gone, it is
-    /// deleted from the primary; changed since it was copied (a write that changed it in place
+    /// taken back from the primary (see `take_back`); changed since it was copied (a write that changed it in place
     /// between the DUMP and the RESTORE did nothing on the primary, where the key was not yet),
     /// it is compared with the primary and, while the secondary is the default store, copied
     /// again until both agree.

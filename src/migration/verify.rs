@@ -422,11 +422,7 @@ impl Checker<'_> {
         if keys.is_empty() {
             return Ok(page);
         }
-        let exists: Vec<Command> = keys
-            .iter()
-            .map(|k| Command::from_args([&b"EXISTS"[..], k]))
-            .collect();
-        let on_secondary = self.secondary.pipeline(&exists, cancel)?;
+        let on_secondary = copy::exists_each(self.secondary, keys, cancel)?;
         let mut only = Vec::new();
         for (key, reply) in keys.iter().zip(on_secondary) {
             match reply {
