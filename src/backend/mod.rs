@@ -1,6 +1,7 @@
-//! A store, whatever its shape: one server (found directly or through Sentinel) or a Redis
-//! Cluster, with its pool of connections.
+//! A store, whatever its shape: one server (`node`, found directly or through `sentinel`) or a
+//! Redis `cluster` of nodes, behind the one `Store` the layers above talk to.
 
 pub mod cluster;
+pub mod node;
 pub mod sentinel;
 pub mod store;

@@ -1,123 +1,85 @@
-//! One Redis server as the core sees it: its configuration and a pool of connections, so Ruby
-//! threads sharing one MultiStore never queue behind a single socket. Connections are opened
-//! lazily, reopened once after a connection error (redis-rb's `reconnect_attempts`), and never
-//! carried across a fork.
+//! A store as the MultiStore sees it: one Redis, whatever its shape. Behind it is either one
+//! server (`Node`, found directly or through Sentinel) or a Redis Cluster of nodes; every
+//! method says what each shape does, so no caller branches on it.
 
 use crate::backend::cluster::{Cluster, ClusterInFlight};
+pub use crate::backend::node::ReadTimeout;
+use crate::backend::node::{Node, NodeInFlight, ResetSignal};
 use crate::error::{Error, Result};
-use crate::fork::{self, ForkSafeMutex};
 use crate::protocol::command::Command;
 use crate::transport::cancel::CancelToken;
 use crate::transport::config::StoreConfig;
-use crate::transport::connection::{Connection, Reply};
+use crate::transport::connection::Reply;
 use crate::transport::in_doubt::InDoubt;
-use arc_swap::ArcSwap;
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// How long to wait for a reply: the configured read timeout, or a blocking command's own.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub enum ReadTimeout {
-    #[default]
-    Configured,
-    /// `None` waits forever (a blocking command with timeout 0).
-    Override(Option<Duration>),
-}
-
-struct Pool {
-    fork_generation: u64,
-    idle: Mutex<Vec<Connection>>,
+// One per store, which lives behind an `Arc`: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    Node(Arc<Node>),
+    Cluster(Cluster),
 }
 
 /// Commands sent whose replies have not been read yet.
-pub struct InFlight(Sent);
-
 // Lives on the stack for one round trip: boxing the connection would cost an allocation per
 // dual write.
 #[allow(clippy::large_enum_variant)]
-enum Sent {
-    Node { conn: Connection, expected: usize },
+pub enum InFlight {
+    Node(NodeInFlight),
     Cluster(Box<ClusterInFlight>),
 }
 
-/// Counts the server's restarts and tells the owner. Shared with a cluster's nodes, whose
-/// restarts are the cluster store's.
-#[derive(Default)]
-struct ResetSignal {
-    count: AtomicU64,
-    hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
-}
-
-impl ResetSignal {
-    fn fire(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        if let Some(hook) = self.hook.get() {
-            hook();
-        }
-    }
-}
-
 pub struct Store {
-    /// Names this store in the threads' borrowed connections (`borrowed`).
-    uid: u64,
+    /// As configured (for a cluster: with its seeds).
     config: StoreConfig,
-    /// The database new connections select; `select` changes it for the whole pool.
-    db: AtomicI64,
-    epoch: AtomicU64,
-    pool: ArcSwap<Pool>,
-    /// True once a connection has been opened and until `disconnect`; redis-rb's `connected?`.
-    connected: AtomicBool,
-    /// The server's run_id as first seen; a new connection finding another one means the
-    /// server restarted (and may have lost its data).
-    run_id: ForkSafeMutex<Option<String>>,
+    backend: Backend,
+    /// Shared with the nodes: a node's restart is this store's.
     reset: Arc<ResetSignal>,
-    /// Behind Sentinel: the address the sentinels last gave.
-    resolved: ForkSafeMutex<Option<crate::transport::config::Address>>,
-    /// A Redis Cluster: commands go to its nodes, each a standalone `Store`, and this store's
-    /// own pool stays unused.
-    cluster: Option<Cluster>,
-    /// Sockets dropped with commands unanswered, until the server has closed them.
+    /// Shared with the nodes: the store is settled as a whole.
     in_doubt: Arc<InDoubt>,
 }
 
 impl Store {
     pub fn new(config: StoreConfig) -> Store {
-        fork::install_handler();
         let reset = Arc::new(ResetSignal::default());
-        // A cluster's nodes share it: the cluster store is settled as a whole.
         let in_doubt = Arc::new(InDoubt::new());
-        let cluster = config.cluster.as_ref().map(|_| {
-            let reset = Arc::clone(&reset);
-            Cluster::new(
+        let backend = if config.cluster.is_some() {
+            Backend::Cluster(Cluster::new(
                 &config,
-                Arc::new(move || reset.fire()),
+                Arc::clone(&reset),
                 Arc::clone(&in_doubt),
-            )
-        });
+            ))
+        } else {
+            Backend::Node(Arc::new(Node::new(
+                config.clone(),
+                Arc::clone(&reset),
+                Arc::clone(&in_doubt),
+            )))
+        };
         Store {
-            uid: crate::transport::borrowed::next_store_id(),
-            db: AtomicI64::new(config.db),
             config,
-            epoch: AtomicU64::new(0),
-            pool: ArcSwap::from_pointee(Pool {
-                fork_generation: fork::generation(),
-                idle: Mutex::new(Vec::new()),
-            }),
-            connected: AtomicBool::new(false),
-            run_id: ForkSafeMutex::new(None),
+            backend,
             reset,
-            resolved: ForkSafeMutex::new(None),
-            cluster,
             in_doubt,
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.backend {
+            Backend::Cluster(cluster) => Some(cluster),
+            Backend::Node(_) => None,
         }
     }
 
     /// Waits until every command this store sent without reading its reply (a timeout, an
     /// interrupt) has run or never will: a re-sync, verify or backfill that reads or copies keys
-    /// before that could see a write land behind it. `Error::Timeout` when the server is still
-    /// busy with them (or stopped) after `timeout`.
+    /// before that could see a write land behind it. `Error::RequestsInDoubt` when the server
+    /// is still busy with them (or stopped) after `timeout`.
     pub fn settle_requests_in_doubt(&self, timeout: Duration, cancel: &CancelToken) -> Result<()> {
         self.in_doubt
             .settle(timeout, cancel)
@@ -142,84 +104,61 @@ impl Store {
         self
     }
 
-    /// A cluster node: its sockets in doubt are the cluster store's.
-    pub(crate) fn sharing_in_doubt(mut self, in_doubt: Arc<InDoubt>) -> Self {
-        self.in_doubt = in_doubt;
-        self
-    }
-
-    /// Called (without the GVL, from whichever thread noticed) when the server restarted.
+    /// Called (without the GVL, from whichever thread noticed) when the server (for a cluster:
+    /// any node) restarted.
     pub fn with_reset_hook(self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        let _ = self.reset.hook.set(Box::new(hook));
+        self.reset.on_fire(hook);
         self
     }
 
-    /// The server's run_id as last seen, if a connection was ever opened (never for a cluster,
-    /// whose nodes each have their own).
+    /// Restarts noticed since this store was created (of any node, for a cluster).
+    pub fn resets(&self) -> u64 {
+        self.reset.count()
+    }
+
+    /// The server's run_id as last seen, if a connection was ever opened; never for a cluster,
+    /// whose nodes each have their own.
     pub fn run_id(&self) -> Option<String> {
-        self.run_id.lock().clone()
+        match &self.backend {
+            Backend::Node(node) => node.run_id(),
+            Backend::Cluster(_) => None,
+        }
     }
 
     /// Opens (or reuses) a connection so the server's run_id is known.
     pub fn learn_run_id(&self, cancel: &CancelToken) -> Result<Option<String>> {
-        if self.cluster.is_some() {
-            return Ok(None);
+        match &self.backend {
+            Backend::Node(node) => node.learn_run_id(cancel),
+            Backend::Cluster(_) => Ok(None),
         }
-        let conn = self.checkout(cancel)?;
-        self.checkin(conn);
-        Ok(self.run_id())
     }
 
     /// Asks the server for its run_id now, so a restart is noticed even by a store no call has
     /// reached since (for a cluster: each node known).
     pub fn check_run_id(&self, cancel: &CancelToken) -> Result<()> {
-        if let Some(cluster) = &self.cluster {
-            for node in cluster.nodes() {
-                node.check_run_id(cancel)?;
-            }
-            return Ok(());
+        match &self.backend {
+            Backend::Node(node) => node.check_run_id(cancel),
+            Backend::Cluster(cluster) => cluster
+                .nodes()
+                .iter()
+                .try_for_each(|node| node.check_run_id(cancel)),
         }
-        let info = self.call(
-            &Command::from_args(["info", "server"]),
-            ReadTimeout::Configured,
-            cancel,
-        )?;
-        if let Some(id) = info
-            .as_bytes()
-            .and_then(crate::transport::connection::run_id)
-        {
-            self.note_run_id(Some(&id));
-        }
-        Ok(())
-    }
-
-    /// Restarts noticed since this store was created (of any node, for a cluster).
-    pub fn resets(&self) -> u64 {
-        self.reset.count.load(Ordering::Acquire)
     }
 
     /// How many SCANs can walk this store side by side: one per master of a cluster, else one.
     pub fn scan_lanes(&self, cancel: &CancelToken) -> Result<usize> {
-        match &self.cluster {
-            Some(cluster) => Ok(cluster.master_count(cancel)?.clamp(1, 256)),
-            None => Ok(1),
+        match &self.backend {
+            Backend::Node(_) => Ok(1),
+            Backend::Cluster(cluster) => Ok(cluster.master_count(cancel)?.clamp(1, 256)),
         }
     }
 
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
-    }
-
-    /// The store a caller pins a connection of (WATCH … EXEC, a subscription): this one, or
-    /// for a cluster the node of `cmd`'s key.
-    pub fn node_for(
-        self: &Arc<Self>,
-        cmd: Option<&Command>,
-        cancel: &CancelToken,
-    ) -> Result<Arc<Store>> {
-        match &self.cluster {
-            Some(cluster) => cluster.node_for(cmd, cancel),
-            None => Ok(Arc::clone(self)),
+    /// The node a caller pins a connection of (WATCH … EXEC, a subscription): the server, or
+    /// for a cluster the master of `cmd`'s key (any master when it names none).
+    pub fn node_for(&self, cmd: Option<&Command>, cancel: &CancelToken) -> Result<Arc<Node>> {
+        match &self.backend {
+            Backend::Node(node) => Ok(Arc::clone(node)),
+            Backend::Cluster(cluster) => cluster.node_for(cmd, cancel),
         }
     }
 
@@ -227,134 +166,69 @@ impl Store {
         &self.config
     }
 
+    /// The database this store's commands run in. A cluster's is the configured one, which
+    /// only names the store (its nodes have database 0 alone, as redis-rb's cluster client).
     pub fn db(&self) -> i64 {
-        self.db.load(Ordering::Acquire)
+        match &self.backend {
+            Backend::Node(node) => node.db(),
+            Backend::Cluster(_) => self.config.db,
+        }
     }
 
     pub fn id(&self) -> String {
-        let mut config = self.config.clone();
-        config.db = self.db();
-        if let Some(address) = self.resolved.lock().clone() {
-            config.address = address;
+        match &self.backend {
+            Backend::Node(node) => node.id(),
+            Backend::Cluster(_) => self.config.id(),
         }
-        config.id()
     }
 
+    /// redis-rb's `connected?`: for a cluster, whether any node is.
     pub fn is_connected(&self) -> bool {
-        if let Some(cluster) = &self.cluster {
-            return cluster.nodes().iter().any(|node| node.is_connected());
+        match &self.backend {
+            Backend::Node(node) => node.is_connected(),
+            Backend::Cluster(cluster) => cluster.nodes().iter().any(|node| node.is_connected()),
         }
-        self.connected.load(Ordering::Acquire)
-            && self.current_pool().fork_generation == fork::generation()
     }
 
     /// Sends one command, reconnecting and retrying after a connection error as redis-rb does.
     pub fn call(&self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
-        if let Some(cluster) = &self.cluster {
-            return cluster.call(cmd, timeout, cancel);
+        match &self.backend {
+            Backend::Node(node) => node.call(cmd, timeout, cancel),
+            Backend::Cluster(cluster) => cluster.call(cmd, timeout, cancel),
         }
-        let reusable = reusable_after(std::slice::from_ref(cmd));
-        self.with_retry(cancel, |conn| {
-            let reply = match timeout {
-                ReadTimeout::Configured => conn.request(cmd, cancel),
-                ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
-            }?;
-            conn.retired |= !reusable;
-            Ok(reply)
-        })
     }
 
-    /// Sends a batch in one round trip. Retried only when nothing was read yet, as redis-rb
-    /// does, since a partly read pipeline may have been partly applied.
+    /// Sends a batch in one round trip (one per node on a cluster). Retried only when nothing
+    /// was read yet, as redis-rb does, since a partly read pipeline may have been partly applied.
     pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(cluster) = &self.cluster {
-            return cluster.pipeline(cmds, cancel);
+        match &self.backend {
+            Backend::Node(node) => node.pipeline(cmds, cancel),
+            Backend::Cluster(cluster) => cluster.pipeline(cmds, cancel),
         }
-        let reusable = reusable_after(cmds);
-        self.with_retry(cancel, |conn| {
-            let replies = conn.pipeline(cmds, cancel)?;
-            if !reusable {
-                conn.retired = true;
-            }
-            Ok(replies)
-        })
     }
 
-    /// Sends a batch on a pooled connection without waiting: the caller does other work (the
-    /// other store's round trip) and then collects the replies with `receive`. Not retried: used
-    /// for the non-default store, whose failures are reported rather than hidden.
+    /// Sends a batch without waiting: the caller does other work (the other store's round trip)
+    /// and then collects the replies with `receive`. Not retried: used for the non-default
+    /// store, whose failures are reported rather than hidden.
     pub fn send(&self, cmds: &[Command], cancel: &CancelToken) -> Result<InFlight> {
-        if let Some(cluster) = &self.cluster {
-            return Ok(InFlight(Sent::Cluster(Box::new(
-                cluster.send(cmds, cancel)?,
-            ))));
+        match &self.backend {
+            Backend::Node(node) => Ok(InFlight::Node(node.send(cmds, cancel)?)),
+            Backend::Cluster(cluster) => {
+                Ok(InFlight::Cluster(Box::new(cluster.send(cmds, cancel)?)))
+            }
         }
-        let mut conn = self.checkout(cancel)?;
-        conn.send_batch(cmds, cancel)?;
-        if !reusable_after(cmds) {
-            conn.retired = true;
-        }
-        Ok(InFlight(Sent::Node {
-            conn,
-            expected: cmds.len(),
-        }))
     }
 
     pub fn receive(&self, in_flight: InFlight, cancel: &CancelToken) -> Result<Vec<Reply>> {
-        let (mut conn, expected) = match in_flight.0 {
-            Sent::Node { conn, expected } => (conn, expected),
-            Sent::Cluster(sent) => {
-                return match &self.cluster {
-                    Some(cluster) => cluster.receive(*sent, cancel),
-                    None => Err(Error::InvalidConfig(
-                        "cluster replies read from a standalone store".into(),
-                    )),
-                }
-            }
-        };
-        let mut replies = Vec::with_capacity(expected);
-        for _ in 0..expected {
-            replies.push(conn.receive(cancel)?);
-        }
-        self.checkin(conn);
-        Ok(replies)
-    }
-
-    /// Takes a connection out of the pool for a caller that needs the same connection across
-    /// calls (WATCH … EXEC, MULTI without a block). Give it back with `checkin`. On a cluster,
-    /// ask `node_for` which node's connection to take.
-    pub fn checkout(&self, cancel: &CancelToken) -> Result<Connection> {
-        if let Some(conn) = crate::transport::borrowed::take(self.uid) {
-            // One the server closed, or of a database or pool left since, is replaced by the
-            // next one this thread opens or takes.
-            if conn.epoch == self.epoch.load(Ordering::Acquire) && conn.still_open() {
-                return Ok(conn);
-            }
-        }
-        if let Some(conn) = self.take_idle() {
-            return Ok(conn);
-        }
-        self.open(cancel)
-    }
-
-    pub fn checkin(&self, mut conn: Connection) {
-        let pool = self.current_pool();
-        if conn.retired
-            || conn.epoch != self.epoch.load(Ordering::Acquire)
-            || pool.fork_generation != fork::generation()
-        {
-            return;
-        }
-        conn.set_idle();
-        let Some(conn) = crate::transport::borrowed::keep(self.uid, conn) else {
-            return; // kept for the thread that borrows this store's connection
-        };
-        let mut idle = pool.idle.lock();
-        if idle.len() < self.config.pool_size {
-            idle.push(conn);
+        match (&self.backend, in_flight) {
+            (Backend::Node(node), InFlight::Node(sent)) => node.receive(sent, cancel),
+            (Backend::Cluster(cluster), InFlight::Cluster(sent)) => cluster.receive(*sent, cancel),
+            _ => Err(Error::InvalidConfig(
+                "replies read from another store than the one sent to".into(),
+            )),
         }
     }
 
@@ -362,145 +236,32 @@ impl Store {
     /// connection (see `borrowed`). Borrows nest. A Redis Cluster store keeps no connection for
     /// the thread: its commands go to whichever node owns their keys.
     pub fn borrow(&self) {
-        if self.cluster.is_none() {
-            crate::transport::borrowed::begin(self.uid);
+        if let Backend::Node(node) = &self.backend {
+            node.borrow();
         }
     }
 
     pub fn give_back(&self) {
-        if let Some(conn) = crate::transport::borrowed::end(self.uid) {
-            self.checkin(conn);
+        if let Backend::Node(node) = &self.backend {
+            node.give_back();
         }
     }
 
-    /// Changes the database of every connection: later calls open connections on `db`. Nothing
-    /// is sent: the connections in the pool are closed, and new ones select `db` when they open.
+    /// Changes the database of every connection: later calls open connections on `db`. Redis
+    /// Cluster has database 0 only; redis-rb's cluster client ignores `db=` too.
     pub fn select(&self, db: i64) {
-        if self.cluster.is_some() {
-            // Redis Cluster has database 0 only; redis-rb's cluster client ignores `db=` too.
-            return;
+        if let Backend::Node(node) = &self.backend {
+            node.select(db);
         }
-        self.db.store(db, Ordering::Release);
-        self.disconnect();
     }
 
-    /// Closes the idle connections; connections in use are closed when they come back.
+    /// Closes the idle connections (of every node); connections in use are closed when they
+    /// come back.
     pub fn disconnect(&self) {
-        if let Some(cluster) = &self.cluster {
-            cluster.nodes().iter().for_each(|node| node.disconnect());
+        match &self.backend {
+            Backend::Node(node) => node.disconnect(),
+            Backend::Cluster(cluster) => cluster.nodes().iter().for_each(|node| node.disconnect()),
         }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.current_pool().idle.lock().clear();
-        self.connected.store(false, Ordering::Release);
-    }
-
-    /// Runs `attempt_once` on a pooled connection; after a connection error, once more on a
-    /// fresh one (redis-rb's `reconnect_attempts`) -- but only when what was sent cannot have
-    /// run: the connection failed to open or was found closed, before any reply was read. A
-    /// batch whose first replies came back ran at least in part, and one whose reply timed out
-    /// reached a server that may still be running it (a pipeline is sent in one write, so the
-    /// server may answer nothing before it has run all of it): sending either again would apply
-    /// its commands twice (an INCR, a whole MULTI … EXEC). redis-rb 4.8 also retries a single
-    /// command after a timeout; this does not, so no write is ever applied twice.
-    fn with_retry<T>(
-        &self,
-        cancel: &CancelToken,
-        mut attempt_once: impl FnMut(&mut Connection) -> Result<T>,
-    ) -> Result<T> {
-        let mut attempts = 0;
-        loop {
-            let (err, partly_read) = match self.checkout(cancel) {
-                Ok(mut conn) => match attempt_once(&mut conn) {
-                    Ok(value) => {
-                        self.checkin(conn);
-                        return Ok(value);
-                    }
-                    Err(err) => (err, conn.replies_read() > 0),
-                },
-                Err(err) => (err, false),
-            };
-            let retry = matches!(
-                err,
-                Error::CannotConnect { .. } | Error::ConnectionLost { .. }
-            ) && !partly_read
-                && attempts < self.config.reconnect_attempts
-                && !cancel.is_cancelled();
-            if !retry {
-                return Err(err);
-            }
-            attempts += 1;
-            // After a dropped connection the idle ones are most likely dead as well (server
-            // restarted): start over with fresh connections.
-            self.disconnect();
-            tracing::debug!(store = %self.id(), error = %err, "reconnecting after connection error");
-        }
-    }
-
-    fn take_idle(&self) -> Option<Connection> {
-        let pool = self.current_pool();
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let mut idle = pool.idle.lock();
-        while let Some(conn) = idle.pop() {
-            if conn.epoch == epoch && conn.still_open() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn open(&self, cancel: &CancelToken) -> Result<Connection> {
-        let mut config = self.config.clone();
-        config.db = self.db();
-        if let Some(sentinel) = &self.config.sentinel {
-            // Asked on every new connection: after a failover the next reconnect follows it.
-            config.address = crate::backend::sentinel::resolve(&config, sentinel, cancel)?;
-            *self.resolved.lock() = Some(config.address.clone());
-        }
-        let mut conn = Connection::open(&config, cancel, self.epoch.load(Ordering::Acquire))?;
-        conn.report_unanswered_to(Arc::clone(&self.in_doubt));
-        if let Some(sentinel) = &self.config.sentinel {
-            crate::backend::sentinel::check_role(&mut conn, sentinel, cancel)?;
-        }
-        self.connected.store(true, Ordering::Release);
-        self.note_run_id(conn.run_id.as_deref());
-        Ok(conn)
-    }
-
-    fn note_run_id(&self, seen: Option<&str>) {
-        let Some(seen) = seen else { return };
-        let mut known = self.run_id.lock();
-        match known.as_deref() {
-            None => *known = Some(seen.to_string()),
-            Some(id) if id == seen => {}
-            Some(_) => {
-                *known = Some(seen.to_string());
-                drop(known);
-                tracing::warn!(store = %self.id(), "store restarted (run_id changed): its data may be gone");
-                self.reset.fire();
-            }
-        }
-    }
-
-    /// The pool of this process. In a forked child the inherited pool is left behind untouched:
-    /// its sockets are the parent's, and its lock may have been held by a thread that does not
-    /// exist in the child. Leaking it (a few idle sockets per fork) is the price of never
-    /// touching them.
-    fn current_pool(&self) -> arc_swap::Guard<Arc<Pool>> {
-        let pool = self.pool.load();
-        let generation = fork::generation();
-        if pool.fork_generation == generation {
-            return pool;
-        }
-        let fresh = Arc::new(Pool {
-            fork_generation: generation,
-            idle: Mutex::new(Vec::new()),
-        });
-        let inherited = self.pool.compare_and_swap(&*pool, fresh);
-        if Arc::ptr_eq(&*inherited, &*pool) {
-            std::mem::forget(Arc::clone(&*inherited));
-        }
-        self.connected.store(false, Ordering::Release);
-        self.pool.load()
     }
 }
 
@@ -508,15 +269,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("id", &self.id()).finish()
     }
-}
-
-/// Whether a connection that ran `cmds` can go back to the pool: not after a command that changed
-/// its own state -- SELECT (another database than the pool's; the caller moves the whole pool),
-/// RESET (back to database 0), AUTH (another user), HELLO (another protocol).
-pub(crate) fn reusable_after(cmds: &[Command]) -> bool {
-    !cmds.iter().any(|cmd| {
-        cmd.name_is("select") || cmd.name_is("reset") || cmd.name_is("auth") || cmd.name_is("hello")
-    })
 }
 
 /// A blocking command's socket timeout, computed as redis-rb's `call_with_timeout` does: the

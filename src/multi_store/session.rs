@@ -2,6 +2,7 @@
 //! EXEC on the same connection, and a subscription reads many replies to one command, so such
 //! a caller keeps one connection out of the pool until it is done.
 
+use crate::backend::node::Node;
 use crate::backend::store::{blocking_read_timeout, ReadTimeout, Store};
 use crate::error::Result;
 use crate::fork;
@@ -34,8 +35,8 @@ pub struct Session {
     /// Which of the MultiStore's stores it is pinned to: a transaction replayed on the other
     /// store goes to the other one of this, whatever the flags say by then.
     role: Role,
-    /// The pinned connection and the store (for a cluster: the node) it belongs to.
-    conn: Option<(Arc<Store>, Connection)>,
+    /// The pinned connection and the node it belongs to.
+    conn: Option<(Arc<Node>, Connection)>,
     fork_generation: u64,
     /// On a cluster, a MULTI that opened no connection yet: it is sent with the first command
     /// that follows, on that command's node, since a transaction must run where its keys are.
@@ -71,7 +72,7 @@ impl Session {
     }
 
     fn note(&mut self, cmds: &[Command]) {
-        self.changed_state |= !crate::backend::store::reusable_after(cmds);
+        self.changed_state |= !crate::backend::node::reusable_after(cmds);
     }
 
     pub fn role(&self) -> Role {
@@ -138,7 +139,10 @@ impl Session {
         if let Some(echo) = &mut self.echo {
             let sent = match echo.conn.take() {
                 Some(conn) => Ok(conn),
-                None => echo.store.checkout(cancel),
+                None => echo
+                    .store
+                    .node_for(None, cancel)
+                    .and_then(|node| node.checkout(cancel)),
             }
             .and_then(|mut conn| conn.send(cmd, cancel).map(|()| conn));
             match sent {

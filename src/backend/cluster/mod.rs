@@ -6,10 +6,10 @@
 //! splits them (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH); any other cross-slot command reaches
 //! the server, whose CROSSSLOT error is raised as redis-rb raises it.
 //!
-//! Each node is a standalone `Store` with its own pool, so connections, reconnects, fork safety
+//! Each node is a `Node` with its own pool, so connections, reconnects, fork safety
 //! and restart detection are the node's business, not repeated here.
 
-use crate::backend::store::{InFlight, ReadTimeout, Store};
+use crate::backend::node::{Node, NodeInFlight, ReadTimeout, ResetSignal};
 use crate::error::{Error, Result, ServerErrorReply};
 use crate::protocol::command::Command;
 use crate::protocol::command_table;
@@ -42,7 +42,7 @@ const MAX_REDIRECTIONS: usize = 5;
 pub struct ClusterInFlight {
     cmds: Vec<Command>,
     /// Per node: what was sent there and the positions of those commands in `cmds`.
-    parts: Vec<(Arc<Store>, InFlight, Vec<usize>)>,
+    parts: Vec<(Arc<Node>, NodeInFlight, Vec<usize>)>,
     /// Commands run one by one when the replies are collected (split, spread over masters).
     later: Vec<usize>,
     transaction: bool,
@@ -54,23 +54,19 @@ pub struct Cluster {
     seeds: Vec<Address>,
     topology: ArcSwapOption<Topology>,
     /// Every node seen, by location, so a reloaded slot map reuses the nodes' pools.
-    nodes: Mutex<HashMap<String, Arc<Store>>>,
+    nodes: Mutex<HashMap<String, Arc<Node>>>,
     /// One reload at a time. Only ever tried with a timeout: a lock held by a thread that did
     /// not survive a fork must not hang the child.
     refreshing: Mutex<()>,
     next_master: AtomicUsize,
-    /// Called when a node restarted (its run_id changed).
-    on_node_reset: Arc<dyn Fn() + Send + Sync>,
+    /// The cluster store's: a node's restart (its run_id changed) is the store's.
+    reset: Arc<ResetSignal>,
     /// The cluster store's: every node's sockets in doubt count for it.
     in_doubt: Arc<InDoubt>,
 }
 
 impl Cluster {
-    pub fn new(
-        config: &StoreConfig,
-        on_node_reset: Arc<dyn Fn() + Send + Sync>,
-        in_doubt: Arc<InDoubt>,
-    ) -> Cluster {
+    pub fn new(config: &StoreConfig, reset: Arc<ResetSignal>, in_doubt: Arc<InDoubt>) -> Cluster {
         let seeds = config
             .cluster
             .as_ref()
@@ -87,7 +83,7 @@ impl Cluster {
             nodes: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(()),
             next_master: AtomicUsize::new(0),
-            on_node_reset,
+            reset,
             in_doubt,
         }
     }
@@ -101,7 +97,7 @@ impl Cluster {
         Ok(self.topology(cancel)?.masters.len())
     }
 
-    pub fn nodes(&self) -> Vec<Arc<Store>> {
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes
             .try_lock_for(Duration::from_secs(1))
             .map(|nodes| nodes.values().cloned().collect())
@@ -134,7 +130,7 @@ impl Cluster {
         let transaction = cmds.len() >= 2
             && cmds.first().is_some_and(|c| c.name_is("multi"))
             && cmds.last().is_some_and(|c| c.name_is("exec"));
-        let mut groups: Vec<(Arc<Store>, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(Arc<Node>, Vec<usize>)> = Vec::new();
         let mut later = Vec::new();
         if transaction {
             let node = self.transaction_node(&topology, cmds)?;
@@ -210,7 +206,7 @@ impl Cluster {
 
     /// The connection a caller pins (WATCH … EXEC, a subscription) is on the node of the first
     /// command's key, or any master when it names none.
-    pub fn node_for(&self, cmd: Option<&Command>, cancel: &CancelToken) -> Result<Arc<Store>> {
+    pub fn node_for(&self, cmd: Option<&Command>, cancel: &CancelToken) -> Result<Arc<Node>> {
         let topology = self.topology(cancel)?;
         let slot = match cmd.map(plan) {
             Some(Plan::Slot(slot)) => slot,
@@ -398,8 +394,8 @@ impl Cluster {
 
     /// MULTI … EXEC runs on one node: the one its keys live on. Keys on several nodes cannot be
     /// in one transaction, which redis-rb reports as `CrossSlotPipeliningError`.
-    fn transaction_node(&self, topology: &Topology, cmds: &[Command]) -> Result<Arc<Store>> {
-        let mut chosen: Option<Arc<Store>> = None;
+    fn transaction_node(&self, topology: &Topology, cmds: &[Command]) -> Result<Arc<Node>> {
+        let mut chosen: Option<Arc<Node>> = None;
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut spread = false;
         for cmd in cmds {
@@ -475,7 +471,7 @@ impl Cluster {
         err
     }
 
-    fn master_for(&self, topology: &Topology, slot: Option<u16>) -> Result<Arc<Store>> {
+    fn master_for(&self, topology: &Topology, slot: Option<u16>) -> Result<Arc<Node>> {
         let node = match slot {
             Some(slot) => topology.master_of(slot),
             None => {

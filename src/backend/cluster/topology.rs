@@ -12,12 +12,12 @@ pub(super) struct Topology {
     /// Index into `masters` per slot; `None` for a slot no master serves.
     pub(super) slots: Vec<Option<u16>>,
     /// Sorted by location, so a SCAN cursor's node index means the same node on every call.
-    pub(super) masters: Vec<Arc<Store>>,
+    pub(super) masters: Vec<Arc<Node>>,
     pub(super) refreshed_at: Instant,
 }
 
 impl Topology {
-    pub(super) fn master_of(&self, slot: u16) -> Option<&Arc<Store>> {
+    pub(super) fn master_of(&self, slot: u16) -> Option<&Arc<Node>> {
         self.slots[slot as usize].map(|i| &self.masters[i as usize])
     }
 }
@@ -25,7 +25,7 @@ impl Topology {
 impl Cluster {
     /// The slot moved for good: reload the slot map (at most every 100 ms), and in any case
     /// send that slot to the node that answered MOVED.
-    pub(super) fn moved(&self, slot: u16, location: &str, cancel: &CancelToken) -> Arc<Store> {
+    pub(super) fn moved(&self, slot: u16, location: &str, cancel: &CancelToken) -> Arc<Node> {
         let target = self.node_at(location);
         if let Err(err) = self.refresh(cancel, MIN_REFRESH_INTERVAL) {
             tracing::debug!(error = %err, "cluster slot map reload failed after MOVED");
@@ -122,7 +122,7 @@ impl Cluster {
             Address::Tcp { host, .. } => host.clone(),
             Address::Unix { .. } => String::from("127.0.0.1"),
         };
-        let mut masters: Vec<Arc<Store>> = Vec::new();
+        let mut masters: Vec<Arc<Node>> = Vec::new();
         let mut assigned: Vec<(i64, i64, String)> = Vec::new();
         for range in ranges {
             let Reply::Array(fields) = range else {
@@ -176,7 +176,7 @@ impl Cluster {
         })
     }
 
-    pub(super) fn node_at(&self, location: &str) -> Arc<Store> {
+    pub(super) fn node_at(&self, location: &str) -> Arc<Node> {
         let (host, port) = location.rsplit_once(':').unwrap_or((location, "6379"));
         let host = if host.is_empty() { "127.0.0.1" } else { host };
         let address = Address::Tcp {
@@ -186,17 +186,16 @@ impl Cluster {
         self.node(&address)
     }
 
-    pub(super) fn node(&self, address: &Address) -> Arc<Store> {
+    pub(super) fn node(&self, address: &Address) -> Arc<Node> {
         let location = address.location();
         let new_node = || {
             let mut config = self.node_config.clone();
             config.address = address.clone();
-            let hook = Arc::clone(&self.on_node_reset);
-            Arc::new(
-                Store::new(config)
-                    .with_reset_hook(move || hook())
-                    .sharing_in_doubt(Arc::clone(&self.in_doubt)),
-            )
+            Arc::new(Node::new(
+                config,
+                Arc::clone(&self.reset),
+                Arc::clone(&self.in_doubt),
+            ))
         };
         // Waited for with a timeout, like `refreshing`: past it (the lock's holder did not
         // survive a fork) the node works unregistered, only without a pool shared with others.
