@@ -87,3 +87,95 @@ fn no_file_imports_from_a_layer_above_its_own() {
         files.len()
     );
 }
+
+/// The module a file defines: `backend/cluster/mod.rs` is `backend::cluster`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let module = file
+        .strip_prefix(src)
+        .expect("under src/")
+        .with_extension("")
+        .to_string_lossy()
+        .replace('/', "::");
+    module
+        .strip_suffix("::mod")
+        .map(str::to_string)
+        .unwrap_or(module)
+}
+
+/// The modules a file's `crate::…` paths lead into, braces (`crate::a::{b, c}`) included.
+fn imported_modules(source: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+    let mut found = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(rest.len());
+        let path = rest[..end].trim_end_matches(':');
+        let mut candidates: Vec<String> = vec![path.to_string()];
+        if rest[end..].starts_with('{') {
+            let group = &rest[end + 1..rest[end..].find('}').map_or(end + 1, |i| end + i)];
+            for item in group.split(',') {
+                let item = item.trim().split("::").next().unwrap_or("");
+                candidates.push(format!("{path}::{item}"));
+            }
+        }
+        for candidate in candidates {
+            let parts: Vec<&str> = candidate.split("::").collect();
+            if let Some(module) = (1..=parts.len())
+                .rev()
+                .map(|k| parts[..k].join("::"))
+                .find(|prefix| modules.contains(prefix))
+            {
+                found.insert(module);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_files_import_each_other_in_a_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+    let edges: Vec<(String, BTreeSet<String>)> = files
+        .iter()
+        .map(|file| {
+            let module = module_of(&src, file);
+            let source = fs::read_to_string(file).expect("source is readable");
+            let mut imports = imported_modules(&source, &modules);
+            imports.remove(&module);
+            (module, imports)
+        })
+        .collect();
+    let imports_of = |module: &str| {
+        edges
+            .iter()
+            .find(|(m, _)| m == module)
+            .map(|(_, imports)| imports.clone())
+            .unwrap_or_default()
+    };
+    // A walk from each module: reaching it again is a circle, printed as the path that closed it.
+    for (start, _) in &edges {
+        let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
+        let mut seen = BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            let last = path.last().expect("a path has a module").clone();
+            for next in imports_of(&last) {
+                assert!(
+                    next != *start,
+                    "import circle: {} -> {next}",
+                    path.join(" -> ")
+                );
+                if seen.insert(next.clone()) {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+    assert!(modules.contains("backend::store") && modules.contains("backend::cluster"));
+}
