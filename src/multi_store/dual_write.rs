@@ -58,19 +58,19 @@ impl MultiStore {
     /// journaled for re-sync.
     pub(super) fn write_both(
         &self,
-        cmd: &Command,
+        call: Call,
         default: Role,
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
         let cancel = ctx.cancel;
         self.guarded_dual_write(
-            std::slice::from_ref(cmd),
+            Batch::one(&call),
             default,
             kind,
             ctx,
-            |s| s.call(cmd, ReadTimeout::Configured, cancel),
-            |ctx| self.write_both_unguarded(cmd, default, kind, ctx),
+            |s| s.call(call.cmd, ReadTimeout::Configured, cancel),
+            |ctx| self.send_to_both(call, default, kind, ctx),
         )
     }
 
@@ -80,7 +80,7 @@ impl MultiStore {
     /// `both` -- or `on_default` alone when the other store is skipped or did not answer.
     pub(super) fn guarded_dual_write<T>(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         default: Role,
         kind: RequestKind,
         ctx: &mut CallContext,
@@ -90,21 +90,21 @@ impl MultiStore {
         let other = default.other();
         // Free while nothing is journaled (no lock taken on the hot path).
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
-            self.catch_up_default(cmds, default, ctx.cancel);
+            self.catch_up_default(batch, default, ctx.cancel);
         }
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
-            return self.missing_write(cmds, other, || self.timed(default, kind, on_default));
+            return self.missing_write(batch, other, || self.round_trip(default, kind, on_default));
         }
-        let _writes = self.writes_in_flight(cmds);
-        match self.keys_only_one_store_has(cmds, default, ctx.cancel)? {
+        let _writes = self.writes_in_flight(batch);
+        match self.keys_only_one_store_has(batch, default, ctx.cancel)? {
             Presence::Partial(partial) => {
                 let reply = both(ctx);
                 self.journal_partial(partial, default);
                 reply
             }
             Presence::OtherDidNotAnswer(look_failed) => {
-                self.write_default_only(cmds, default, kind, look_failed, ctx, on_default)
+                self.write_default_only(batch, default, kind, look_failed, ctx, on_default)
             }
         }
     }
@@ -115,7 +115,7 @@ impl MultiStore {
     /// as failed there: reported, fed to its breaker and journaled.
     pub(super) fn write_default_only<T>(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         default: Role,
         kind: RequestKind,
         look_failed: Error,
@@ -126,7 +126,7 @@ impl MultiStore {
             return Err(Error::Interrupted); // nothing of the write was sent yet
         }
         let other = default.other();
-        let reply = self.missing_write(cmds, other, || self.timed(default, kind, write));
+        let reply = self.missing_write(batch, other, || self.round_trip(default, kind, write));
         self.report_non_default_failure(other, look_failed, ctx);
         reply
     }
@@ -136,12 +136,12 @@ impl MultiStore {
     /// re-sync cannot copy and settle them before the write has landed.
     pub(super) fn missing_write<T>(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         lagging: Role,
         write: impl FnOnce() -> T,
     ) -> T {
         let mut registered = Vec::new();
-        self.journal_missed_with(cmds, lagging, Some(&mut registered));
+        self.journal_missed_with(batch, lagging, Some(&mut registered));
         let _writes = WritesInFlight {
             journal: &self.state.journal,
             keys: registered,
@@ -150,16 +150,14 @@ impl MultiStore {
         write()
     }
 
-    /// Registers a dual write of `cmds` with the journal (see `Journal::writes_begin`) until
+    /// Registers a dual write of `batch` with the journal (see `Journal::writes_begin`) until
     /// the returned guard is dropped.
-    pub(super) fn writes_in_flight(&self, cmds: &[Command]) -> WritesInFlight<'_> {
+    pub(super) fn writes_in_flight(&self, batch: Batch) -> WritesInFlight<'_> {
         let journal = &self.state.journal;
         // A batch with a blocking command stays in flight for as long as it blocks (seconds):
         // counted, it would hold every copy of every key back that long (a stream of them,
         // for ever). Its other writes reach both stores as it is sent, like any pipeline.
-        let blocking = cmds
-            .iter()
-            .any(|cmd| command_table::lookup(cmd).is_some_and(CommandSpec::is_blocking));
+        let blocking = batch.iter().any(|call| call.is_blocking());
         let counted = (!blocking).then(|| journal.write_begins());
         if journal.is_empty() {
             return WritesInFlight {
@@ -168,9 +166,9 @@ impl MultiStore {
                 _counted: counted,
             };
         }
-        let keys: Vec<&[u8]> = cmds
+        let keys: Vec<&[u8]> = batch
             .iter()
-            .filter_map(|cmd| command_table::keys(cmd, command_table::lookup(cmd)?))
+            .filter_map(|call| call.keys())
             .flatten()
             .collect();
         WritesInFlight {
@@ -180,20 +178,23 @@ impl MultiStore {
         }
     }
 
-    pub(super) fn write_both_unguarded(
+    /// One write on both stores at once, once `guarded_dual_write` let it through; what the
+    /// other store's answer says about it journaled or reported.
+    pub(super) fn send_to_both(
         &self,
-        cmd: &Command,
+        call: Call,
         default: Role,
         kind: RequestKind,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
+        let cmd = call.cmd;
         let other = default.other();
         let cancel = ctx.cancel;
         let other_started = Instant::now();
         let (reply, other_reply) = match crate::multi_store::stream_ids::auto_id_position(cmd) {
             // The other store gets the stream entry under the ID the default store chose.
             Some(id_at) => {
-                let reply = self.timed(default, kind, |s| {
+                let reply = self.round_trip(default, kind, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
                 });
                 let mirrored = match &reply {
@@ -207,7 +208,7 @@ impl MultiStore {
             }
             None => {
                 let in_flight = self.store(other).send(std::slice::from_ref(cmd), cancel);
-                let reply = self.timed(default, kind, |s| {
+                let reply = self.round_trip(default, kind, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
                 });
                 let other_reply = in_flight
@@ -220,17 +221,17 @@ impl MultiStore {
         if reply.as_ref().is_err_and(Error::is_connection_error) && other_reply.is_ok() {
             // The other store may now hold a write the default store never applied: re-sync it
             // from the default store, and meanwhile read the key from the default store only.
-            self.journal_missed(std::slice::from_ref(cmd), other);
+            self.journal_missed(Batch::one(&call), other);
         }
         match other_reply {
-            Err(error) => self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx),
+            Err(error) => self.non_default_failed(Batch::one(&call), other, error, ctx),
             Ok(replies) => {
                 self.breaker_success(other);
                 match (replies.first(), &reply) {
                     // An error reply only on the non-default store means the stores disagree.
                     (Some(Reply::Error(line)), Ok(default_reply)) if !default_reply.is_error() => {
                         let error = Error::Server(ServerErrorReply::from_line(line));
-                        self.non_default_failed(std::slice::from_ref(cmd), other, error, ctx);
+                        self.non_default_failed(Batch::one(&call), other, error, ctx);
                     }
                     // Two different answers to one write mean the key differed before it (a
                     // counter the new store started from zero, EXPIRE or SETNX on a key it does
@@ -241,7 +242,7 @@ impl MultiStore {
                         if other_reply != default_reply && replies_tell_the_data(cmd) =>
                     {
                         tracing::debug!(instance_name = %self.instance_name, command_name = %cmd.name(), "a write answered differently by the stores: re-syncing its keys");
-                        self.journal_keys_of(cmd, other);
+                        self.journal_keys_of(call, other);
                     }
                     _ => {}
                 }
@@ -270,18 +271,18 @@ impl MultiStore {
 
     pub(super) fn pipeline_both(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
         let cancel = ctx.cancel;
         self.guarded_dual_write(
-            cmds,
+            batch,
             default,
             RequestKind::Pipeline,
             ctx,
-            |s| s.pipeline(cmds, cancel),
-            |ctx| self.pipeline_both_unguarded(cmds, default, ctx),
+            |s| s.pipeline(batch.cmds(), cancel),
+            |ctx| self.send_batch_to_both(batch, default, ctx),
         )
     }
 
@@ -296,7 +297,7 @@ impl MultiStore {
     /// MSET …) need no such look, nor does anything once the stores are known to agree.
     pub(super) fn keys_only_one_store_has(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         source: Role,
         cancel: &CancelToken,
     ) -> Result<Presence> {
@@ -305,14 +306,14 @@ impl MultiStore {
         }
         let mut per_command: Vec<Vec<&[u8]>> = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
-        for cmd in cmds {
-            let Some(spec) = command_table::lookup(cmd) else {
+        for call in batch.iter() {
+            let Some(spec) = call.spec else {
                 continue;
             };
-            if spec.kind() != CommandKind::Write || command_table::replaces_whole_keys(cmd, spec) {
+            if !call.is_write() || command_table::replaces_whole_keys(call.cmd, spec) {
                 continue;
             }
-            let named = command_table::keys(cmd, spec).unwrap_or_default();
+            let named = call.keys().unwrap_or_default();
             for key in &named {
                 if !keys.contains(key) {
                     keys.push(key);
@@ -356,18 +357,14 @@ impl MultiStore {
 
     /// EXISTS of each key the commands name, while the stores are not known to agree (empty once
     /// they are).
-    pub(super) fn presence_probes(&self, cmds: &[Command]) -> Vec<Command> {
+    pub(super) fn presence_probes(&self, batch: Batch) -> Vec<Command> {
         if self.state.journal.stores_agree() {
             return Vec::new();
         }
         let mut keys: Vec<&[u8]> = Vec::new();
-        for cmd in cmds {
-            if let Some(spec) = command_table::lookup(cmd) {
-                for key in command_table::keys(cmd, spec).unwrap_or_default() {
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
-                }
+        for key in batch.iter().filter_map(|call| call.keys()).flatten() {
+            if !keys.contains(&key) {
+                keys.push(key);
             }
         }
         exists_probes(keys)
@@ -385,18 +382,22 @@ impl MultiStore {
         self.ensure_resync();
     }
 
-    pub(super) fn pipeline_both_unguarded(
+    /// A batch on both stores at once, once `guarded_dual_write` let it through; replies that
+    /// differ are reported and the batch's keys re-synced.
+    pub(super) fn send_batch_to_both(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
+        let cmds = batch.cmds();
         let other = default.other();
         let cancel = ctx.cancel;
         let other_started = Instant::now();
         let (replies, other_replies) = if crate::multi_store::stream_ids::has_auto_id(cmds) {
             // The other store stores XADD * entries under the IDs the default store chose.
-            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            let replies =
+                self.round_trip(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             let mirrored = replies
                 .as_ref()
                 .ok()
@@ -405,7 +406,8 @@ impl MultiStore {
             (replies, self.store(other).pipeline(other_cmds, cancel))
         } else {
             let in_flight = self.store(other).send(cmds, cancel);
-            let replies = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            let replies =
+                self.round_trip(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             (
                 replies,
                 in_flight.and_then(|f| self.store(other).receive(f, cancel)),
@@ -414,10 +416,10 @@ impl MultiStore {
         self.metrics
             .request(other, RequestKind::Pipeline, other_started);
         if replies.as_ref().is_err_and(Error::is_connection_error) && other_replies.is_ok() {
-            self.journal_missed(cmds, other);
+            self.journal_missed(batch, other);
         }
         match other_replies {
-            Err(error) => self.non_default_failed(cmds, other, error, ctx),
+            Err(error) => self.non_default_failed(batch, other, error, ctx),
             Ok(other_replies) => {
                 self.breaker_success(other);
                 if matches!(&replies, Ok(r) if *r != other_replies) {
@@ -426,7 +428,7 @@ impl MultiStore {
                     ctx.events.push(Event::PipelinedDiff);
                     // Which of the two is right cannot be told here; the default store's data
                     // is the truth callers see, so the other store is re-synced from it.
-                    self.journal_missed(cmds, other);
+                    self.journal_missed(batch, other);
                 }
             }
         }
@@ -436,40 +438,42 @@ impl MultiStore {
     /// Replays on `role` writes that already ran on the other store (a transaction on a pinned
     /// connection, what a blocking pop took). Looked before like any dual write: a key the
     /// other store had and `role` did not is re-synced whole afterwards.
-    pub(super) fn mirror(&self, cmds: &[Command], role: Role, ctx: &mut CallContext) {
+    pub(super) fn mirror(&self, batch: Batch, role: Role, ctx: &mut CallContext) {
         let cancel = ctx.cancel;
         if self.breaker(role).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
-            self.journal_missed(cmds, role);
+            self.journal_missed(batch, role);
             return;
         }
         let source = role.other();
         let _counted = self.state.journal.write_begins();
-        let partial = match self.keys_only_one_store_has(cmds, source, cancel) {
+        let partial = match self.keys_only_one_store_has(batch, source, cancel) {
             Ok(Presence::Partial(partial)) => Some(partial),
             Ok(Presence::OtherDidNotAnswer(error)) => {
-                return self.non_default_failed(cmds, role, error, ctx)
+                return self.non_default_failed(batch, role, error, ctx)
             }
             // The source did not answer the look: the replay goes ahead, all its keys re-synced.
             Err(_) => None,
         };
-        match self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel)) {
+        match self.round_trip(role, RequestKind::Pipeline, |s| {
+            s.pipeline(batch.cmds(), cancel)
+        }) {
             Ok(replies) => {
                 self.breaker_success(role);
                 // The other store did not have what the replayed command was to take (the entry
                 // a blocking XREADGROUP got had not reached it yet, the element was not there)
                 // or refused it: the stores differ, and the key is re-synced from the source.
-                for (cmd, reply) in cmds.iter().zip(&replies) {
-                    if reply.is_error() || took_nothing(cmd, reply) {
-                        self.journal_keys_of(cmd, role);
+                for (call, reply) in batch.iter().zip(&replies) {
+                    if reply.is_error() || took_nothing(call.cmd, reply) {
+                        self.journal_keys_of(call, role);
                     }
                 }
             }
-            Err(error) => self.non_default_failed(cmds, role, error, ctx),
+            Err(error) => self.non_default_failed(batch, role, error, ctx),
         }
         match partial {
             Some(partial) => self.journal_partial(partial, source),
-            None => self.journal_missed(cmds, role),
+            None => self.journal_missed(batch, role),
         }
     }
 }

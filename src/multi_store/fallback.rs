@@ -19,7 +19,7 @@ pub(super) fn keep_errors_of(primary: Vec<Reply>, secondary: Vec<Reply>) -> Vec<
 impl MultiStore {
     /// Runs a round trip on `role`, through its circuit breaker when it is the non-default
     /// store: `None` when the breaker skips it. The outcome feeds the breaker.
-    pub(super) fn ask<T>(
+    pub(super) fn through_breaker<T>(
         &self,
         role: Role,
         default: Role,
@@ -46,18 +46,19 @@ impl MultiStore {
     /// failures never reach the caller; the default store's failures do, as with redis-rb.
     pub(super) fn read_with_fallback(
         &self,
-        cmd: &Command,
+        call: Call,
         spec: &CommandSpec,
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Reply> {
+        let cmd = call.cmd;
         let cancel = ctx.cancel;
         let read = |role: Role| {
-            self.timed(role, RequestKind::Read, |s| {
+            self.round_trip(role, RequestKind::Read, |s| {
                 s.call(cmd, ReadTimeout::Configured, cancel)
             })
         };
-        if let Some(lagging) = self.journaled(cmd, spec) {
+        if let Some(lagging) = self.journaled(call) {
             return read(lagging.other());
         }
         if self.state.journal.full_verify_needed() {
@@ -71,14 +72,14 @@ impl MultiStore {
         // backfilled yet): it is asked whether it has them in the same round trip, and its answer
         // counts only if it has them all. Once they agree, an answer that says "missing" (nil,
         // empty, 0 …) is what sends the read to the secondary.
-        let probes = self.presence_probes(std::slice::from_ref(cmd));
+        let probes = self.presence_probes(Batch::one(&call));
         let read_primary = || {
             if probes.is_empty() {
                 return read(Role::Primary).map(|reply| (reply, None));
             }
             let mut batch = probes.clone();
             batch.push(cmd.clone());
-            self.timed(Role::Primary, RequestKind::Read, |s| {
+            self.round_trip(Role::Primary, RequestKind::Read, |s| {
                 s.pipeline(&batch, cancel)
             })
             .map(|mut replies| {
@@ -91,7 +92,7 @@ impl MultiStore {
             Some(has_all) => has_all,
             None => !is_miss(spec, reply),
         };
-        let primary = match self.ask(Role::Primary, default, read_primary) {
+        let primary = match self.through_breaker(Role::Primary, default, read_primary) {
             Some(Ok((reply, has_all))) if !reply.is_error() && answered(&reply, has_all) => {
                 return Ok(reply)
             }
@@ -131,7 +132,10 @@ impl MultiStore {
         ctx: &mut CallContext,
         found_more: impl FnOnce(&T) -> bool,
     ) -> Result<T> {
-        match (self.ask(Role::Secondary, default, read_secondary), primary) {
+        match (
+            self.through_breaker(Role::Secondary, default, read_secondary),
+            primary,
+        ) {
             (Some(Ok(reply)), _) => {
                 if found_more(&reply) {
                     self.metrics.read_fallback_miss(&(ctx.cmd_name)());
@@ -150,17 +154,16 @@ impl MultiStore {
 
     pub(super) fn read_pipeline_with_fallback(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         default: Role,
         ctx: &mut CallContext,
     ) -> Result<Vec<Reply>> {
+        let cmds = batch.cmds();
         let cancel = ctx.cancel;
         let read =
-            |role: Role| self.timed(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            |role: Role| self.round_trip(role, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
         let any_journaled = !self.state.journal.is_empty()
-            && cmds.iter().any(|c| {
-                command_table::lookup(c).is_some_and(|spec| self.journaled(c, spec).is_some())
-            });
+            && batch.iter().any(|call| self.journaled(call).is_some());
         if any_journaled {
             return read(default);
         }
@@ -173,15 +176,15 @@ impl MultiStore {
         let missed = |replies: &[Reply]| {
             replies
                 .iter()
-                .zip(cmds)
-                .any(|(reply, cmd)| match command_table::lookup(cmd) {
+                .zip(batch.iter())
+                .any(|(reply, call)| match call.spec {
                     Some(spec) => is_miss(spec, reply) || (reply.is_error() && !primary_default),
                     None => false,
                 })
         };
         // As for a single read: until the stores agree, the primary's answers count only if it
         // has every key the batch names (asked in the same round trip).
-        let probes = self.presence_probes(cmds);
+        let probes = self.presence_probes(batch);
         let read_primary = || {
             if probes.is_empty() {
                 return read(Role::Primary).map(|replies| {
@@ -190,7 +193,7 @@ impl MultiStore {
                 });
             }
             let batch: Vec<Command> = probes.iter().chain(cmds).cloned().collect();
-            self.timed(Role::Primary, RequestKind::Pipeline, |s| {
+            self.round_trip(Role::Primary, RequestKind::Pipeline, |s| {
                 s.pipeline(&batch, cancel)
             })
             .map(|mut replies| {
@@ -201,7 +204,7 @@ impl MultiStore {
                 (answers, missed)
             })
         };
-        let primary = match self.ask(Role::Primary, default, read_primary) {
+        let primary = match self.through_breaker(Role::Primary, default, read_primary) {
             Some(Ok((replies, false))) => return Ok(replies),
             Some(Ok((replies, true))) => Some(Ok(replies)),
             Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),

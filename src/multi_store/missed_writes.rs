@@ -6,12 +6,12 @@ use super::*;
 impl MultiStore {
     pub(super) fn non_default_failed(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         role: Role,
         error: Error,
         ctx: &mut CallContext,
     ) {
-        self.journal_missed(cmds, role);
+        self.journal_missed(batch, role);
         self.report_non_default_failure(role, error, ctx);
     }
 
@@ -36,31 +36,25 @@ impl MultiStore {
         ctx.events.push(Event::NonDefaultFailed { role, error });
     }
 
-    /// Records the keys of the writes among `cmds` as missed by `lagging`, and makes sure the
+    /// Records the keys of the writes in `batch` as missed by `lagging`, and makes sure the
     /// re-sync task runs.
-    pub(super) fn journal_missed(&self, cmds: &[Command], lagging: Role) {
-        self.journal_missed_with(cmds, lagging, None);
+    pub(super) fn journal_missed(&self, batch: Batch, lagging: Role) {
+        self.journal_missed_with(batch, lagging, None);
     }
 
     /// `journal_missed`; with `registered`, the keys are also registered as being written (see
     /// `Journal::record_in_flight`).
     pub(super) fn journal_missed_with(
         &self,
-        cmds: &[Command],
+        batch: Batch,
         lagging: Role,
         mut registered: Option<&mut Vec<Vec<u8>>>,
     ) {
-        for cmd in cmds {
-            let Some(spec) = command_table::lookup(cmd) else {
-                continue;
-            };
-            if spec.kind() != CommandKind::Write {
-                continue;
-            }
-            let keys = if command_table::writes_other_database(cmd) {
+        for call in batch.iter().filter(Call::is_write) {
+            let keys = if command_table::writes_other_database(call.cmd) {
                 None // a full verify (of every database) is needed
             } else {
-                command_table::keys(cmd, spec)
+                call.keys()
             };
             let dropped = match registered.as_deref_mut() {
                 Some(registered) => self
@@ -80,24 +74,18 @@ impl MultiStore {
 
     /// Records the keys of one write as missed by `lagging`, if it names them (a write without
     /// nameable keys is left alone: its differing answer is no sign of differing data).
-    pub(super) fn journal_keys_of(&self, cmd: &Command, lagging: Role) {
-        let Some(spec) = command_table::lookup(cmd) else {
-            return;
-        };
-        match command_table::keys(cmd, spec) {
-            Some(keys) if !keys.is_empty() => {
-                self.journal_missed(std::slice::from_ref(cmd), lagging);
-            }
-            _ => {}
+    pub(super) fn journal_keys_of(&self, call: Call, lagging: Role) {
+        if call.keys().is_some_and(|keys| !keys.is_empty()) {
+            self.journal_missed(Batch::one(&call), lagging);
         }
     }
 
     /// The store that missed the latest write of the command's key, if it is journaled.
-    pub(super) fn journaled(&self, cmd: &Command, spec: &CommandSpec) -> Option<Role> {
+    pub(super) fn journaled(&self, call: Call) -> Option<Role> {
         if self.state.journal.is_empty() {
             return None;
         }
-        let keys = command_table::keys(cmd, spec)?;
+        let keys = call.keys()?;
         keys.iter().find_map(|key| self.state.journal.lagging(key))
     }
 
@@ -126,20 +114,15 @@ impl MultiStore {
     /// Before a write, the keys it names that the default store missed (journaled as lagging
     /// it: the default flipped back before the re-sync copied them) are copied to it first
     /// (see `resync::catch_up`). Free while nothing is journaled.
-    pub(super) fn catch_up_default(&self, cmds: &[Command], default: Role, cancel: &CancelToken) {
+    pub(super) fn catch_up_default(&self, batch: Batch, default: Role, cancel: &CancelToken) {
         let journal = &self.state.journal;
         if journal.is_empty() {
             return;
         }
         let mut stale: Vec<Vec<u8>> = Vec::new();
-        for cmd in cmds {
-            let Some(spec) = command_table::lookup(cmd) else {
-                continue;
-            };
-            for key in command_table::keys(cmd, spec).unwrap_or_default() {
-                if journal.lagging(key) == Some(default) && !stale.iter().any(|k| k == key) {
-                    stale.push(key.to_vec());
-                }
+        for key in batch.iter().filter_map(|call| call.keys()).flatten() {
+            if journal.lagging(key) == Some(default) && !stale.iter().any(|k| k == key) {
+                stale.push(key.to_vec());
             }
         }
         if !stale.is_empty() {

@@ -19,6 +19,7 @@ use crate::healing::journal::Journal;
 use crate::healing::migration_state::MigrationState;
 use crate::healing::resync::{self, ResyncContext};
 use crate::metrics::{InstanceMetrics, RequestKind};
+use crate::protocol::call::{self, Batch, Call};
 use crate::protocol::command::Command;
 use crate::protocol::command_table::{self, CommandKind, CommandSpec};
 use crate::routing::{self, default_role, is_miss, Flags, PerRole, ReadStrategy, Role, Route};
@@ -111,6 +112,14 @@ struct CallContext<'a> {
     cancel: &'a CancelToken,
     events: Vec<Event>,
 }
+
+/// Whether a call goes ahead (`MultiStore::start_call`).
+enum Start<'a> {
+    Go(CallContext<'a>),
+    /// Refused before anything was sent: what the caller gets.
+    Refused(Outcome<Reply>),
+}
+
 impl MultiStore {
     pub fn new(
         instance_name: impl Into<String>,
@@ -232,7 +241,9 @@ impl MultiStore {
         let default = default_role(flags);
         for role in [Role::Primary, Role::Secondary] {
             let store = self.store(role);
-            if let Some(Err(error)) = self.ask(role, default, || store.check_run_id(cancel)) {
+            if let Some(Err(error)) =
+                self.through_breaker(role, default, || store.check_run_id(cancel))
+            {
                 tracing::debug!(instance_name = %self.instance_name, store = role.name(), error = %error, "could not ask the store for its run_id");
             }
         }
@@ -312,31 +323,31 @@ impl MultiStore {
         if cmd.name_is("select") {
             return self.select(cmd, flags, cancel);
         }
-        let spec = command_table::lookup(cmd);
-        if spec.is_some_and(|spec| routing::blocks(cmd, spec)) {
+        let call = Call::new(cmd);
+        if call.spec.is_some_and(|spec| routing::blocks(cmd, spec)) {
             // A blocking command sent with `call` waits for the configured read timeout only, as
             // with redis-rb; what it takes is mirrored like any blocking command's.
-            return self.run_blocking(cmd, ReadTimeout::Configured, flags, cancel);
+            return self.run_blocking(call, ReadTimeout::Configured, flags, cancel);
         }
         let name = || cmd.name();
-        let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
-            Ok(ctx) => ctx,
-            Err(refused) => return refused,
+        let mut ctx = match self.start_call(call, flags, &name, cancel) {
+            Start::Go(ctx) => ctx,
+            Start::Refused(outcome) => return outcome,
         };
-        self.observe_script(spec, cmd);
+        self.observe_script(call);
         let default = default_role(flags);
-        let kind = request_kind(spec);
+        let kind = request_kind(call.spec);
         let on_default = |s: &Store| s.call(cmd, ReadTimeout::Configured, cancel);
         let same_store = flags.dual_write && self.same_store(flags, cancel);
         let result = match (
-            routing::route(cmd, spec, flags, self.read_strategy, same_store),
-            spec,
+            routing::route(cmd, call.spec, flags, self.read_strategy, same_store),
+            call.spec,
         ) {
-            (Route::Both, _) => self.write_both(cmd, default, kind, &mut ctx),
+            (Route::Both, _) => self.write_both(call, default, kind, &mut ctx),
             (Route::PrimaryWithFallback, Some(spec)) => {
-                self.read_with_fallback(cmd, spec, default, &mut ctx)
+                self.read_with_fallback(call, spec, default, &mut ctx)
             }
-            _ => self.timed(default, kind, on_default),
+            _ => self.round_trip(default, kind, on_default),
         };
         self.outcome(ctx, result)
     }
@@ -353,24 +364,25 @@ impl MultiStore {
     ) -> Outcome<Reply> {
         self.watch_dual_write(flags);
         let read_timeout = blocking_read_timeout(self.default_store(flags).config(), timeout);
-        self.run_blocking(cmd, read_timeout, flags, cancel)
+        let call = Call::new(cmd);
+        self.run_blocking(call, read_timeout, flags, cancel)
     }
 
     fn run_blocking(
         &self,
-        cmd: &Command,
+        call: Call,
         read_timeout: ReadTimeout,
         flags: Flags,
         cancel: &CancelToken,
     ) -> Outcome<Reply> {
-        let spec = command_table::lookup(cmd);
+        let cmd = call.cmd;
         let name = || cmd.name();
-        let mut ctx = match self.begin(cmd, spec, flags, &name, cancel) {
-            Ok(ctx) => ctx,
-            Err(refused) => return refused,
+        let mut ctx = match self.start_call(call, flags, &name, cancel) {
+            Start::Go(ctx) => ctx,
+            Start::Refused(outcome) => return outcome,
         };
         let default = default_role(flags);
-        let result = self.timed(default, request_kind(spec), |s| {
+        let result = self.round_trip(default, request_kind(call.spec), |s| {
             s.call(cmd, read_timeout, cancel)
         });
         if flags.dual_write {
@@ -378,13 +390,14 @@ impl MultiStore {
                 Ok(reply) => {
                     let mirror = blocking::mirror(cmd, reply);
                     if !mirror.is_empty() && !self.same_store(flags, cancel) {
-                        self.mirror(&mirror, default.other(), &mut ctx);
+                        let specs = call::resolve(&mirror);
+                        self.mirror(Batch::new(&mirror, &specs), default.other(), &mut ctx);
                     }
                 }
                 // What it popped, if it popped anything before the connection failed, cannot be
                 // told: the other store is re-synced from the default one.
                 Err(error) if error.is_connection_error() => {
-                    self.journal_missed(std::slice::from_ref(cmd), default.other());
+                    self.journal_missed(Batch::one(&call), default.other());
                 }
                 Err(_) => {}
             }
@@ -405,7 +418,7 @@ impl MultiStore {
             events: Vec::new(),
         };
         let default = default_role(flags);
-        let result = self.timed(default, RequestKind::Other, |s| {
+        let result = self.round_trip(default, RequestKind::Other, |s| {
             s.call(cmd, ReadTimeout::Configured, cancel)
         });
         let db = cmd
@@ -415,7 +428,7 @@ impl MultiStore {
         if let (Ok(Reply::Status(_)), Some(db)) = (&result, db) {
             let other = default.other();
             if flags.dual_write && !self.same_store(flags, cancel) {
-                let checked = self.timed(other, RequestKind::Other, |s| {
+                let checked = self.round_trip(other, RequestKind::Other, |s| {
                     s.call(cmd, ReadTimeout::Configured, cancel)
                 });
                 let refused = match checked {
@@ -462,9 +475,9 @@ impl MultiStore {
         if let Err(refused) = self.runs_in_namespaces(cmds) {
             return self.outcome(ctx, Err(refused));
         }
-        for cmd in cmds {
-            self.observe_script(command_table::lookup(cmd), cmd);
-        }
+        let specs = call::resolve(cmds);
+        let batch = Batch::new(cmds, &specs);
+        batch.iter().for_each(|call| self.observe_script(call));
         let default = default_role(flags);
         // Two databases of one server: a batch that SELECTs moves both stores to one database,
         // where sending it twice would apply it twice.
@@ -473,25 +486,27 @@ impl MultiStore {
                 && cmds.iter().any(|c| c.name_is("select"))
         };
         if !flags.dual_write || self.same_store(flags, cancel) || one_server_selecting() {
-            let result = self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
+            let result =
+                self.round_trip(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel));
             return self.outcome(ctx, result);
         }
         let only_reads = readonly
-            || cmds.iter().all(|c| {
-                command_table::lookup(c).map(CommandSpec::kind) == Some(CommandKind::Read)
-            });
+            || batch
+                .iter()
+                .all(|call| call.kind() == Some(CommandKind::Read));
         let per_key = || {
-            cmds.iter().all(|c| {
-                command_table::lookup(c).is_some_and(|spec| routing::reads_named_keys_only(c, spec))
+            batch.iter().all(|call| {
+                call.spec
+                    .is_some_and(|spec| routing::reads_named_keys_only(call.cmd, spec))
             })
         };
         let result =
             if only_reads && self.read_strategy == ReadStrategy::PrimaryWithFallback && per_key() {
-                self.read_pipeline_with_fallback(cmds, default, &mut ctx)
+                self.read_pipeline_with_fallback(batch, default, &mut ctx)
             } else if only_reads {
-                self.timed(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
+                self.round_trip(default, RequestKind::Pipeline, |s| s.pipeline(cmds, cancel))
             } else {
-                self.pipeline_both(cmds, default, &mut ctx)
+                self.pipeline_both(batch, default, &mut ctx)
             };
         self.outcome(ctx, result)
     }
@@ -515,7 +530,8 @@ impl MultiStore {
         };
         let wanted = flags.dual_write || default_role(flags) != pinned;
         if wanted && !cmds.is_empty() && !self.same_store(flags, cancel) {
-            self.mirror(cmds, pinned.other(), &mut ctx);
+            let specs = call::resolve(cmds);
+            self.mirror(Batch::new(cmds, &specs), pinned.other(), &mut ctx);
         }
         self.outcome(ctx, Ok(()))
     }
@@ -533,7 +549,8 @@ impl MultiStore {
     ) {
         let wanted = flags.dual_write || default_role(flags) != pinned;
         if wanted && !self.same_store(flags, cancel) {
-            self.journal_missed(cmds, pinned.other());
+            let specs = call::resolve(cmds);
+            self.journal_missed(Batch::new(cmds, &specs), pinned.other());
         }
     }
 
@@ -671,13 +688,17 @@ impl MultiStore {
     /// Remembers the body of every script loaded or run through this MultiStore, in every flag
     /// state: an EVALSHA of a script loaded before dual-write began is then recovered on a store
     /// that does not know it yet.
-    fn observe_script(&self, spec: Option<&CommandSpec>, cmd: &Command) {
-        if matches!(spec.map(|spec| spec.name), Some("eval" | "script|load")) {
-            self.state.scripts.observe(cmd);
+    fn observe_script(&self, call: Call) {
+        if matches!(
+            call.spec.map(|spec| spec.name),
+            Some("eval" | "script|load")
+        ) {
+            self.state.scripts.observe(call.cmd);
         }
     }
 
-    fn timed<T>(
+    /// Runs a round trip on the store of `role`, its latency recorded as `kind`.
+    fn round_trip<T>(
         &self,
         role: Role,
         kind: RequestKind,
@@ -689,35 +710,35 @@ impl MultiStore {
         result
     }
 
-    /// The context of a call, or the outcome of refusing it: a command not in the command
-    /// table is counted and reported, and refused before anything is sent in strict mode.
-    fn begin<'a>(
+    /// Whether a call goes ahead, with its context: a command a namespaced store would refuse is
+    /// refused, and one not in the command table is counted and reported (and refused before
+    /// anything is sent in strict mode).
+    fn start_call<'a>(
         &self,
-        cmd: &Command,
-        spec: Option<&CommandSpec>,
+        call: Call,
         flags: Flags,
         name: &'a dyn Fn() -> String,
         cancel: &'a CancelToken,
-    ) -> std::result::Result<CallContext<'a>, Outcome<Reply>> {
+    ) -> Start<'a> {
         let mut ctx = CallContext {
             cmd_name: name,
             cancel,
             events: Vec::new(),
         };
-        if let Err(refused) = self.runs_in_namespaces(std::slice::from_ref(cmd)) {
-            return Err(self.outcome(ctx, Err(refused)));
+        if let Err(refused) = self.runs_in_namespaces(std::slice::from_ref(call.cmd)) {
+            return Start::Refused(self.outcome(ctx, Err(refused)));
         }
-        if spec.is_some() {
-            return Ok(ctx);
+        if call.spec.is_some() {
+            return Start::Go(ctx);
         }
-        let command_name = cmd.name();
+        let command_name = call.cmd.name();
         self.metrics.method_missing(&command_name);
         tracing::debug!(instance_name = %self.instance_name, command_name = %command_name, "command not in the command table");
         ctx.events.push(Event::MethodMissing);
         if flags.strict {
-            return Err(self.outcome(ctx, Err(Error::MethodMissing(command_name))));
+            return Start::Refused(self.outcome(ctx, Err(Error::MethodMissing(command_name))));
         }
-        Ok(ctx)
+        Start::Go(ctx)
     }
 
     /// A command a namespaced store would refuse is refused before it reaches either store,

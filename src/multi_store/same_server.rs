@@ -57,7 +57,7 @@ impl MultiStore {
             // Reaching a store that does not answer costs its connect timeout; for the store
             // that is not the default its breaker decides, and hears how it went.
             let default = default_role(flags);
-            match self.ask(role, default, || store.learn_run_id(cancel)) {
+            match self.through_breaker(role, default, || store.learn_run_id(cancel)) {
                 Some(answer) => answer,
                 None => Err(Error::Interrupted),
             }
