@@ -158,7 +158,7 @@ impl Node {
     /// Sends one command, reconnecting and retrying after a connection error as redis-rb does.
     pub fn call(&self, cmd: &Command, timeout: ReadTimeout, cancel: &CancelToken) -> Result<Reply> {
         let reusable = reusable_after(std::slice::from_ref(cmd));
-        self.with_retry(cancel, |conn| {
+        self.with_retry(std::slice::from_ref(cmd), cancel, |conn| {
             let reply = match timeout {
                 ReadTimeout::Configured => conn.request(cmd, cancel),
                 ReadTimeout::Override(t) => conn.with_read_timeout(t, |c| c.request(cmd, cancel)),
@@ -168,14 +168,13 @@ impl Node {
         })
     }
 
-    /// Sends a batch in one round trip. Retried only when nothing was read yet, as redis-rb
-    /// does, since a partly read pipeline may have been partly applied.
+    /// Sends a batch in one round trip (retried as `with_retry` says).
     pub fn pipeline(&self, cmds: &[Command], cancel: &CancelToken) -> Result<Vec<Reply>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let reusable = reusable_after(cmds);
-        self.with_retry(cancel, |conn| {
+        self.with_retry(cmds, cancel, |conn| {
             let replies = conn.pipeline(cmds, cancel)?;
             if !reusable {
                 conn.retired = true;
@@ -225,7 +224,7 @@ impl Node {
         self.open(cancel)
     }
 
-    pub fn checkin(&self, mut conn: Connection) {
+    pub fn checkin(&self, conn: Connection) {
         let pool = self.current_pool();
         if conn.retired
             || conn.epoch != self.epoch.load(Ordering::Acquire)
@@ -233,7 +232,6 @@ impl Node {
         {
             return;
         }
-        conn.set_idle();
         let Some(conn) = crate::transport::borrowed::keep(self.uid, conn) else {
             return; // kept for the thread that borrows this store's connection
         };
@@ -270,34 +268,38 @@ impl Node {
     }
 
     /// Runs `attempt_once` on a pooled connection; after a connection error, once more on a
-    /// fresh one (redis-rb's `reconnect_attempts`) -- but only when what was sent cannot have
-    /// run: the connection failed to open or was found closed, before any reply was read. A
-    /// batch whose first replies came back ran at least in part, and one whose reply timed out
-    /// reached a server that may still be running it (a pipeline is sent in one write, so the
-    /// server may answer nothing before it has run all of it): sending either again would apply
-    /// its commands twice (an INCR, a whole MULTI … EXEC). redis-rb 4.8 also retries a single
-    /// command after a timeout; this does not, so no write is ever applied twice.
+    /// fresh one (redis-rb's `reconnect_attempts`) -- but only when sending `cmds` again cannot
+    /// apply them twice: the connection failed to open, or lost before any byte of them left,
+    /// or they only read (GET, PING …). Once a write has reached the server it may have run,
+    /// whatever came back: the first replies of a batch, none at all (a server runs a whole
+    /// batch and then closes the connection when its replies overflow the client output buffer
+    /// limit, or CLIENT KILL lands after it ran), or a timeout (a pipeline is sent in one
+    /// write, so the server may answer nothing before it has run all of it). Sending it again
+    /// would apply its commands twice (an INCR, an LPOP, a whole MULTI … EXEC). redis-rb 4.8
+    /// re-sends a lone command in those cases; this raises instead, so no write is ever applied
+    /// twice.
     fn with_retry<T>(
         &self,
+        cmds: &[Command],
         cancel: &CancelToken,
         mut attempt_once: impl FnMut(&mut Connection) -> Result<T>,
     ) -> Result<T> {
         let mut attempts = 0;
         loop {
-            let (err, partly_read) = match self.checkout(cancel) {
+            let (err, may_have_run) = match self.checkout(cancel) {
                 Ok(mut conn) => match attempt_once(&mut conn) {
                     Ok(value) => {
                         self.checkin(conn);
                         return Ok(value);
                     }
-                    Err(err) => (err, conn.replies_read() > 0),
+                    Err(err) => (err, conn.sent_anything()),
                 },
                 Err(err) => (err, false),
             };
             let retry = matches!(
                 err,
                 Error::CannotConnect { .. } | Error::ConnectionLost { .. }
-            ) && !partly_read
+            ) && (!may_have_run || only_repeatable(cmds))
                 && attempts < self.config.reconnect_attempts
                 && !cancel.is_cancelled();
             if !retry {
@@ -383,6 +385,13 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("id", &self.id()).finish()
     }
+}
+
+/// Whether `cmds` can be sent again after they may have run: none of them changes anything.
+fn only_repeatable(cmds: &[Command]) -> bool {
+    cmds.iter().all(|cmd| {
+        crate::protocol::command_table::lookup(cmd).is_some_and(|spec| spec.safe_to_repeat())
+    })
 }
 
 /// Whether a connection that ran `cmds` can go back to the pool: not after a command that changed

@@ -28,6 +28,21 @@ pub const DUAL_WRITE_OFF_PRIMARY_DEFAULT: u8 = 2;
 pub const DUAL_WRITE_OFF_SECONDARY_DEFAULT: u8 = 3;
 pub const DUAL_WRITE_OFF_BOTH_DEFAULT: u8 = 4;
 
+/// What the partition's last verify found, for `migration_status` (of any of its MultiStores).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyStanding {
+    pub readiness: f64,
+    pub in_agreement: bool,
+    /// Over every key: no pattern, no sample.
+    pub full: bool,
+    /// It cleared "full verify needed": nothing happened while it ran that it cannot vouch for.
+    pub counted: bool,
+    /// The database it compared.
+    pub db: i64,
+    /// When it finished, in seconds since the Unix epoch.
+    pub at: f64,
+}
+
 pub struct MigrationState {
     pub journal: Journal,
     /// One per store, used while that store is the non-default one: [primary, secondary].
@@ -41,6 +56,8 @@ pub struct MigrationState {
     pub dual_write_seen: AtomicU8,
     /// The fork generation the re-sync thread was started in (threads do not survive a fork).
     pub resync_started: ForkSafeMutex<Option<u64>>,
+    /// The last verify run by any MultiStore of the partition.
+    pub last_verify: ForkSafeMutex<Option<VerifyStanding>>,
 }
 
 type Partition = (String, String, String);
@@ -59,6 +76,7 @@ impl MigrationState {
             reset_seen: AtomicBool::new(false),
             dual_write_seen: AtomicU8::new(0),
             resync_started: ForkSafeMutex::new(None),
+            last_verify: ForkSafeMutex::new(None),
         }
     }
 
@@ -88,6 +106,7 @@ impl MigrationState {
             state.journal.clear();
             state.breakers.iter().for_each(Breaker::reset);
             state.recent_failures.lock().clear();
+            *state.last_verify.lock() = None;
             state
                 .reset_seen
                 .store(false, std::sync::atomic::Ordering::Release);

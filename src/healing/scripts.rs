@@ -6,6 +6,17 @@ use crate::fork::ForkSafeMutex;
 use crate::protocol::command::Command;
 use std::collections::HashMap;
 
+/// Commands whose answer is random or the time, named as a script would call them: a script
+/// calling one may write something else on each store, while answering both alike.
+const NONDETERMINISTIC: &[&str] = &[
+    "spop",
+    "srandmember",
+    "hrandfield",
+    "zrandmember",
+    "randomkey",
+    "time",
+];
+
 /// Bounded: an application has a handful of scripts; a flood of distinct ones (scripts built
 /// by string interpolation) must not grow memory without limit.
 const MAX_SCRIPTS: usize = 1024;
@@ -35,6 +46,25 @@ impl ScriptCache {
         }
     }
 
+    /// Whether an EVAL or EVALSHA may have written something else on each store: its body (for
+    /// EVALSHA, as seen earlier) calls a random command or the time by name (`'spop'`,
+    /// `"TIME"`), or uses `math.random`. A heuristic: a command name built at run time escapes
+    /// it, and so does the body of an EVALSHA this process never saw.
+    pub fn may_differ(&self, cmd: &Command) -> bool {
+        if cmd.name_is("eval") {
+            return cmd.arg(1).is_some_and(calls_something_random);
+        }
+        if !cmd.name_is("evalsha") {
+            return false;
+        }
+        let Some(sha) = cmd.arg(1) else { return false };
+        let sha = String::from_utf8_lossy(sha).to_ascii_lowercase();
+        self.bodies
+            .lock()
+            .get(&sha)
+            .is_some_and(|body| calls_something_random(body))
+    }
+
     /// For an EVALSHA the other store answered NOSCRIPT: the commands that load the script
     /// there and run it again, when the script is known.
     pub fn recovery(&self, evalsha: &Command) -> Option<Vec<Command>> {
@@ -48,9 +78,42 @@ impl ScriptCache {
     }
 }
 
+fn calls_something_random(body: &[u8]) -> bool {
+    let body = body.to_ascii_lowercase();
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    contains(b"math.random")
+        || NONDETERMINISTIC.iter().any(|name| {
+            [b'\'', b'"']
+                .iter()
+                .any(|quote| contains(&[&[*quote], name.as_bytes(), &[*quote]].concat()))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_scripts_that_may_write_something_else_on_each_store() {
+        let cache = ScriptCache::default();
+        let eval = |body: &str| Command::from_args(["EVAL", body, "1", "k"]);
+        assert!(cache.may_differ(&eval("return redis.call('SPOP', KEYS[1])")));
+        assert!(cache.may_differ(&eval("local t = redis.call(\"time\") return t[1]")));
+        assert!(cache.may_differ(&eval("return math.random(10)")));
+        assert!(!cache.may_differ(&eval("return redis.call('incr', KEYS[1])")));
+        // "time" inside another name is not the TIME command.
+        assert!(!cache.may_differ(&eval("return redis.call('pexpiretime', KEYS[1])")));
+        let body = "return redis.call('srandmember', KEYS[1])";
+        cache.observe(&eval(body));
+        let sha = sha1_smol::Sha1::from(body).digest().to_string();
+        assert!(cache.may_differ(&Command::from_args([
+            "EVALSHA",
+            &sha.to_uppercase(),
+            "1",
+            "k"
+        ])));
+        assert!(!cache.may_differ(&Command::from_args(["EVALSHA", "00", "1", "k"])));
+    }
 
     #[test]
     fn recovers_an_evalsha_whose_script_went_through_eval() {

@@ -218,9 +218,10 @@ impl MultiStore {
             }
         };
         self.metrics.request(other, kind, other_started);
-        if reply.as_ref().is_err_and(Error::is_connection_error) && other_reply.is_ok() {
-            // The other store may now hold a write the default store never applied: re-sync it
-            // from the default store, and meanwhile read the key from the default store only.
+        if reply.is_err() && other_reply.is_ok() {
+            // The other store may now hold a write the default store never applied (a lost
+            // connection, a new connection it refused: max clients, a rotated password): re-sync
+            // it from the default store, and meanwhile read the key from the default store only.
             self.journal_missed(Batch::one(&call), other);
         }
         match other_reply {
@@ -242,6 +243,11 @@ impl MultiStore {
                         if other_reply != default_reply && replies_tell_the_data(cmd) =>
                     {
                         tracing::debug!(instance_name = %self.instance_name, command_name = %cmd.name(), "a write answered differently by the stores: re-syncing its keys");
+                        self.journal_keys_of(call, other);
+                    }
+                    // A script that calls something random may have written something else on
+                    // each store while answering both alike.
+                    (Some(_), Ok(_)) if self.state.scripts.may_differ(cmd) => {
                         self.journal_keys_of(call, other);
                     }
                     _ => {}
@@ -415,8 +421,8 @@ impl MultiStore {
         };
         self.metrics
             .request(other, RequestKind::Pipeline, other_started);
-        if replies.as_ref().is_err_and(Error::is_connection_error) && other_replies.is_ok() {
-            self.journal_missed(batch, other);
+        if replies.is_err() && other_replies.is_ok() {
+            self.journal_missed(batch, other); // as in `send_to_both`
         }
         match other_replies {
             Err(error) => self.non_default_failed(batch, other, error, ctx),
@@ -429,6 +435,12 @@ impl MultiStore {
                     // Which of the two is right cannot be told here; the default store's data
                     // is the truth callers see, so the other store is re-synced from it.
                     self.journal_missed(batch, other);
+                } else if replies.is_ok() {
+                    for call in batch.iter() {
+                        if self.state.scripts.may_differ(call.cmd) {
+                            self.journal_keys_of(call, other); // as in `send_to_both`
+                        }
+                    }
                 }
             }
         }
@@ -464,7 +476,10 @@ impl MultiStore {
                 // a blocking XREADGROUP got had not reached it yet, the element was not there)
                 // or refused it: the stores differ, and the key is re-synced from the source.
                 for (call, reply) in batch.iter().zip(&replies) {
-                    if reply.is_error() || took_nothing(call.cmd, reply) {
+                    if reply.is_error()
+                        || took_nothing(call.cmd, reply)
+                        || self.state.scripts.may_differ(call.cmd)
+                    {
                         self.journal_keys_of(call, role);
                     }
                 }

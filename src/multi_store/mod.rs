@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::healing::migration_state::VerifyStanding;
 use crate::healing::migration_state::{
     DUAL_WRITE_NEVER_ON, DUAL_WRITE_OFF_BOTH_DEFAULT, DUAL_WRITE_OFF_PRIMARY_DEFAULT,
     DUAL_WRITE_OFF_SECONDARY_DEFAULT, DUAL_WRITE_ON,
@@ -255,11 +256,24 @@ impl MultiStore {
         self.state.reset_seen.load(Ordering::Acquire)
     }
 
-    /// A backfill ran over every key without a failure: what a restarted store lost has been
-    /// copied again. (It does not make the stores agree: it never overwrites a key the primary
-    /// has, such as a counter re-created from zero; only a full verify can say they agree.)
-    pub fn acknowledge_backfill(&self) {
+    /// What a backfill takes when it starts, to hand back to `acknowledge_backfill`: the
+    /// restarts noticed so far.
+    pub fn backfill_token(&self) -> u64 {
+        self.stores.primary.resets() + self.stores.secondary.resets()
+    }
+
+    /// A backfill that started with `token` ran over every key without a failure: what a
+    /// restarted store lost has been copied again -- unless a store restarted while it ran,
+    /// losing keys it had already copied. Whether it counted. (It does not make the stores
+    /// agree: it never overwrites a key the primary has, such as a counter re-created from
+    /// zero; only a full verify can say they agree.)
+    pub fn acknowledge_backfill(&self, token: u64) -> bool {
+        if self.backfill_token() != token {
+            tracing::warn!(instance_name = %self.instance_name, "a store restarted during the backfill: it has to run again");
+            return false;
+        }
         self.state.reset_seen.store(false, Ordering::Release);
+        true
     }
 
     /// What a full verify takes when it starts, to hand back to `acknowledge_verify`; `None`
@@ -291,6 +305,16 @@ impl MultiStore {
             self.state.reset_seen.store(false, Ordering::Release);
         }
         counts
+    }
+
+    /// Keeps what a verify found for every MultiStore of the partition: a pool of them gives
+    /// one answer about it, whichever ran it.
+    pub fn record_verify(&self, standing: VerifyStanding) {
+        *self.state.last_verify.lock() = Some(standing);
+    }
+
+    pub fn last_verify(&self) -> Option<VerifyStanding> {
+        self.state.last_verify.lock().clone()
     }
 
     pub fn with_read_strategy(mut self, strategy: ReadStrategy) -> Self {

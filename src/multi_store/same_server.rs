@@ -100,7 +100,10 @@ impl MultiStore {
                     (Some(_), None) => false,
                 }
             };
-        let overlap = (primary.is_some() || secondary.is_some())
+        // One namespace of one server on both sides is one store, as two names of one server are
+        // (`same_store`): each write goes to it once, and there is nothing to copy.
+        let overlap = primary != secondary
+            && (primary.is_some() || secondary.is_some())
             && (contains(primary, secondary) || contains(secondary, primary));
         if !overlap || self.stores.primary.db() != self.stores.secondary.db() {
             return Ok(());

@@ -117,6 +117,19 @@ impl CommandSpec {
         self.flags & flag::BLOCKING != 0
     }
 
+    /// Whether running the command twice leaves the server as running it once: it writes
+    /// nothing, publishes nothing, administers nothing and runs no script (PING, GET, INFO …).
+    pub fn safe_to_repeat(&self) -> bool {
+        self.kind() != CommandKind::Write
+            && self.flags
+                & (flag::PUBSUB
+                    | flag::ADMIN
+                    | flag::BLOCKING
+                    | flag::MAY_REPLICATE
+                    | flag::NOSCRIPT)
+                == 0
+    }
+
     pub fn has_flag(&self, flag: u32) -> bool {
         self.flags & flag != 0
     }

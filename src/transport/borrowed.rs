@@ -6,11 +6,14 @@
 //!
 //! Per OS thread: a Ruby thread runs its native calls on its own OS thread (GVL released or
 //! not), so a thread-local slot is that Ruby thread's, and needs no lock. Borrows nest; the
-//! connection goes back to the pool when the outermost one ends.
+//! connection goes back to the pool when the outermost one ends. But Ruby reuses the OS thread
+//! of a thread that ended for a later one, and a borrow whose end never ran (opened in a fiber
+//! never resumed) would pass to it: so the slots also name their owner (`claim`), and a call
+//! from another owner closes them first.
 
 use crate::fork;
 use crate::transport::connection::Connection;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Identifies a `Store` for the slots (an address could be reused by a later store).
@@ -27,6 +30,24 @@ struct Slot {
 
 thread_local! {
     static SLOTS: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    /// Whose calls this OS thread runs now (the binding's Ruby thread), as last claimed.
+    static OWNER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Says that this OS thread's calls are now `owner`'s (a Ruby thread): borrows left by another
+/// owner are closed, their connections with them (never given to the pool: they may hold that
+/// owner's WATCH or CLIENT SETNAME). Cheap when nothing is borrowed.
+pub fn claim(owner: u64) {
+    if OWNER.with(Cell::get) == owner {
+        return;
+    }
+    OWNER.with(|current| current.set(owner));
+    let left: Vec<Slot> = with_slots(std::mem::take);
+    for slot in left {
+        if let Some(conn) = slot.conn.and_then(of_this_process) {
+            drop(conn);
+        }
+    }
 }
 
 /// Opens (or nests) a borrow of `store`'s connection on this thread.
@@ -128,6 +149,18 @@ mod tests {
         assert!(matches!(elsewhere, Ok(false)));
         assert!(is_borrowed(store));
         end(store);
+    }
+
+    #[test]
+    fn another_owner_on_the_same_thread_does_not_inherit_a_borrow_left_open() {
+        let store = next_store_id();
+        claim(1);
+        begin(store);
+        claim(1);
+        assert!(is_borrowed(store));
+        claim(2); // a later Ruby thread on the reused OS thread
+        assert!(!is_borrowed(store));
+        assert!(end(store).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::native_session::NativeSession;
 use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
 use gitlab_multistore::healing::breaker::BreakerSettings;
+use gitlab_multistore::multi_store::VerifyStanding;
 use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Reply, Role, Store};
 use magnus::value::Opaque;
 use magnus::{
@@ -133,8 +134,53 @@ impl NativeStore {
         &self.inner
     }
 
-    fn acknowledge_backfill(&self) {
-        self.inner.acknowledge_backfill();
+    fn record_verify(
+        &self,
+        readiness: f64,
+        in_agreement: bool,
+        full: bool,
+        counted: bool,
+        db: i64,
+    ) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        self.inner.record_verify(VerifyStanding {
+            readiness,
+            in_agreement,
+            full,
+            counted,
+            db,
+            at,
+        });
+    }
+
+    /// The partition's last verify as `migration_status[:last_verify]` shows it (`at` in
+    /// seconds; Ruby makes it a Time), or nil.
+    fn last_verify(ruby: &Ruby, rb_self: &Self) -> Result<Option<RHash>, Error> {
+        let Some(standing) = rb_self.inner.last_verify() else {
+            return Ok(None);
+        };
+        symbol_hash(
+            ruby,
+            &[
+                ("readiness", standing.readiness.into_value_with(ruby)),
+                ("in_agreement", standing.in_agreement.into_value_with(ruby)),
+                ("full", standing.full.into_value_with(ruby)),
+                ("counted", standing.counted.into_value_with(ruby)),
+                ("db", standing.db.into_value_with(ruby)),
+                ("at", standing.at.into_value_with(ruby)),
+            ],
+        )
+        .map(Some)
+    }
+
+    fn backfill_token(&self) -> u64 {
+        self.inner.backfill_token()
+    }
+
+    fn acknowledge_backfill(&self, token: u64) -> bool {
+        self.inner.acknowledge_backfill(token)
     }
 
     fn verify_token(&self, flags: u32) -> Option<u64> {
@@ -279,6 +325,7 @@ impl NativeStore {
     /// Called with the GVL held, on the Ruby thread's own OS thread: the borrow is that
     /// thread's (see the core's `borrowed`).
     fn borrow_connections(&self) {
+        crate::nogvl::claim_borrows();
         self.inner.borrow_connections();
     }
 
@@ -373,8 +420,11 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_status", method!(NativeStore::status, 1))?;
     class.define_method(
         "_acknowledge_backfill",
-        method!(NativeStore::acknowledge_backfill, 0),
+        method!(NativeStore::acknowledge_backfill, 1),
     )?;
+    class.define_method("_record_verify", method!(NativeStore::record_verify, 5))?;
+    class.define_method("_last_verify", method!(NativeStore::last_verify, 0))?;
+    class.define_method("_backfill_token", method!(NativeStore::backfill_token, 0))?;
     class.define_method("_verify_token", method!(NativeStore::verify_token, 1))?;
     class.define_method(
         "_acknowledge_verify",

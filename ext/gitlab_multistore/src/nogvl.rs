@@ -76,10 +76,19 @@ pub fn cancel_token() -> CancelToken {
 }
 
 /// Runs `work` without the GVL. `work` must not touch any Ruby object.
+/// Tells the core's borrowed connections which Ruby thread this OS thread runs now (see
+/// `borrowed::claim`): the Thread object's address, unique while that thread is referenced.
+pub fn claim_borrows() {
+    // SAFETY: called with the GVL held, on a Ruby thread.
+    let thread = unsafe { rb_sys::rb_thread_current() };
+    gitlab_multistore::transport::borrowed::claim(thread as u64);
+}
+
 pub fn without_gvl<F, R>(ruby: &Ruby, work: F) -> Result<R, Error>
 where
     F: FnOnce() -> R,
 {
+    claim_borrows();
     let mut call = Call {
         work: Some(work),
         result: None,

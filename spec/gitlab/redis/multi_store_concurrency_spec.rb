@@ -34,6 +34,21 @@ RSpec.describe Gitlab::Redis::MultiStore, "threads, interrupts and fork" do
     expect(store.ping).to eq("PONG")
   end
 
+  it "closes the pinned connections of threads killed between WATCH and EXEC, though their Thread objects live on" do
+    server = dedicated_redis_server
+    store = described_class.new(primary_server.url, server.url, "concurrency")
+    clients = -> { server.client.call(:client, :list, :type, :normal).lines.size }
+    killed = Array.new(20) { Thread.new { store.watch("k"); sleep } }
+    sleep 0.01 until killed.all? { |thread| thread.status == "sleep" }
+    killed.each(&:kill).each(&:join) # still referenced: their thread-locals are not collected
+    expect(clients.call).to be > 20
+
+    store.watch("k") { store.multi { |tx| tx.set("k", "v") } }
+
+    expect(clients.call).to be <= 3 # the one asking, and what the pool keeps
+    expect(server.client.get("k")).to eq("v")
+  end
+
   it "lets Ctrl-C (SIGINT) interrupt a process blocked on Redis" do
     script = <<~RUBY
       $LOAD_PATH.unshift(#{File.expand_path('../../../lib', __dir__).inspect})

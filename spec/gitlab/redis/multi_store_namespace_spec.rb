@@ -141,6 +141,19 @@ RSpec.describe Gitlab::Redis::MultiStore, "with namespaced stores" do
     expect { store(namespaced("cache:v2"), namespaced("cache")) }.to raise_error(ArgumentError, /overlap/)
   end
 
+  it "takes one namespace of one server on both sides (however the server is named) for one store: each write once" do
+    flags.enable(dual_write)
+    aliased = Redis::Namespace.new("gitlab", redis: Redis.new(host: "localhost", port: primary_server.port))
+    [store(namespaced("gitlab"), namespaced("gitlab")), store(namespaced("gitlab"), aliased)].each do |one|
+      one.incr("counter")
+      expect(one.backfill).to be_ok
+      expect(one.verify).to be_in_agreement
+    end
+
+    expect(raw.get("gitlab:counter")).to eq("2")
+    expect(raw.keys("*")).to eq(["gitlab:counter"])
+  end
+
   it "subscribes through the MultiStore inside the namespace, and hears the caller's channel names" do
     multi_store = store
     heard = Queue.new

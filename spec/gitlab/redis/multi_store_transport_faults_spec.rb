@@ -102,6 +102,38 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
       expect(store.incr("counter")).to eq(1)
       expect(server.client.get("counter")).to eq("1")
     end
+
+    context "when the server runs a batch, then closes the connection before any reply (its replies " \
+            "overflow the client output buffer limit)" do
+      let(:server) { dedicated_redis_server("--client-output-buffer-limit", "normal 64kb 0 0") }
+
+      before { server.client.set("big", "x" * 100_000) }
+
+      it "does not re-send a pipeline: its INCR ran once" do
+        expect(outcome { store.pipelined { |p| p.incr("counter"); p.get("big") } }).to eq(Redis::ConnectionError)
+        expect(server.client.get("counter")).to eq("1")
+      end
+
+      it "does not re-send a transaction" do
+        expect(outcome { store.multi { |t| t.incr("counter"); t.get("big") } }).to eq(Redis::ConnectionError)
+        expect(server.client.get("counter")).to eq("1")
+      end
+
+      it "does not re-send a lone write whose reply overflowed it (redis-rb 4.8 would: 2,000 jobs popped for 1,000)" do
+        server.client.rpush("jobs", Array.new(3000) { |i| "job-#{i}-#{'x' * 100}" }) # 1,000 of them: > 64 kB
+
+        expect(outcome { store.lpop("jobs", 1000) }).to eq(Redis::ConnectionError)
+        expect(server.client.llen("jobs")).to eq(2000)
+      end
+
+      it "re-syncs the other store of a dual-written pipeline from the default one, which ran it once" do
+        flags.enable(dual_write)
+
+        expect(outcome { store.pipelined { |p| p.incr("counter"); p.get("big") } }).to eq(Redis::ConnectionError)
+        100.times { store.migration_status[:journal_keys].zero? ? break : sleep(0.05) }
+        expect([server.client.get("counter"), primary_server.client.get("counter")]).to eq(%w[1 1])
+      end
+    end
   end
 
   describe "commands in doubt: sent, their reply timed out, maybe still to run" do

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "digest"
 require "socket"
 
 # `migration_status[:safe_to_switch]`, `verify` and `backfill` say yes only when the stores
@@ -90,6 +91,27 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
 
   describe "safe_to_switch after what a backfill cannot undo" do
     before { flags.enable(dual_write) }
+
+    it "still asks for a backfill when the new store restarted empty while one ran: it lost keys already copied" do
+      failing = dedicated_redis_server
+      store = multi_store(failing.url)
+      secondary.pipelined { |p| 3000.times { |i| p.set("old:#{i}", "v") } }
+      pages = 0
+
+      report = store.backfill(count: 500) do
+        pages += 1
+        next unless pages == 2
+
+        failing.restart
+        store.get("anything") # the restart is noticed on the next connection
+      end
+
+      expect(report.ok?).to be(true)
+      expect(failing.client.dbsize).to be < 3000
+      expect(store.migration_status).to include(backfill_needed: true, safe_to_switch: false)
+      expect(store.backfill.ok?).to be(true)
+      expect(store.migration_status[:backfill_needed]).to be(false)
+    end
 
     it "is not safe after the new store restarted empty and a backfill ran; a verify with repair makes it safe" do
       failing = dedicated_redis_server
@@ -741,6 +763,70 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
             expect(store.verify).to be_in_agreement
           end
         end
+      end
+    end
+
+    describe "a default store that refuses a new connection (max clients, a rotated password)" do
+      %i[secondary primary].each do |default|
+        it "re-syncs the other store, which ran the write, from the #{default} default store" do
+          flags.enable(dual_write)
+          flags.enable(primary_default) if default == :primary
+          refusing = dedicated_redis_server
+          store = default == :primary ? multi_store(refusing.url) : multi_store(primary_server.url, refusing.url)
+          other = default == :primary ? secondary : primary
+          admin = refusing.client
+          store.set("c", "5")
+          expect(store.verify).to be_in_agreement
+
+          admin.call(:config, :set, :maxclients, "3")
+          admin.call(:client, :kill, :type, :normal, :skipme, :yes) # the pooled connections
+          holders = Array.new(2) { refusing.client.tap(&:ping) } # the store is full
+          raised = begin
+            store.pipelined { |p| p.incr("c"); p.incr("c") }
+          rescue Redis::BaseError => e
+            e
+          ensure
+            holders.each(&:close)
+            admin.call(:config, :set, :maxclients, "10000")
+          end
+          expect(raised).to be_a(Redis::CommandError).and(have_attributes(message: /max number of clients/))
+          wait_until { store.migration_status[:journal_keys].zero? }
+
+          aggregate_failures do
+            expect(store.migration_status[:journal_peak]).to be >= 1 # journaled, then re-synced
+            expect([admin.get("c"), other.get("c")]).to eq(%w[5 5])
+            expect(store.verify).to be_in_agreement
+          end
+        end
+      end
+    end
+
+    describe "a script whose writes are random while its answer is not" do
+      before { flags.enable(dual_write) }
+
+      it "re-syncs the keys it names, so the stores agree although SPOP took another member on each" do
+        store = multi_store
+        store.sadd("pool", Array.new(300) { |i| "m#{i}" })
+        expect(store.verify).to be_in_agreement
+        script = "local m = redis.call('spop', KEYS[1]); redis.call('set', KEYS[2], m); return 1"
+
+        expect(store.eval(script, keys: %w[pool owner])).to eq(1)
+        expect(store.evalsha(Digest::SHA1.hexdigest(script), keys: %w[pool owner])).to eq(1)
+        wait_until { store.migration_status[:journal_keys].zero? }
+
+        aggregate_failures do
+          expect(store_differences).to eq([])
+          expect(primary.scard("pool")).to eq(298)
+          expect(store.verify).to be_in_agreement
+        end
+      end
+
+      it "leaves a deterministic script's keys alone" do
+        store = multi_store
+        store.eval("return redis.call('incr', KEYS[1])", keys: %w[counter])
+
+        expect(store.migration_status[:journal_keys]).to eq(0)
+        expect([primary.get("counter"), secondary.get("counter")]).to eq(%w[1 1])
       end
     end
 

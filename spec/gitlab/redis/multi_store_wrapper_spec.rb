@@ -158,6 +158,35 @@ RSpec.describe Gitlab::Redis::MultiStore, "from connection pools" do
 
       expect(store.with_borrowed_connection { |redis| redis }).to be(store)
     end
+
+    it "does not pass a borrow a thread left open (in a fiber never resumed) to the threads that come after it" do
+      store = pooled_store
+      Thread.new do
+        borrowing = Enumerator.new do |yielder|
+          store.with_borrowed_connection do
+            store.client(:setname, "tenant-a")
+            yielder << :borrowed
+          end
+        end
+        borrowing.next # the block's end never runs
+      end.join
+
+      names = Array.new(30) { Thread.new { store.client(:getname) }.value }
+
+      expect(names.compact).to eq([])
+    end
+  end
+
+  describe "MultiStores of one partition" do
+    it "give one migration_status, whichever of them ran the verify" do
+      flags.enable(dual_write)
+      stores = Array.new(3) { pooled_store }
+      stores.first.set("k", "v")
+
+      expect(stores.last.verify(repair: true)).to be_in_agreement
+      expect(stores.map { |store| store.migration_status.values_at(:safe_to_switch, :reasons) }).to all(eq([true, []]))
+      expect(stores.first.migration_status[:last_verify]).to include(full: true, in_agreement: true, at: an_instance_of(Time))
+    end
   end
 
   describe Gitlab::Redis::MultiStoreConnectionPool do

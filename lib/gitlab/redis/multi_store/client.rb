@@ -28,6 +28,8 @@ module Gitlab
           @native = native
           @flags = flags
           @state_key = :"__gitlab_multistore_#{object_id}"
+          @pins = {}.compare_by_identity
+          @pins_lock = Mutex.new
         end
 
         # @param state [ThreadState, nil] this thread's state when the caller already looked it up
@@ -191,13 +193,29 @@ module Gitlab
 
         def pin
           state = thread_state!
-          state.session ||= @native._session(@flags.bits)
+          state.session ||= register(@native._session(@flags.bits))
         end
 
         # A subscription's pinned connection: with dual-write on it listens on both stores.
         def pin_subscription
           state = thread_state!
-          state.session ||= @native._subscription_session(@flags.bits)
+          state.session ||= register(@native._subscription_session(@flags.bits))
+        end
+
+        # A thread killed between WATCH and EXEC (or inside a subscription) never releases its
+        # pinned connection, and its thread-locals live as long as its Thread object is
+        # referenced: the connections of dead threads are closed when the next one is pinned.
+        def register(session)
+          @pins_lock.synchronize do
+            @pins.delete_if do |pinned, thread|
+              next false if thread.alive?
+
+              pinned._discard
+              true
+            end
+            @pins[session] = Thread.current
+          end
+          session
         end
 
         def pinned?
@@ -221,6 +239,9 @@ module Gitlab
 
           session = state.session
           state.session = nil
+          # Without the lock: a trap handler may end a subscription, and cannot take one. (A
+          # delete is safe beside `register`'s iteration; only adding a key is not.)
+          @pins.delete(session)
           yield session
         end
 

@@ -68,6 +68,7 @@ module Gitlab
 
           saved = checkpoint && Checkpoint.new(checkpoint, checkpoint_identity("backfill", match))
           progress = resume ? saved.load : nil
+          token = @native._backfill_token
           native = GitlabMultistore::NativeBackfill.new(@native, match, Integer(count), @flags.bits, progress)
           pacing = max_latency && LatencyPacing.new(@native, Float(max_latency))
           # The flags are looked at again before every page: switched meanwhile, the backfill stops.
@@ -80,8 +81,9 @@ module Gitlab
           saved&.remove
           # A full, clean copy has copied again what a restarted store lost. It does not show the
           # stores agree (it never overwrites a key the primary has): only a full verify does. A
-          # resumed one may have skipped keys a restart since the kill took away: it does not count.
-          @native._acknowledge_backfill if report.ok? && match.nil? && progress.nil?
+          # resumed one may have skipped keys a restart since the kill took away, and one that ran
+          # across a restart keys it had copied before it: neither counts.
+          @native._acknowledge_backfill(token) if report.ok? && match.nil? && progress.nil?
           report
         ensure
           # Stopped by an error, an interrupt or a switch: the pages a step wrote before it failed
@@ -129,15 +131,16 @@ module Gitlab
           # Clears "full verify needed" only if no store restart, unrecorded miss or dual-write
           # pause happened since this verify began.
           counted = full && report.in_agreement? && !token.nil? && @native._acknowledge_verify(token)
-          @last_verify = { readiness: report.readiness, in_agreement: report.in_agreement?, full: full,
-                           counted: counted ? true : false, db: @client.db, at: Time.now }
+          # Kept for every MultiStore of the partition in this process: a pool gives one answer.
+          @native._record_verify(report.readiness.to_f, report.in_agreement?, full, counted ? true : false, @client.db)
           report
         end
 
         # Is it safe to switch the default store to the primary? A yes needs: the primary's
         # circuit breaker closed, no write failure on it in the last 5 minutes, the re-sync
         # journal empty (and nothing it could not record), no store restart since the last full
-        # backfill, and a full verify in agreement run by this instance.
+        # backfill, and a full verify in agreement run by one of the process's MultiStores of
+        # this partition (instance name and stores), since what it vouched for.
         #
         # @return [Hash] :safe_to_switch, :reasons (why not), and the facts behind them
         def migration_status
@@ -166,17 +169,18 @@ module Gitlab
                          "a store restarted since the last full backfill: backfill again"
                        end
           end
-          if @last_verify.nil? || !@last_verify[:full]
+          last_verify = @native._last_verify&.then { |standing| standing.merge(at: Time.at(standing[:at])) }
+          if last_verify.nil? || !last_verify[:full]
             reasons << "no full verify has run"
-          elsif !@last_verify[:in_agreement]
-            reasons << format("the last verify found the stores different (readiness %.2f%%)", @last_verify[:readiness])
-          elsif @last_verify[:db] != @client.db
-            reasons << "the last full verify ran in database #{@last_verify[:db]}; the MultiStore is on #{@client.db} now"
-          elsif !@last_verify[:counted]
+          elsif !last_verify[:in_agreement]
+            reasons << format("the last verify found the stores different (readiness %.2f%%)", last_verify[:readiness])
+          elsif last_verify[:db] != @client.db
+            reasons << "the last full verify ran in database #{last_verify[:db]}; the MultiStore is on #{@client.db} now"
+          elsif !last_verify[:counted]
             reasons << "the last full verify cannot vouch for the stores: dual-write was off, a store restarted or " \
                        "writes were missed while it ran"
           end
-          status.merge(last_verify: @last_verify, safe_to_switch: reasons.empty?, reasons: reasons)
+          status.merge(last_verify: last_verify, safe_to_switch: reasons.empty?, reasons: reasons)
         end
 
         private

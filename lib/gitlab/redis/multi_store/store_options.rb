@@ -70,12 +70,16 @@ module Gitlab
         # backfill would copy them into the inner namespace once more.
         # A store without a namespace contains every namespace of its server. (Two names of one
         # server, or a SELECT since, are caught by the core before a backfill or verify scans.)
+        # One namespace on both sides is one store (Wrapper's unconfigured instance falling back
+        # to its config_fallback's server): each write goes to it once, as for two stores of one
+        # server without a namespace.
         def check_namespaces!(primary, secondary)
           return unless primary[:namespace] || secondary[:namespace]
           return unless primary.values_at(:host, :port, :path, :db) == secondary.values_at(:host, :port, :path, :db)
 
           outer, inner = [primary[:namespace].to_s, secondary[:namespace].to_s].sort_by(&:length)
-          return unless outer.empty? || inner.start_with?("#{outer}:") || inner == outer
+          return if inner == outer
+          return unless outer.empty? || inner.start_with?("#{outer}:")
 
           describe = ->(ns) { ns.empty? ? "no namespace" : "the namespace #{ns.inspect}" }
           raise ArgumentError, "#{describe.call(outer)} and #{describe.call(inner)} of one server overlap: " \
