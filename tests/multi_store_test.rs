@@ -265,3 +265,142 @@ fn a_watched_transaction_aborts_when_the_key_changes_and_nothing_is_mirrored() {
         assert_eq!(on(server, "balance").as_deref(), Some("99"));
     }
 }
+
+#[test]
+fn a_blocking_pop_during_dual_write_takes_the_element_from_both_stores() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("blocking", primary.config(), secondary.config());
+    let flags = flags(true, false);
+    let cancel = CancelToken::new();
+    store
+        .call(&cmd(&["RPUSH", "jobs", "a", "b"]), flags, &cancel)
+        .result
+        .unwrap();
+
+    let popped = store.call_blocking(
+        &cmd(&["BLPOP", "jobs", "1"]),
+        Duration::from_secs(1),
+        flags,
+        &cancel,
+    );
+
+    assert_eq!(
+        popped.result.unwrap(),
+        Reply::Array(vec![bulk("jobs"), bulk("a")])
+    );
+    for server in [&primary, &secondary] {
+        assert_eq!(
+            server.query(&["LRANGE", "jobs", "0", "-1"]),
+            Value::Array(vec![Value::BulkString(b"b".to_vec())])
+        );
+    }
+}
+
+#[test]
+fn a_blocking_pop_that_waited_for_a_push_takes_it_from_both_stores() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = Arc::new(MultiStore::new(
+        "blocking-wait",
+        primary.config(),
+        secondary.config(),
+    ));
+    let flags = flags(true, true);
+    let popper = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let cancel = CancelToken::new();
+            store
+                .call_blocking(
+                    &cmd(&["BRPOP", "jobs", "5"]),
+                    Duration::from_secs(5),
+                    flags,
+                    &cancel,
+                )
+                .result
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let cancel = CancelToken::new();
+    store
+        .call(&cmd(&["LPUSH", "jobs", "first", "second"]), flags, &cancel)
+        .result
+        .unwrap();
+
+    let popped = popper.join().expect("the popping thread").unwrap();
+
+    assert_eq!(popped, Reply::Array(vec![bulk("jobs"), bulk("first")]));
+    for server in [&primary, &secondary] {
+        assert_eq!(
+            server.query(&["LRANGE", "jobs", "0", "-1"]),
+            Value::Array(vec![Value::BulkString(b"second".to_vec())])
+        );
+    }
+}
+
+/// The next message of a subscription within 2 s, waiting as the binding does (outside the
+/// session) on the sockets it names.
+fn next_message(session: &mut gitlab_multistore::Session, cancel: &CancelToken) -> Option<Reply> {
+    use gitlab_multistore::multi_store::session::NextMessage;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match session.next_message(cancel) {
+            Ok(NextMessage::Reply(reply)) => return Some(reply),
+            Ok(NextMessage::WaitOn(_)) => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => panic!("subscription failed: {error}"),
+        }
+    }
+    None
+}
+
+fn subscribers(server: &RedisServer, channel: &str) -> Value {
+    match server.query(&["PUBSUB", "NUMSUB", channel]) {
+        Value::Array(mut parts) => parts.pop().unwrap_or(Value::Nil),
+        other => other,
+    }
+}
+
+#[test]
+fn a_subscription_during_dual_write_hears_both_stores_and_each_message_once() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let store = MultiStore::new("subscription", primary.config(), secondary.config());
+    let flags = flags(true, false);
+    let cancel = CancelToken::new();
+    let mut session = store.subscription_session(flags, &cancel);
+
+    session
+        .write(&cmd(&["SUBSCRIBE", "news"]), &cancel)
+        .unwrap();
+    let confirmation = next_message(&mut session, &cancel);
+    assert_eq!(
+        confirmation,
+        Some(Reply::Array(vec![
+            bulk("subscribe"),
+            bulk("news"),
+            Reply::Integer(1)
+        ]))
+    );
+    assert!(eventually(|| [&primary, &secondary]
+        .iter()
+        .all(|server| subscribers(server, "news") == Value::Int(1))));
+
+    store
+        .call(&cmd(&["PUBLISH", "news", "both"]), flags, &cancel)
+        .result
+        .unwrap();
+    secondary.query(&["PUBLISH", "news", "old only"]);
+    primary.query(&["PUBLISH", "news", "new only"]);
+
+    let mut heard = Vec::new();
+    while let Some(reply) = next_message(&mut session, &cancel) {
+        heard.push(reply);
+        if heard.len() == 4 {
+            break; // one too many: a message delivered twice
+        }
+    }
+    let message = |payload: &str| Reply::Array(vec![bulk("message"), bulk("news"), bulk(payload)]);
+    heard.sort_by_key(|reply| format!("{reply:?}"));
+    let mut expected = vec![message("both"), message("old only"), message("new only")];
+    expected.sort_by_key(|reply| format!("{reply:?}"));
+    assert_eq!(heard, expected);
+    session.discard();
+}

@@ -6,8 +6,9 @@ use crate::fork::ForkSafeMutex;
 use crate::protocol::command::Command;
 use std::collections::HashMap;
 
-/// Commands whose answer is random or the time, named as a script would call them: a script
-/// calling one may write something else on each store, while answering both alike.
+/// Commands whose answer is random, the time, or in each server's own hash order (a big set's
+/// members, a hash's fields, the keyspace): a script calling one may write something else on
+/// each store, while answering both alike. Looked for as whole words, however quoted.
 const NONDETERMINISTIC: &[&str] = &[
     "spop",
     "srandmember",
@@ -15,6 +16,16 @@ const NONDETERMINISTIC: &[&str] = &[
     "zrandmember",
     "randomkey",
     "time",
+    "smembers",
+    "sscan",
+    "sunion",
+    "sinter",
+    "sdiff",
+    "hkeys",
+    "hvals",
+    "hgetall",
+    "hscan",
+    "scan",
 ];
 
 /// Bounded: an application has a handful of scripts; a flood of distinct ones (scripts built
@@ -46,11 +57,15 @@ impl ScriptCache {
         }
     }
 
-    /// Whether an EVAL or EVALSHA may have written something else on each store: its body (for
-    /// EVALSHA, as seen earlier) calls a random command or the time by name (`'spop'`,
-    /// `"TIME"`), or uses `math.random`. A heuristic: a command name built at run time escapes
-    /// it, and so does the body of an EVALSHA this process never saw.
+    /// Whether a script may have written something else on each store: an EVAL or EVALSHA
+    /// whose body (for EVALSHA, as seen earlier) names a random, time or hash-order command
+    /// (`'spop'`, `[[TIME]]`, `"smembers"`) or the KEYS command, or uses `math.random`; and any
+    /// FCALL (a function's body is not looked into). A heuristic: a command name built at run
+    /// time escapes it, and so does the body of an EVALSHA this process never saw.
     pub fn may_differ(&self, cmd: &Command) -> bool {
+        if cmd.name_is("fcall") {
+            return true;
+        }
         if cmd.name_is("eval") {
             return cmd.arg(1).is_some_and(calls_something_random);
         }
@@ -81,12 +96,21 @@ impl ScriptCache {
 fn calls_something_random(body: &[u8]) -> bool {
     let body = body.to_ascii_lowercase();
     let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    contains(b"math.random")
-        || NONDETERMINISTIC.iter().any(|name| {
-            [b'\'', b'"']
-                .iter()
-                .any(|quote| contains(&[&[*quote], name.as_bytes(), &[*quote]].concat()))
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    // As a whole word: `'time'`, `[[time]]`, `"TIME"` — not `pexpiretime` (a word anywhere else,
+    // a comment's "time", costs a re-sync, no more).
+    let names = |name: &[u8]| {
+        body.windows(name.len()).enumerate().any(|(at, w)| {
+            w == name
+                && (at == 0 || !word(body[at - 1]))
+                && body.get(at + name.len()).is_none_or(|&c| !word(c))
         })
+    };
+    // KEYS as a command only where a string names it: KEYS[1] is in every script.
+    let keys_command = [&b"'keys'"[..], b"\"keys\"", b"[[keys]]"]
+        .iter()
+        .any(|quoted| contains(quoted));
+    contains(b"math.random") || keys_command || NONDETERMINISTIC.iter().any(|n| names(n.as_bytes()))
 }
 
 #[cfg(test)]
@@ -100,6 +124,11 @@ mod tests {
         assert!(cache.may_differ(&eval("return redis.call('SPOP', KEYS[1])")));
         assert!(cache.may_differ(&eval("local t = redis.call(\"time\") return t[1]")));
         assert!(cache.may_differ(&eval("return math.random(10)")));
+        assert!(cache.may_differ(&eval("return redis.call([[TIME]])[1]")));
+        assert!(cache.may_differ(&eval("return redis.call('smembers', KEYS[1])[1]")));
+        assert!(cache.may_differ(&eval("return #redis.call('keys', '*')")));
+        assert!(cache.may_differ(&Command::from_args(["FCALL", "f", "1", "k"])));
+        assert!(!cache.may_differ(&Command::from_args(["FCALL_RO", "f", "1", "k"])));
         assert!(!cache.may_differ(&eval("return redis.call('incr', KEYS[1])")));
         // "time" inside another name is not the TIME command.
         assert!(!cache.may_differ(&eval("return redis.call('pexpiretime', KEYS[1])")));

@@ -162,4 +162,29 @@ RSpec.describe Gitlab::Redis::MultiStore, "threads, interrupts and fork" do
       .to raise_error(Redis::TimeoutError)
     expect(store.ping).to eq("PONG")
   end
+
+  # Timeout ends the block with a throw and Thread#kill with no exception at all: neither passes
+  # through a rescue, so only the last reply can tell the connection is still subscribed.
+  {
+    "Timeout.timeout" => ->(store) { Timeout.timeout(0.3) { store.subscribe("quiet") { |on| on.message {} } } },
+    "Thread#kill" => lambda do |store|
+      subscriber = Thread.new { store.subscribe("quiet") { |on| on.message {} } }
+      sleep 0.01 until subscriber.status == "sleep"
+      sleep 0.1
+      subscriber.kill.join
+    end
+  }.each do |interrupt, end_subscription|
+    it "closes a subscription's connection that #{interrupt} ended, instead of lending it to the next writer" do
+      begin
+        end_subscription.call(store)
+      rescue Timeout::Error
+        nil
+      end
+
+      counts = Array.new(4) { Thread.new { store.incr("after-subscription") }.value }
+
+      expect(counts).to eq([1, 2, 3, 4])
+      expect(secondary_server.client.get("after-subscription")).to eq("4")
+    end
+  end
 end

@@ -12,6 +12,7 @@ module Gitlab
         QUEUED = "QUEUED"
         REUSABLE_AFTER_LOOP = %w[subscribe psubscribe].freeze
         SUBSCRIBING = %w[subscribe psubscribe ssubscribe].freeze
+        UNSUBSCRIBED = %w[unsubscribe punsubscribe sunsubscribe].freeze
         TRANSACTION_CONTROL = %i[multi exec discard watch unwatch].freeze
         # redis-rb's reply-to-Hash block (HGETALL, CONFIG GET …): the native side builds the Hash.
         HASHIFY = ::Redis::Commands::Hashify
@@ -115,23 +116,28 @@ module Gitlab
           # fails the comparison (`subscribe_with_timeout` with a channel where the timeout goes).
           timeout > 0 # rubocop:disable Style/NumericPredicate -- raises for a non-number as redis-rb does
           session = SUBSCRIBING.include?(command.first.to_s.downcase) ? pin_subscription : pin
-          clean = true
+          clean = false
           begin
             session._write(command)
             loop do
               reply = session._read(timeout.to_f)
               raise reply if reply.is_a?(::Redis::CommandError)
 
+              # Only the final unsubscribe's confirmation leaves the connection fit for reuse.
+              # Told by the reply, not by how the loop ends: redis-rb's subscription leaves it
+              # with `break`, and Timeout (a throw) or Thread#kill end it the same way, no
+              # exception passing through here.
+              clean = final_unsubscribe?(reply)
               yield reply
             end
-          rescue Exception # rubocop:disable Lint/RescueException -- re-raised; only marks the connection dirty
-            clean = false
-            raise
           ensure
-            # Only a subscription left after its final unsubscribe leaves the connection in a
-            # state fit for reuse; anything else (MONITOR, an exception) closes it.
+            # Anything else (MONITOR, an exception, an interrupt mid-subscription) closes it.
             clean && REUSABLE_AFTER_LOOP.include?(command.first.to_s.downcase) ? unpin : discard_pin
           end
+        end
+
+        def final_unsubscribe?(reply)
+          reply.is_a?(Array) && reply.last == 0 && UNSUBSCRIBED.include?(reply.first.to_s.downcase)
         end
 
         # Writes without reading: used by `Redis::SubscribedClient#unsubscribe` from inside a
