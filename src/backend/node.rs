@@ -224,7 +224,7 @@ impl Node {
         self.open(cancel)
     }
 
-    pub fn checkin(&self, conn: Connection) {
+    pub fn checkin(&self, mut conn: Connection) {
         let pool = self.current_pool();
         if conn.retired
             || conn.epoch != self.epoch.load(Ordering::Acquire)
@@ -232,6 +232,7 @@ impl Node {
         {
             return;
         }
+        conn.set_idle();
         let Some(conn) = crate::transport::borrowed::keep(self.uid, conn) else {
             return; // kept for the thread that borrows this store's connection
         };

@@ -98,6 +98,7 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
     it "still reconnects and sends a command once more when the pooled connection was found closed" do
       store.set("counter", "0")
       server.client.call(:client, :kill, :type, :normal) # every idle pooled connection, closed
+      sleep 0.01 # a connection unused for more than a millisecond is looked at before use
 
       expect(store.incr("counter")).to eq(1)
       expect(server.client.get("counter")).to eq("1")
