@@ -143,13 +143,23 @@ RSpec.describe Gitlab::Redis::MultiStore, "connections" do
       expect(store.ping).to eq("PONG")
     end
 
-    it "reconnects once after the server dropped the connection, as redis-rb does" do
+    it "reconnects once after the server dropped an idle connection, as redis-rb does" do
       store = multi_store(secondary_server.url)
       store.call(%i[client setname victim])
       secondary_server.client.call(%i[client kill skipme yes type normal])
+      sleep 0.01 # a connection unused for more than a millisecond is looked at before use
 
       expect(store.set("after-kill", "1")).to eq("OK")
       expect(secondary_server.client.get("after-kill")).to eq("1")
+    end
+
+    it "sends a read again on a fresh connection however soon after its last use the server dropped it" do
+      store = multi_store(secondary_server.url)
+      secondary_server.client.set("read-after-kill", "1")
+      store.call(%i[client setname victim])
+      secondary_server.client.call(%i[client kill skipme yes type normal])
+
+      expect(store.get("read-after-kill")).to eq("1")
     end
 
     it "keeps working after the server restarts" do
