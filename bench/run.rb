@@ -141,6 +141,10 @@ ratios = []
   contenders = contenders_for.call(threads)
   flag_states.each do |state, on|
     flags.replace(on)
+    # Dual-write as a migration spends it: after a verify found the stores in agreement. Before
+    # that, a read also asks the primary whether it has the keys it names (an EXISTS per key in
+    # the same round trip), which `rake bench` measures apart below.
+    ms.verify(repair: true) if state == "dual-write"
     ops.each do |op_name, op|
       next if Bench::ONLY && !op_name.match?(Bench::ONLY)
 
@@ -157,6 +161,18 @@ ratios = []
       results.each { |name, values| absolute << [label, name, Bench.median(values)] }
     end
   end
+end
+
+# Reads during dual-write before any verify: the primary is asked in the same round trip whether
+# it has every key a read names (it may not be backfilled yet), one EXISTS per key.
+unverified = Gitlab::Redis::MultiStore.new(new_store.url, old_store.url, "bench_unverified",
+                                           feature_flags: flag_source, on_error: ->(*) {})
+flags.replace(use_primary_and_secondary_stores_for_bench_unverified: true)
+%w[GET MGET\ 100].each do |op_name|
+  next if Bench::ONLY && !op_name.match?(Bench::ONLY)
+
+  results = Bench.race({ "redis-rb" => shared.call(old_store.client), "MultiStore" => shared.call(unverified) }, 1, ops[op_name])
+  ratios << ["#{op_name}, dual-write before a verify, 1 thread", "MultiStore / redis-rb", Bench.ratio(results, "MultiStore", "redis-rb")]
 end
 
 # Scaling: one shared MultiStore, 8 threads against 1 (the GVL is released during I/O).
