@@ -271,8 +271,14 @@ impl MultiStore {
             return Ok(replies);
         };
         tracing::debug!(instance_name = %self.instance_name, store = role.name(), "loading a script the store did not know");
-        let mut recovered = self.store(role).pipeline(&recovery, cancel)?;
-        Ok(recovered.pop().into_iter().collect())
+        // One after the other, not as one batch: a cluster sends SCRIPT LOAD to every master
+        // after the rest of a batch, which would run the EVALSHA before its script is there.
+        let store = self.store(role);
+        let mut last = Reply::Nil;
+        for cmd in &recovery {
+            last = store.call(cmd, ReadTimeout::Configured, cancel)?;
+        }
+        Ok(vec![last])
     }
 
     pub(super) fn pipeline_both(

@@ -96,6 +96,17 @@ RSpec.describe Gitlab::Redis::MultiStore, "with a Redis Cluster store" do
       expect(store.evalsha(sha, keys: ["scripted"])).to eq("v")
     end
 
+    it "loads a script the cluster lost before running an EVALSHA there again during dual-write" do
+      flags.enable(:use_primary_and_secondary_stores_for_cluster_store)
+      store = store_onto_cluster
+      sha = store.script(:load, "return redis.call('incr', KEYS[1])")
+      cluster.servers.each { |server| server.client.script(:flush) }
+
+      expect(store.evalsha(sha, keys: ["scripted"])).to eq(1)
+      expect([cluster.server_for("scripted").client.get("scripted"), secondary_server.client.get("scripted")]).to eq(%w[1 1])
+      expect(reports).to eq([])
+    end
+
     it "waits on a blocking pop on the key's node" do
       store = cluster_only
       pusher = Thread.new { sleep 0.2; cluster.server_for("queue").client.rpush("queue", "job") }
