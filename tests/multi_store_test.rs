@@ -404,3 +404,50 @@ fn a_subscription_during_dual_write_hears_both_stores_and_each_message_once() {
     assert_eq!(heard, expected);
     session.discard();
 }
+
+fn in_db(server: &RedisServer, db: &str, key: &str) -> Value {
+    let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/{db}", server.port))
+        .and_then(|c| c.get_connection())
+        .expect("a client of the server");
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut client)
+        .unwrap_or(Value::Nil)
+}
+
+#[test]
+fn a_select_waits_for_the_re_sync_copying_keys_of_the_database_it_leaves() {
+    let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+    let mut source = primary.config();
+    source.read_timeout = Some(Duration::from_secs(3));
+    let mut lagging = secondary.config();
+    lagging.read_timeout = Some(Duration::from_millis(200));
+    let store = MultiStore::new("select-resync", source, lagging);
+    let flags = flags(true, true); // the secondary is the other store
+    let cancel = CancelToken::new();
+    store.call(&cmd(&["SELECT", "1"]), flags, &cancel);
+    store.call(&cmd(&["PING"]), flags, &cancel);
+
+    secondary.pause();
+    store.call(&cmd(&["SET", "k", "v"]), flags, &cancel); // the secondary misses it: journaled
+                                                          // The re-sync's read of the source hangs while the caller SELECTs another database.
+    primary.pause();
+    secondary.resume();
+    std::thread::sleep(Duration::from_millis(500));
+    let resumer = std::thread::spawn({
+        let pid = primary.pid();
+        move || {
+            std::thread::sleep(Duration::from_millis(800));
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        }
+    });
+    store.set_db(0);
+    resumer.join().expect("the resuming thread");
+    primary.resume();
+
+    assert!(
+        eventually(|| in_db(&secondary, "1", "k") == Value::BulkString(b"v".to_vec())),
+        "the key was copied in the database it was written in"
+    );
+    assert_eq!(in_db(&secondary, "0", "k"), Value::Nil);
+}

@@ -58,6 +58,12 @@ pub struct MigrationState {
     pub resync_started: ForkSafeMutex<Option<u64>>,
     /// The last verify run by any MultiStore of the partition.
     pub last_verify: ForkSafeMutex<Option<VerifyStanding>>,
+    /// Held by the re-sync while it copies a batch, and by a SELECT while it moves the stores:
+    /// a copy read in one database must not be written into another. Not a `ForkSafeMutex`
+    /// (those are taken around a fork, and this one is held across round trips): it is only
+    /// ever tried with a timeout, so one a thread that did not survive a fork held cannot hang
+    /// the child.
+    pub db_switch: parking_lot::Mutex<()>,
 }
 
 type Partition = (String, String, String);
@@ -77,6 +83,7 @@ impl MigrationState {
             dual_write_seen: AtomicU8::new(0),
             resync_started: ForkSafeMutex::new(None),
             last_verify: ForkSafeMutex::new(None),
+            db_switch: parking_lot::Mutex::new(()),
         }
     }
 

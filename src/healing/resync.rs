@@ -37,6 +37,9 @@ pub struct ResyncContext {
     pub metrics: InstanceMetrics,
 }
 
+/// How long a round waits for a SELECT moving the stores (it does no I/O).
+const DB_SWITCH_WAIT: Duration = Duration::from_secs(1);
+
 fn breaker(state: &MigrationState, role: Role) -> &Breaker {
     &state.breakers[role]
 }
@@ -86,6 +89,11 @@ fn run(ctx: ResyncContext) {
 /// One batch of journaled keys per lagging store; whether any key settled.
 fn resync_round(ctx: &ResyncContext, state: &MigrationState, cancel: &CancelToken) -> bool {
     let journal = &state.journal;
+    // Keys are copied in the database they were journaled in: a SELECT waits for the round, and
+    // one under way (it forgets the journal) makes the round wait.
+    let Some(_same_db) = state.db_switch.try_lock_for(DB_SWITCH_WAIT) else {
+        return false;
+    };
     let batch = journal.batch(BATCH);
     let mut progressed = false;
     for lagging in [Role::Primary, Role::Secondary] {

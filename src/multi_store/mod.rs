@@ -37,6 +37,10 @@ use crate::healing::migration_state::{
     DUAL_WRITE_OFF_SECONDARY_DEFAULT, DUAL_WRITE_ON,
 };
 
+/// How long a SELECT waits for a re-sync batch in flight (each round trip of which is bounded
+/// by the stores' timeouts).
+const DB_SWITCH_WAIT: Duration = Duration::from_secs(5);
+
 const SAME_SERVER_UNKNOWN: u8 = 0;
 const SAME_SERVER: u8 = 1;
 const OTHER_SERVERS: u8 = 2;
@@ -596,6 +600,8 @@ impl MultiStore {
 
     /// Moves both stores to database `db` (nothing is sent: their connections reopen on it).
     pub fn set_db(&self, db: i64) {
+        // A re-sync copying a batch finishes it in the database its keys were journaled in.
+        let _copies_done = self.state.db_switch.try_lock_for(DB_SWITCH_WAIT);
         if db != self.stores.primary.db() && !self.state.journal.is_empty() {
             // The journal names keys of the database it was filled in: re-synced in another, the
             // wrong keys would be copied, and the missed ones never. A full verify (of each
