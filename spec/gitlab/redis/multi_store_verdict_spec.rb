@@ -113,6 +113,24 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       expect(store.migration_status[:backfill_needed]).to be(false)
     end
 
+    it "is not safe while the other store's breaker is open, since a restart behind it goes unseen" do
+      flags.enable(primary_default) # switched: the secondary is the other store
+      old = dedicated_redis_server
+      store = multi_store(primary_server.url, { url: old.url, read_timeout: 0.2 }, breaker_threshold: 1, breaker_cool_down: 60)
+      store.set("k", "v")
+      expect(store.verify).to be_in_agreement
+      expect(store.migration_status[:safe_to_switch]).to be(true)
+
+      Process.kill(:STOP, old.pid)
+      store.migration_status # asks the old store for its run_id: times out, the breaker opens
+      old.restart # empty, unseen behind the open breaker
+      status = store.migration_status
+
+      expect(old.client.get("k")).to be_nil
+      expect(status[:breaker][:secondary]).to eq(:open)
+      expect(status).to include(safe_to_switch: false, reasons: include("the secondary's circuit breaker is open"))
+    end
+
     it "is not safe after the new store restarted empty and a backfill ran; a verify with repair makes it safe" do
       failing = dedicated_redis_server
       store = multi_store(failing.url)

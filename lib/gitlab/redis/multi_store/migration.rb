@@ -136,8 +136,8 @@ module Gitlab
           report
         end
 
-        # Is it safe to switch the default store to the primary? A yes needs: the primary's
-        # circuit breaker closed, no write failure on it in the last 5 minutes, the re-sync
+        # Is it safe to switch the default store to the primary? A yes needs: both stores'
+        # circuit breakers closed, no write failure on the other store in the last 5 minutes, the re-sync
         # journal empty (and nothing it could not record), no store restart since the last full
         # backfill, and a full verify in agreement run by one of the process's MultiStores of
         # this partition (instance name and stores), since what it vouched for.
@@ -148,7 +148,12 @@ module Gitlab
           status = @native._status(@flags.bits)
           reasons = []
           reasons << "dual-write is off: writes reach the default store only" unless @flags.dual_write?
-          reasons << "the primary's circuit breaker is #{status[:breaker][:primary]}" unless status[:breaker][:primary] == :closed
+          # A store behind an open breaker is not asked anything, its run_id included: a restart
+          # of it would go unseen. Either store's, not only the primary's: after the switch the
+          # secondary is the other store, and rolling back relies on it.
+          status[:breaker].each do |store, state|
+            reasons << "the #{store}'s circuit breaker is #{state}" unless state == :closed
+          end
           if status[:recent_write_failures].positive?
             reasons << "#{status[:recent_write_failures]} write failures on the non-default store in the last 5 minutes"
           end
