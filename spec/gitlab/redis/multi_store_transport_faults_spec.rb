@@ -320,6 +320,24 @@ RSpec.describe Gitlab::Redis::MultiStore, "faults on the wire" do
     ensure
       trap("USR2", previous || "DEFAULT")
     end
+
+    it "lets a trap handler run a transaction of its own, pinning a connection from trap context" do
+      store = multi_store(primary_server.url, secondary_server.url)
+      result = nil
+      previous = trap("USR2") do
+        result = store.multi { |tx| tx.incr("from-trap") }
+      rescue StandardError => e
+        result = e
+      end
+
+      Process.kill("USR2", Process.pid)
+      sleep 0.01 until result
+
+      expect(result).to eq([1])
+      expect(secondary_server.client.get("from-trap")).to eq("1")
+    ensure
+      trap("USR2", previous || "DEFAULT")
+    end
   end
 
   describe "timeouts redis-rb reads its own way" do

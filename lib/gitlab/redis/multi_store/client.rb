@@ -30,7 +30,6 @@ module Gitlab
           @flags = flags
           @state_key = :"__gitlab_multistore_#{object_id}"
           @pins = {}.compare_by_identity
-          @pins_lock = Mutex.new
         end
 
         # @param state [ThreadState, nil] this thread's state when the caller already looked it up
@@ -211,16 +210,14 @@ module Gitlab
         # A thread killed between WATCH and EXEC (or inside a subscription) never releases its
         # pinned connection, and its thread-locals live as long as its Thread object is
         # referenced: the connections of dead threads are closed when the next one is pinned.
+        #
+        # No lock (a trap handler may pin, and cannot take one): the look goes over a copy, each
+        # dead thread's session is closed by whoever deletes it, and adding a key is one call.
         def register(session)
-          @pins_lock.synchronize do
-            @pins.delete_if do |pinned, thread|
-              next false if thread.alive?
-
-              pinned._discard
-              true
-            end
-            @pins[session] = Thread.current
+          @pins.dup.each do |pinned, thread|
+            pinned._discard if !thread.alive? && @pins.delete(pinned)
           end
+          @pins[session] = Thread.current
           session
         end
 
@@ -245,8 +242,6 @@ module Gitlab
 
           session = state.session
           state.session = nil
-          # Without the lock: a trap handler may end a subscription, and cannot take one. (A
-          # delete is safe beside `register`'s iteration; only adding a key is not.)
           @pins.delete(session)
           yield session
         end
