@@ -429,8 +429,9 @@ fn a_select_waits_for_the_re_sync_copying_keys_of_the_database_it_leaves() {
     store.call(&cmd(&["PING"]), flags, &cancel);
 
     secondary.pause();
-    store.call(&cmd(&["SET", "k", "v"]), flags, &cancel); // the secondary misses it: journaled
-                                                          // The re-sync's read of the source hangs while the caller SELECTs another database.
+    // The secondary misses it: journaled.
+    store.call(&cmd(&["SET", "k", "v"]), flags, &cancel);
+    // The re-sync's read of the source hangs while the caller SELECTs another database.
     primary.pause();
     secondary.resume();
     std::thread::sleep(Duration::from_millis(500));
@@ -450,4 +451,47 @@ fn a_select_waits_for_the_re_sync_copying_keys_of_the_database_it_leaves() {
         "the key was copied in the database it was written in"
     );
     assert_eq!(in_db(&secondary, "0", "k"), Value::Nil);
+}
+
+/// What each store holds under `key` in database `db`, as DUMP sees it (type and value).
+fn dumped(server: &RedisServer, db: &str, key: &str) -> Value {
+    let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/{db}", server.port))
+        .and_then(|c| c.get_connection())
+        .expect("a client of the server");
+    redis::cmd("DUMP")
+        .arg(key)
+        .query(&mut client)
+        .unwrap_or(Value::Nil)
+}
+
+#[test]
+fn a_write_carrying_a_key_that_differs_into_another_database_asks_for_a_full_verify() {
+    // fuzz seed 427860330: a key journaled as differing (the primary missed a write while its
+    // breaker was open) was MOVEd by both stores alike; the re-sync then found the key gone
+    // from both in database 0, and database 1 kept the difference unseen.
+    let moves: [&[&str]; 3] = [
+        &["MOVE", "k", "1"],
+        &["COPY", "k", "k", "DB", "1"],
+        &["SWAPDB", "0", "1"],
+    ];
+    for (i, write) in moves.into_iter().enumerate() {
+        let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+        let store = MultiStore::new(format!("moves{i}"), primary.config(), secondary.config());
+        let flags = flags(true, false);
+        let cancel = CancelToken::new();
+        primary.query(&["HSET", "k", "1", "7"]);
+        secondary.query(&["SET", "k", "2"]);
+        // As a write the primary missed leaves it (before the re-sync ran).
+        store.journal().record(Some([&b"k"[..]]), Role::Primary);
+
+        let moved = store.call(&cmd(write), flags, &cancel);
+        assert!(moved.result.is_ok(), "{write:?}");
+
+        let differs = dumped(&primary, "1", "k") != dumped(&secondary, "1", "k");
+        assert!(differs, "{write:?}: the difference went to database 1");
+        assert!(
+            store.status().full_verify_needed,
+            "{write:?}: database 1 now differs, which only a full verify can find"
+        );
+    }
 }

@@ -72,6 +72,43 @@ impl MultiStore {
         self.ensure_resync();
     }
 
+    /// MOVE, COPY … DB and SWAPDB carry keys into another database, where the journal (which
+    /// names keys of the database a call runs in) cannot follow them: a key journaled as
+    /// differing takes its difference there, and the re-sync, finding the key alike (gone from
+    /// both stores) here, settles it. Before such a write of a journaled key -- for SWAPDB, of
+    /// any -- a full verify of every database is asked for (fuzz seed 427860330).
+    pub(super) fn before_write_to_another_database(&self, batch: Batch) {
+        let journal = &self.state.journal;
+        if journal.is_empty() {
+            return;
+        }
+        for call in batch
+            .iter()
+            .filter(|call| command_table::writes_other_database(call.cmd))
+        {
+            let lagging: Vec<Role> = if call.cmd.name_is("swapdb") {
+                journal
+                    .batch(usize::MAX)
+                    .into_iter()
+                    .map(|(_, e)| e.lagging)
+                    .collect()
+            } else {
+                let keys = call.keys().unwrap_or_default();
+                keys.iter().filter_map(|key| journal.lagging(key)).collect()
+            };
+            let Some(first) = lagging.first() else {
+                continue;
+            };
+            // The store every journaled key lags behind missed writes; the other one is complete.
+            let complete = lagging
+                .iter()
+                .all(|role| role == first)
+                .then(|| first.other());
+            journal.require_full_verify(complete);
+            tracing::warn!(instance_name = %self.instance_name, command_name = %call.cmd.name(), "a write carries keys that differ into another database: a full verify is needed");
+        }
+    }
+
     /// Records the keys of one write as missed by `lagging`, if it names them (a write without
     /// nameable keys is left alone: its differing answer is no sign of differing data).
     pub(super) fn journal_keys_of(&self, call: Call, lagging: Role) {
