@@ -495,3 +495,41 @@ fn a_write_carrying_a_key_that_differs_into_another_database_asks_for_a_full_ver
         );
     }
 }
+
+#[test]
+fn a_write_deriving_a_key_from_one_that_differs_has_both_re_synced() {
+    // RENAME, COPY, SUNIONSTORE, LMOVE of a key the stores hold differently: without the
+    // destination journaled too, the re-sync settles the source and the destination keeps
+    // the difference, read stale from the store that lags.
+    let writes: [&[&str]; 4] = [
+        &["RENAME", "k", "d"],
+        &["COPY", "k", "d"],
+        &["SUNIONSTORE", "d", "k"],
+        &["LMOVE", "k", "d", "LEFT", "LEFT"],
+    ];
+    for (i, write) in writes.into_iter().enumerate() {
+        let (primary, secondary) = (RedisServer::start(), RedisServer::start());
+        let store = MultiStore::new(format!("derived{i}"), primary.config(), secondary.config());
+        let flags = flags(true, false);
+        let cancel = CancelToken::new();
+        let (stale, fresh): (&[&str], &[&str]) = match write[0] {
+            "SUNIONSTORE" => (&["SADD", "k", "a", "b"], &["SADD", "k", "a"]),
+            "LMOVE" => (&["RPUSH", "k", "x", "y"], &["RPUSH", "k", "a", "b"]),
+            _ => (&["SET", "k", "6"], &["SET", "k", "2"]),
+        };
+        primary.query(stale);
+        secondary.query(fresh);
+        store.journal().record(Some([&b"k"[..]]), Role::Primary);
+
+        let written = store.call(&cmd(write), flags, &cancel);
+        assert!(written.result.is_ok(), "{write:?}");
+
+        let alike = |key: &str| dumped(&primary, "0", key) == dumped(&secondary, "0", key);
+        assert!(
+            eventually(|| alike("d") && alike("k")),
+            "{write:?}: the destination is re-synced from the default store too"
+        );
+        assert!(eventually(|| store.status().journal_keys == 0), "{write:?}");
+        assert!(!store.status().full_verify_needed, "{write:?}");
+    }
+}

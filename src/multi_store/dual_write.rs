@@ -92,7 +92,7 @@ impl MultiStore {
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
             self.catch_up_default(batch, default, ctx.cancel);
         }
-        self.before_write_to_another_database(batch);
+        self.journal_what_differing_keys_reach(batch);
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             return self.missing_write(batch, other, || self.round_trip(default, kind, on_default));
@@ -464,7 +464,7 @@ impl MultiStore {
             self.journal_missed(batch, role);
             return;
         }
-        self.before_write_to_another_database(batch);
+        self.journal_what_differing_keys_reach(batch);
         let source = role.other();
         let _counted = self.state.journal.write_begins();
         let partial = match self.keys_only_one_store_has(batch, source, cancel) {

@@ -423,6 +423,34 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     end
   end
 
+  describe "a write that derives a key from one the stores hold differently" do
+    {
+      "RENAME" => ->(store) { store.rename("counter", "copy") },
+      "COPY" => ->(store) { store.copy("counter", "copy") },
+      "a script" => ->(store) { store.eval("return redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]))", keys: %w[counter copy]) }
+    }.each do |name, write|
+      it "journals the derived key too (#{name}): it is read from the default store, and not safe until re-synced" do
+        flags.enable(dual_write)
+        # The primary refuses RESTORE: the re-sync cannot bring the keys in line meanwhile.
+        primary.call(:acl, :setuser, "norestore", "on", ">pw", "~*", "&*", "+@all", "-restore")
+        store = multi_store("redis://norestore:pw@127.0.0.1:#{primary_server.port}/0", secondary_server.url)
+        primary.set("counter", "5")
+        secondary.set("counter", "1")
+        expect(store.incr("counter")).to eq(2) # answered 6 by the primary: journaled
+
+        write.call(store)
+
+        expect([primary.get("copy"), secondary.get("copy")]).to eq(%w[6 2]) # the difference went along
+        expect(store.get("copy")).to eq("2") # not the primary's stale copy
+        status = store.migration_status
+        expect(status[:journal_keys]).to be >= 1
+        expect(status[:safe_to_switch]).to be(false)
+      ensure
+        primary.call(:acl, :deluser, "norestore")
+      end
+    end
+  end
+
   describe "what verify compares" do
     it "compares a HyperLogLog by its registers: PFCOUNT on one store is no difference" do
       flags.enable(dual_write)
