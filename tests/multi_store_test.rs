@@ -405,14 +405,16 @@ fn a_subscription_during_dual_write_hears_both_stores_and_each_message_once() {
     session.discard();
 }
 
-fn in_db(server: &RedisServer, db: &str, key: &str) -> Value {
+/// `args` run in database `db` of `server` (Nil when the command fails).
+fn in_db(server: &RedisServer, db: &str, args: &[&str]) -> Value {
     let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/{db}", server.port))
         .and_then(|c| c.get_connection())
         .expect("a client of the server");
-    redis::cmd("GET")
-        .arg(key)
-        .query(&mut client)
-        .unwrap_or(Value::Nil)
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut client).unwrap_or(Value::Nil)
 }
 
 #[test]
@@ -447,21 +449,15 @@ fn a_select_waits_for_the_re_sync_copying_keys_of_the_database_it_leaves() {
     primary.resume();
 
     assert!(
-        eventually(|| in_db(&secondary, "1", "k") == Value::BulkString(b"v".to_vec())),
+        eventually(|| in_db(&secondary, "1", &["GET", "k"]) == Value::BulkString(b"v".to_vec())),
         "the key was copied in the database it was written in"
     );
-    assert_eq!(in_db(&secondary, "0", "k"), Value::Nil);
+    assert_eq!(in_db(&secondary, "0", &["GET", "k"]), Value::Nil);
 }
 
-/// What each store holds under `key` in database `db`, as DUMP sees it (type and value).
+/// What a store holds under `key` in database `db`, as DUMP sees it (type and value).
 fn dumped(server: &RedisServer, db: &str, key: &str) -> Value {
-    let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/{db}", server.port))
-        .and_then(|c| c.get_connection())
-        .expect("a client of the server");
-    redis::cmd("DUMP")
-        .arg(key)
-        .query(&mut client)
-        .unwrap_or(Value::Nil)
+    in_db(server, db, &["DUMP", key])
 }
 
 #[test]

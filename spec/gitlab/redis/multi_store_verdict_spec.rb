@@ -390,6 +390,21 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       expect([primary.get("session"), secondary.get("session")]).to eq(%w[v2 v2])
     end
   end
+  # A dual-writing store whose primary holds "counter" differently, journaled: the primary
+  # refuses RESTORE, so the re-sync cannot bring it in line meanwhile. Yields the store.
+  def with_a_journaled_difference
+    flags.enable(dual_write)
+    primary.call(:acl, :setuser, "norestore", "on", ">pw", "~*", "&*", "+@all", "-restore")
+    store = multi_store("redis://norestore:pw@127.0.0.1:#{primary_server.port}/0", secondary_server.url)
+    primary.set("counter", "5") # a counter the new store did not start from zero
+    secondary.set("counter", "1")
+    expect(store.incr("counter")).to eq(2) # answered 6 by the primary: journaled
+    expect(store.migration_status[:journal_keys]).to eq(1)
+    yield store
+  ensure
+    primary.call(:acl, :deluser, "norestore")
+  end
+
   # Found by the fuzzer (seed 427860330): a key the stores held differently (journaled, the
   # re-sync not through yet) was MOVEd by both alike. The re-sync then found it gone from both
   # in database 0 and settled it; database 1 kept the difference, and nothing asked for a verify.
@@ -400,25 +415,16 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       "SWAPDB" => ->(store) { store.swapdb(0, 1) }
     }.each do |name, write|
       it "asks for a full verify (#{name}), since the journal names keys of one database only" do
-        flags.enable(dual_write)
-        # The primary refuses RESTORE: the re-sync cannot bring the counter in line meanwhile.
-        primary.call(:acl, :setuser, "norestore", "on", ">pw", "~*", "&*", "+@all", "-restore")
-        store = multi_store("redis://norestore:pw@127.0.0.1:#{primary_server.port}/0", secondary_server.url)
-        primary.set("counter", "5") # a counter the new store did not start from zero
-        secondary.set("counter", "1")
-        expect(store.incr("counter")).to eq(2) # answered 6 by the primary: journaled
-        expect(store.migration_status[:journal_keys]).to eq(1)
+        with_a_journaled_difference do |store|
+          write.call(store)
+          wait_until(2) { store.migration_status[:journal_keys].zero? }
 
-        write.call(store)
-        wait_until(2) { store.migration_status[:journal_keys].zero? }
-
-        db1 = [primary_server, secondary_server].map { |server| Redis.new(url: server.url(1)).get("counter") }
-        expect(db1).to eq(%w[6 2]) # where the difference went
-        status = store.migration_status
-        expect(status[:full_verify_needed]).to be(true)
-        expect(status[:safe_to_switch]).to be(false)
-      ensure
-        primary.call(:acl, :deluser, "norestore")
+          db1 = [primary_server, secondary_server].map { |server| Redis.new(url: server.url(1)).get("counter") }
+          expect(db1).to eq(%w[6 2]) # where the difference went
+          status = store.migration_status
+          expect(status[:full_verify_needed]).to be(true)
+          expect(status[:safe_to_switch]).to be(false)
+        end
       end
     end
   end
@@ -430,23 +436,15 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       "a script" => ->(store) { store.eval("return redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]))", keys: %w[counter copy]) }
     }.each do |name, write|
       it "journals the derived key too (#{name}): it is read from the default store, and not safe until re-synced" do
-        flags.enable(dual_write)
-        # The primary refuses RESTORE: the re-sync cannot bring the keys in line meanwhile.
-        primary.call(:acl, :setuser, "norestore", "on", ">pw", "~*", "&*", "+@all", "-restore")
-        store = multi_store("redis://norestore:pw@127.0.0.1:#{primary_server.port}/0", secondary_server.url)
-        primary.set("counter", "5")
-        secondary.set("counter", "1")
-        expect(store.incr("counter")).to eq(2) # answered 6 by the primary: journaled
+        with_a_journaled_difference do |store|
+          write.call(store)
 
-        write.call(store)
-
-        expect([primary.get("copy"), secondary.get("copy")]).to eq(%w[6 2]) # the difference went along
-        expect(store.get("copy")).to eq("2") # not the primary's stale copy
-        status = store.migration_status
-        expect(status[:journal_keys]).to be >= 1
-        expect(status[:safe_to_switch]).to be(false)
-      ensure
-        primary.call(:acl, :deluser, "norestore")
+          expect([primary.get("copy"), secondary.get("copy")]).to eq(%w[6 2]) # the difference went along
+          expect(store.get("copy")).to eq("2") # not the primary's stale copy
+          status = store.migration_status
+          expect(status[:journal_keys]).to be >= 1
+          expect(status[:safe_to_switch]).to be(false)
+        end
       end
     end
   end
