@@ -92,7 +92,11 @@ impl MultiStore {
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
             self.catch_up_default(batch, default, ctx.cancel);
         }
-        self.journal_what_differing_keys_reach(batch);
+        let _carried = WritesInFlight {
+            journal: &self.state.journal,
+            keys: self.journal_what_differing_keys_reach(batch),
+            _counted: None,
+        };
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             return self.missing_write(batch, other, || self.round_trip(default, kind, on_default));
@@ -248,7 +252,7 @@ impl MultiStore {
                     }
                     // A script that calls something random may have written something else on
                     // each store while answering both alike.
-                    (Some(_), Ok(_)) if self.state.scripts.may_differ(cmd) => {
+                    (Some(_), Ok(_)) if self.batch_may_differ(Batch::one(&call)) => {
                         self.journal_keys_of(call, other);
                     }
                     _ => {}
@@ -256,6 +260,17 @@ impl MultiStore {
             }
         }
         reply
+    }
+
+    /// Whether a batch answered alike may still have written differently on the two stores:
+    /// a script that calls something random, or a SORT reading keys through a pattern. Every
+    /// key of the batch is then re-synced -- a later command of the batch may have carried
+    /// what the first one wrote into other keys (a SUNIONSTORE after a script's SPOP).
+    pub(super) fn batch_may_differ(&self, batch: Batch) -> bool {
+        batch.iter().any(|call| {
+            self.state.scripts.may_differ(call.cmd)
+                || (call.is_write() && command_table::reads_unnamed_keys(call.cmd))
+        })
     }
 
     /// An EVALSHA the other store does not know: load the script there (when it went through
@@ -388,9 +403,14 @@ impl MultiStore {
             return;
         }
         tracing::debug!(instance_name = %self.instance_name, keys = keys.len(), "a write changed keys only one store had: re-syncing them");
-        self.state
-            .journal
-            .record(Some(keys.iter().map(Vec::as_slice)), default.other());
+        // Keys known stale on `default` stay so (see `journal_ran_on_both`).
+        let journal = &self.state.journal;
+        let keys: Vec<&[u8]> = keys
+            .iter()
+            .map(Vec::as_slice)
+            .filter(|key| journal.lagging(key) != Some(default))
+            .collect();
+        journal.record(Some(keys), default.other());
         self.metrics.journal_size(self.state.journal.len());
         self.ensure_resync();
     }
@@ -441,13 +461,9 @@ impl MultiStore {
                     ctx.events.push(Event::PipelinedDiff);
                     // Which of the two is right cannot be told here; the default store's data
                     // is the truth callers see, so the other store is re-synced from it.
-                    self.journal_missed(batch, other);
-                } else if replies.is_ok() {
-                    for call in batch.iter() {
-                        if self.state.scripts.may_differ(call.cmd) {
-                            self.journal_keys_of(call, other); // as in `send_to_both`
-                        }
-                    }
+                    self.journal_ran_on_both(batch, other);
+                } else if replies.is_ok() && self.batch_may_differ(batch) {
+                    self.journal_ran_on_both(batch, other);
                 }
             }
         }
@@ -464,7 +480,11 @@ impl MultiStore {
             self.journal_missed(batch, role);
             return;
         }
-        self.journal_what_differing_keys_reach(batch);
+        let _carried = WritesInFlight {
+            journal: &self.state.journal,
+            keys: self.journal_what_differing_keys_reach(batch),
+            _counted: None,
+        };
         let source = role.other();
         let _counted = self.state.journal.write_begins();
         let partial = match self.keys_only_one_store_has(batch, source, cancel) {
@@ -483,11 +503,11 @@ impl MultiStore {
                 // The other store did not have what the replayed command was to take (the entry
                 // a blocking XREADGROUP got had not reached it yet, the element was not there)
                 // or refused it: the stores differ, and the key is re-synced from the source.
+                if self.batch_may_differ(batch) {
+                    self.journal_ran_on_both(batch, role);
+                }
                 for (call, reply) in batch.iter().zip(&replies) {
-                    if reply.is_error()
-                        || took_nothing(call.cmd, reply)
-                        || self.state.scripts.may_differ(call.cmd)
-                    {
+                    if reply.is_error() || took_nothing(call.cmd, reply) {
                         self.journal_keys_of(call, role);
                     }
                 }
@@ -496,7 +516,7 @@ impl MultiStore {
         }
         match partial {
             Some(partial) => self.journal_partial(partial, source),
-            None => self.journal_missed(batch, role),
+            None => self.journal_ran_on_both(batch, role),
         }
     }
 }

@@ -39,7 +39,7 @@ impl MultiStore {
     /// Records the keys of the writes in `batch` as missed by `lagging`, and makes sure the
     /// re-sync task runs.
     pub(super) fn journal_missed(&self, batch: Batch, lagging: Role) {
-        self.journal_missed_with(batch, lagging, None);
+        self.record_writes(batch, lagging, None, false);
     }
 
     /// `journal_missed`; with `registered`, the keys are also registered as being written (see
@@ -48,27 +48,54 @@ impl MultiStore {
         &self,
         batch: Batch,
         lagging: Role,
-        mut registered: Option<&mut Vec<Vec<u8>>>,
+        registered: Option<&mut Vec<Vec<u8>>>,
     ) {
+        self.record_writes(batch, lagging, registered, false);
+    }
+
+    /// Journals, as lagging `lagging`, the keys of writes that ran on both stores yet may have
+    /// left them different (answered differently, a random script, a key only one store had)
+    /// -- except keys journaled as lagging the other store already: that one was known stale
+    /// before the write (a rollback of the default whose catch-up could not copy), and ran it
+    /// on its stale value; the store with every write is still the one to copy from.
+    pub(super) fn journal_ran_on_both(&self, batch: Batch, lagging: Role) {
+        self.record_writes(batch, lagging, None, true);
+    }
+
+    fn record_writes(
+        &self,
+        batch: Batch,
+        lagging: Role,
+        mut registered: Option<&mut Vec<Vec<u8>>>,
+        spare_known_stale: bool,
+    ) {
+        let journal = &self.state.journal;
         for call in batch.iter().filter(Call::is_write) {
             let keys = if command_table::writes_other_database(call.cmd) {
                 None // a full verify (of every database) is needed
+            } else if spare_known_stale && !journal.is_empty() {
+                let keys = call.keys().map(|keys| {
+                    keys.into_iter()
+                        .filter(|key| journal.lagging(key) != Some(lagging.other()))
+                        .collect::<Vec<_>>()
+                });
+                if keys.as_ref().is_some_and(Vec::is_empty) {
+                    continue;
+                }
+                keys
             } else {
                 call.keys()
             };
             let dropped = match registered.as_deref_mut() {
-                Some(registered) => self
-                    .state
-                    .journal
-                    .record_in_flight(keys, lagging, registered),
-                None => self.state.journal.record(keys, lagging),
+                Some(registered) => journal.record_in_flight(keys, lagging, registered),
+                None => journal.record(keys, lagging),
             };
             if dropped > 0 {
                 self.metrics.journal_overflow(dropped);
                 tracing::warn!(instance_name = %self.instance_name, dropped, "journal full: a full verify is needed");
             }
         }
-        self.metrics.journal_size(self.state.journal.len());
+        self.metrics.journal_size(journal.len());
         self.ensure_resync();
     }
 
@@ -77,21 +104,26 @@ impl MultiStore {
     /// source (gone from both stores, or copied) and never look at the destination, which the
     /// journal does not name -- reads of it from the store that lags would be stale, unseen.
     /// So before such a write, every key it names is journaled as lagging where the source
-    /// does (then registered in flight with the write: the re-sync waits for its answer).
+    /// does, and registered in flight (the re-sync cannot copy and settle the destination
+    /// before the write lands): hand the returned keys to a `WritesInFlight`. A SORT whose BY
+    /// or GET pattern reads keys it does not name counts as reading every journaled key.
     /// MOVE, COPY … DB and SWAPDB carry keys into another database, where the journal (which
     /// names keys of the database a call runs in) cannot follow: for them -- for SWAPDB while
     /// any key is journaled -- a full verify of every database is asked for. So is it when the
     /// keys of one write lag behind different stores. (Fuzz seed 427860330: a MOVE of a key
     /// the primary had missed, on both stores alike.)
-    pub(super) fn journal_what_differing_keys_reach(&self, batch: Batch) {
+    pub(super) fn journal_what_differing_keys_reach(&self, batch: Batch) -> Vec<Vec<u8>> {
         let journal = &self.state.journal;
+        let mut registered = Vec::new();
         if journal.is_empty() {
-            return;
+            return registered;
         }
         for call in batch.iter().filter(Call::is_write) {
             let elsewhere = command_table::writes_other_database(call.cmd);
             let keys = call.keys().unwrap_or_default();
-            let lagging: Vec<Role> = if call.cmd.name_is("swapdb") {
+            let reads_any =
+                call.cmd.name_is("swapdb") || command_table::reads_unnamed_keys(call.cmd);
+            let lagging: Vec<Role> = if reads_any {
                 journal
                     .batch(usize::MAX)
                     .into_iter()
@@ -107,8 +139,9 @@ impl MultiStore {
             if elsewhere || !one_lagging {
                 journal.require_full_verify(one_lagging.then(|| first.other()));
                 tracing::warn!(instance_name = %self.instance_name, command_name = %call.cmd.name(), "a write carries keys that differ where the journal cannot follow: a full verify is needed");
-            } else if lagging.len() < keys.len() {
-                let dropped = journal.record(Some(keys.iter().copied()), first);
+            } else if reads_any || lagging.len() < keys.len() {
+                let dropped =
+                    journal.record_in_flight(Some(keys.iter().copied()), first, &mut registered);
                 if dropped > 0 {
                     self.metrics.journal_overflow(dropped);
                 }
@@ -116,13 +149,14 @@ impl MultiStore {
                 self.ensure_resync();
             }
         }
+        registered
     }
 
     /// Records the keys of one write as missed by `lagging`, if it names them (a write without
     /// nameable keys is left alone: its differing answer is no sign of differing data).
     pub(super) fn journal_keys_of(&self, call: Call, lagging: Role) {
         if call.keys().is_some_and(|keys| !keys.is_empty()) {
-            self.journal_missed(Batch::one(&call), lagging);
+            self.journal_ran_on_both(Batch::one(&call), lagging);
         }
     }
 

@@ -410,6 +410,14 @@ impl MultiStore {
             Start::Refused(outcome) => return outcome,
         };
         let default = default_role(flags);
+        // It pops from the default store first: what that store missed is copied there before,
+        // as before any dual write, or it would take a stale element.
+        if flags.dual_write
+            && !self.state.journal.is_empty()
+            && self.breaker(default.other()).state() == BreakerState::Closed
+        {
+            self.catch_up_default(Batch::one(&call), default, cancel);
+        }
         let result = self.round_trip(default, request_kind(call.spec), |s| {
             s.call(cmd, read_timeout, cancel)
         });
@@ -580,6 +588,28 @@ impl MultiStore {
             let specs = call::resolve(cmds);
             self.journal_missed(Batch::new(cmds, &specs), pinned.other());
         }
+    }
+
+    /// Before commands run on a session's pinned connection (WATCH, a transaction's EXEC, a
+    /// command between WATCH and MULTI): the keys they name that the pinned store missed
+    /// (journaled as lagging it: the default flipped back before the re-sync copied them) are
+    /// copied to it first, as before any dual write (see `catch_up_default`). Run on the stale
+    /// values, a transaction would answer from them and its result be taken for the truth.
+    pub fn catch_up_pinned(
+        &self,
+        cmds: &[Command],
+        pinned: Role,
+        flags: Flags,
+        cancel: &CancelToken,
+    ) {
+        if self.state.journal.is_empty()
+            || self.breaker(pinned.other()).state() != BreakerState::Closed
+            || self.same_store(flags, cancel)
+        {
+            return;
+        }
+        let specs = call::resolve(cmds);
+        self.catch_up_default(Batch::new(cmds, &specs), pinned, cancel);
     }
 
     /// A session for a subscription: with dual-write on it listens on both stores, delivering

@@ -283,23 +283,47 @@ fn streams_at(args: &[&[u8]], group: bool) -> Option<usize> {
 /// the destination, read option by option (a pattern or key may be named "store"; the last
 /// STORE wins, as in Redis).
 pub(crate) fn sort_store_at(args: &[&[u8]]) -> Option<usize> {
-    let mut store = None;
+    sort_options(args).store
+}
+
+/// What SORT's options say about keys: where its STORE destination is, and whether a BY or GET
+/// pattern (one with `*`; without, Redis looks nothing up) makes it read keys it does not name.
+struct SortOptions {
+    store: Option<usize>,
+    reads_by_pattern: bool,
+}
+
+fn sort_options(args: &[&[u8]]) -> SortOptions {
+    let mut options = SortOptions {
+        store: None,
+        reads_by_pattern: false,
+    };
     let mut i = 2;
     while i < args.len() {
         let option = args[i];
         let skip = if option.eq_ignore_ascii_case(b"by") || option.eq_ignore_ascii_case(b"get") {
+            options.reads_by_pattern |= args.get(i + 1).is_some_and(|p| p.contains(&b'*'));
             2
         } else if option.eq_ignore_ascii_case(b"limit") {
             3
         } else if option.eq_ignore_ascii_case(b"store") {
-            store = Some(i + 1).filter(|&at| at < args.len());
+            options.store = Some(i + 1).filter(|&at| at < args.len());
             2
         } else {
             1
         };
         i += skip;
     }
-    store
+    options
+}
+
+/// Whether the command reads keys it does not name, so that no key list says what it read:
+/// SORT / SORT_RO with a BY or GET pattern.
+pub fn reads_unnamed_keys(cmd: &Command) -> bool {
+    (cmd.name_is("sort") || cmd.name_is("sort_ro")) && {
+        let args: Vec<&[u8]> = cmd.args().collect();
+        sort_options(&args).reads_by_pattern
+    }
 }
 
 /// GEORADIUS's STORE / STOREDIST destination (the last one given), from its options on.
@@ -347,6 +371,18 @@ mod tests {
 
     fn kind_of(args: &[&str]) -> Option<CommandKind> {
         lookup(&Command::from_args(args)).map(CommandSpec::kind)
+    }
+
+    #[test]
+    fn a_sort_with_a_by_or_get_pattern_reads_keys_it_does_not_name() {
+        let reads = |args: &[&str]| reads_unnamed_keys(&Command::from_args(args));
+        assert!(reads(&["SORT", "ids", "GET", "w_*", "STORE", "d"]));
+        assert!(reads(&["sort_ro", "ids", "BY", "weight_*->f"]));
+        assert!(reads(&["SORT", "ids", "LIMIT", "0", "1", "get", "#", "GET", "*"]));
+        // Without `*` Redis looks nothing up ("#" is the element itself, BY nosort skips).
+        assert!(!reads(&["SORT", "ids", "GET", "#", "BY", "nosort", "STORE", "d"]));
+        assert!(!reads(&["SORT", "ids", "ALPHA", "STORE", "*"]));
+        assert!(!reads(&["SUNIONSTORE", "d", "GET", "*"]));
     }
 
     fn key_names(args: &[&str]) -> Option<Vec<String>> {

@@ -298,6 +298,28 @@ impl NativeStore {
         })
     }
 
+    /// Before commands run on a session's pinned connection: keys they name that the pinned
+    /// store missed are copied to it first (see the core's `catch_up_pinned`). Free while
+    /// nothing is journaled.
+    fn catch_up_pinned(
+        ruby: &Ruby,
+        rb_self: &Self,
+        commands: RArray,
+        flags: u32,
+        session: &NativeSession,
+    ) -> Result<(), Error> {
+        if rb_self.inner.journal().is_empty() {
+            return Ok(());
+        }
+        let cmds = commands_from_ruby(commands)?;
+        let flags = Flags::from_bits(flags);
+        let pinned = session.role();
+        let cancel = crate::nogvl::cancel_token();
+        without_gvl(ruby, || {
+            rb_self.inner.catch_up_pinned(&cmds, pinned, flags, &cancel)
+        })
+    }
+
     fn session(&self, flags: u32) -> NativeSession {
         NativeSession::new(self.inner.session(Flags::from_bits(flags)))
     }
@@ -448,6 +470,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_mirror", method!(NativeStore::mirror, 3))?;
     class.define_method("_set_db", method!(NativeStore::set_db, 1))?;
     class.define_method("_journal_pinned", method!(NativeStore::journal_pinned, 3))?;
+    class.define_method("_catch_up_pinned", method!(NativeStore::catch_up_pinned, 3))?;
     class.define_method("_disconnect", method!(NativeStore::disconnect, 0))?;
     class.define_method(
         "_borrow_connections",

@@ -449,6 +449,89 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     end
   end
 
+  describe "a difference carried where no key names it" do
+    it "journals a SORT's destination when its GET pattern read a journaled key" do
+      with_a_journaled_difference do |store|
+        [primary, secondary].each { |c| c.rpush("ids", "counter") }
+
+        store.sort("ids", get: "*", order: "alpha", store: "copy") # GET * reads the key each element names
+
+        expect([primary.lrange("copy", 0, -1), secondary.lrange("copy", 0, -1)]).to eq([%w[6], %w[2]])
+        expect(store.lrange("copy", 0, -1)).to eq(%w[2])
+        expect(store.migration_status[:safe_to_switch]).to be(false)
+      end
+    end
+
+    it "re-syncs every key of a batch in which a script may have written differently" do
+      flags.enable(dual_write)
+      store = multi_store
+      store.sadd("pool", (1..1000).map(&:to_s))
+
+      # The SPOP takes a member at random on each store; the SUNIONSTORE copies what is left.
+      store.pipelined do |batch|
+        batch.eval("redis.call('SPOP', KEYS[1])", keys: ["pool"])
+        batch.sunionstore("left", "pool")
+      end
+      wait_until { store.migration_status[:journal_keys].zero? }
+
+      expect(primary.smembers("left").sort).to eq(secondary.smembers("left").sort)
+      expect(primary.smembers("pool").sort).to eq(secondary.smembers("pool").sort)
+    end
+  end
+
+  describe "a rollback of the default onto a store that missed writes" do
+    # The secondary misses the writes behind its breaker (kept open), then becomes the default
+    # again: its copies of their keys are stale, journaled; the primary has every write.
+    def rolled_back_store
+      flags.enable(dual_write, primary_default)
+      lagging = dedicated_redis_server
+      store = multi_store(primary_server.url, { url: lagging.url, timeout: 0.3 }, breaker_cool_down: 60)
+      store.set("counter", "1")
+      store.rpush("jobs", %w[a b])
+      Process.kill(:STOP, lagging.pid)
+      begin
+        # Three looks at its run_id time out and open the breaker, with nothing journaled
+        # (no re-sync round under way that would close it once the store answers); the writes
+        # below are then not sent to it at all.
+        3.times { store.migration_status }
+        3.times { store.incr("counter") }
+        store.lpop("jobs")
+      ensure
+        Process.kill(:CONT, lagging.pid)
+      end
+      flags.disable(primary_default)
+      [store, lagging.client]
+    end
+
+    {
+      "WATCH … MULTI" => ->(store) { store.watch("counter") { store.multi { |t| t.rename("counter", "copy") } } },
+      "MULTI without a block" => ->(store) { store.multi; store.rename("counter", "copy"); store.exec },
+      "a command between WATCH and MULTI" => ->(store) { store.watch("counter") { store.rename("counter", "copy"); store.unwatch } }
+    }.each do |name, transaction|
+      it "copies the newer value to it before a transaction runs there (#{name}): nothing lost" do
+        store, old_store = rolled_back_store
+        expect(old_store.get("counter")).to eq("1")
+
+        transaction.call(store)
+        wait_until { store.migration_status[:journal_keys].zero? }
+
+        expect([primary.get("copy"), old_store.get("copy")]).to eq(%w[4 4])
+        expect(store.get("copy")).to eq("4")
+      end
+    end
+
+    it "copies the newer list to it before a blocking pop takes from it" do
+      store, old_store = rolled_back_store
+      expect(old_store.lrange("jobs", 0, -1)).to eq(%w[a b])
+
+      expect(store.blmove("jobs", "done", "LEFT", "LEFT", timeout: 1)).to eq("b")
+      wait_until { store.migration_status[:journal_keys].zero? }
+
+      expect([primary.lrange("done", 0, -1), old_store.lrange("done", 0, -1)]).to eq([%w[b], %w[b]])
+      expect([primary.exists?("jobs"), old_store.exists?("jobs")]).to eq([false, false])
+    end
+  end
+
   describe "what verify compares" do
     it "compares a HyperLogLog by its registers: PFCOUNT on one store is no difference" do
       flags.enable(dual_write)

@@ -92,6 +92,7 @@ module Gitlab
           state = thread_state
           replies =
             if state&.session && pipeline.is_a?(::Redis::Pipeline::Multi)
+              catch_up_pinned(state, commands)
               pinned_replies = in_doubt_on_pinned(state, commands) { state.session._pipeline(commands) }
               # A transaction on a watched connection ran on the store it was pinned to only;
               # once it committed, the other store gets the same commands.
@@ -154,9 +155,13 @@ module Gitlab
         def on_pinned(state, commands)
           if state.queued
             state.queued.concat(commands.reject { |command| TRANSACTION_CONTROL.include?(command.first) })
-            # EXEC itself: the queued commands are what may have run.
-            return commands.any? { |command| command.first == :exec } ? in_doubt_on_pinned(state, state.queued) { yield } : yield
+            return yield unless commands.any? { |command| command.first == :exec }
+
+            # EXEC itself: the queued commands are what may run, and what may have run.
+            catch_up_pinned(state, state.queued)
+            return in_doubt_on_pinned(state, state.queued) { yield }
           end
+          catch_up_pinned(state, commands)
           begin
             reply = yield
           rescue ::Redis::BaseConnectionError
@@ -165,6 +170,13 @@ module Gitlab
           end
           @native._journal_pinned(commands, @flags.bits, state.session)
           reply
+        end
+
+        # The store a session is pinned to may have missed writes of the keys about to be read
+        # or written on it (the default flipped back before the re-sync copied them): they are
+        # copied there first, as before any write outside a session.
+        def catch_up_pinned(state, commands)
+          @native._catch_up_pinned(commands, @flags.bits, state.session)
         end
 
         # A transaction on the pinned connection whose EXEC failed with a connection error may
