@@ -210,6 +210,52 @@ impl MultiStore {
         }
     }
 
+    /// Before commands run on one store only, to be replayed on the other afterwards (a
+    /// session's pinned connection: WATCH, a transaction's EXEC, a command between WATCH and
+    /// MULTI; a blocking pop): the keys they name that this store missed (journaled as lagging
+    /// it: the default flipped back before the re-sync copied them) are copied to it first, as
+    /// before any dual write. Then they are registered as being written until the returned
+    /// guard is dropped -- after the replay -- so that no copy (another thread's catch-up, the
+    /// re-sync) lands on them in between and undoes what ran. A key another thread was copying
+    /// is waited for, and caught up once more if still stale. `None` while nothing is journaled.
+    pub fn begin_pinned(
+        &self,
+        cmds: &[Command],
+        pinned: Role,
+        flags: Flags,
+        cancel: &CancelToken,
+    ) -> Option<PinnedWrites> {
+        let journal = &self.state.journal;
+        if journal.is_empty() || self.same_store(flags, cancel) {
+            return None;
+        }
+        let specs = call::resolve(cmds);
+        let batch = Batch::new(cmds, &specs);
+        let keys: Vec<&[u8]> = batch
+            .iter()
+            .filter_map(|call| call.keys())
+            .flatten()
+            .collect();
+        let catch_up = self.breaker(pinned.other()).state() == BreakerState::Closed;
+        let mut registered = Vec::new();
+        for attempt in 0..2 {
+            if catch_up {
+                self.catch_up_default(batch, pinned, cancel);
+            }
+            registered = journal.writes_begin(keys.iter().copied());
+            let stale = keys.iter().any(|key| journal.lagging(key) == Some(pinned));
+            if !(catch_up && stale && attempt == 0) {
+                break;
+            }
+            // A copy under way elsewhere held the key: once more, now that it was waited for.
+            journal.writes_end(std::mem::take(&mut registered));
+        }
+        Some(PinnedWrites {
+            state: Arc::clone(&self.state),
+            keys: registered,
+        })
+    }
+
     pub(super) fn breaker_success(&self, role: Role) {
         if self.breaker(role).record_success() == Transition::Closed {
             tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker closed: the store answers again");
@@ -224,5 +270,20 @@ impl MultiStore {
             self.metrics.breaker_opened(role);
             tracing::warn!(instance_name = %self.instance_name, store = role.name(), "circuit breaker opened: not waiting on the store for a cool-down");
         }
+    }
+}
+
+/// Keys registered as being written on one store until its replay on the other is done (see
+/// `MultiStore::begin_pinned`); dropping it ends the registration.
+pub struct PinnedWrites {
+    state: Arc<MigrationState>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Drop for PinnedWrites {
+    fn drop(&mut self) {
+        self.state
+            .journal
+            .writes_end(std::mem::take(&mut self.keys));
     }
 }

@@ -36,6 +36,7 @@ use crate::healing::migration_state::{
     DUAL_WRITE_NEVER_ON, DUAL_WRITE_OFF_BOTH_DEFAULT, DUAL_WRITE_OFF_PRIMARY_DEFAULT,
     DUAL_WRITE_OFF_SECONDARY_DEFAULT, DUAL_WRITE_ON,
 };
+pub use missed_writes::PinnedWrites;
 
 /// How long a SELECT waits for a re-sync batch in flight (each round trip of which is bounded
 /// by the stores' timeouts).
@@ -411,13 +412,12 @@ impl MultiStore {
         };
         let default = default_role(flags);
         // It pops from the default store first: what that store missed is copied there before,
-        // as before any dual write, or it would take a stale element.
-        if flags.dual_write
-            && !self.state.journal.is_empty()
-            && self.breaker(default.other()).state() == BreakerState::Closed
-        {
-            self.catch_up_default(Batch::one(&call), default, cancel);
-        }
+        // as before any dual write, or it would take a stale element; and no copy may land on
+        // the key until its pop is mirrored.
+        let _writes = flags
+            .dual_write
+            .then(|| self.begin_pinned(std::slice::from_ref(cmd), default, flags, cancel))
+            .flatten();
         let result = self.round_trip(default, request_kind(call.spec), |s| {
             s.call(cmd, read_timeout, cancel)
         });
@@ -588,28 +588,6 @@ impl MultiStore {
             let specs = call::resolve(cmds);
             self.journal_missed(Batch::new(cmds, &specs), pinned.other());
         }
-    }
-
-    /// Before commands run on a session's pinned connection (WATCH, a transaction's EXEC, a
-    /// command between WATCH and MULTI): the keys they name that the pinned store missed
-    /// (journaled as lagging it: the default flipped back before the re-sync copied them) are
-    /// copied to it first, as before any dual write (see `catch_up_default`). Run on the stale
-    /// values, a transaction would answer from them and its result be taken for the truth.
-    pub fn catch_up_pinned(
-        &self,
-        cmds: &[Command],
-        pinned: Role,
-        flags: Flags,
-        cancel: &CancelToken,
-    ) {
-        if self.state.journal.is_empty()
-            || self.breaker(pinned.other()).state() != BreakerState::Closed
-            || self.same_store(flags, cancel)
-        {
-            return;
-        }
-        let specs = call::resolve(cmds);
-        self.catch_up_default(Batch::new(cmds, &specs), pinned, cancel);
     }
 
     /// A session for a subscription: with dual-write on it listens on both stores, delivering

@@ -378,9 +378,13 @@ mod tests {
         let reads = |args: &[&str]| reads_unnamed_keys(&Command::from_args(args));
         assert!(reads(&["SORT", "ids", "GET", "w_*", "STORE", "d"]));
         assert!(reads(&["sort_ro", "ids", "BY", "weight_*->f"]));
-        assert!(reads(&["SORT", "ids", "LIMIT", "0", "1", "get", "#", "GET", "*"]));
+        assert!(reads(&[
+            "SORT", "ids", "LIMIT", "0", "1", "get", "#", "GET", "*"
+        ]));
         // Without `*` Redis looks nothing up ("#" is the element itself, BY nosort skips).
-        assert!(!reads(&["SORT", "ids", "GET", "#", "BY", "nosort", "STORE", "d"]));
+        assert!(!reads(&[
+            "SORT", "ids", "GET", "#", "BY", "nosort", "STORE", "d"
+        ]));
         assert!(!reads(&["SORT", "ids", "ALPHA", "STORE", "*"]));
         assert!(!reads(&["SUNIONSTORE", "d", "GET", "*"]));
     }

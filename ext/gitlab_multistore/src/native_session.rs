@@ -7,6 +7,7 @@ use crate::convert::{
 use crate::error::to_ruby_error;
 use crate::nogvl::without_gvl;
 use gitlab_multistore::multi_store::session::NextMessage;
+use gitlab_multistore::multi_store::PinnedWrites;
 use gitlab_multistore::seconds::Wait;
 use gitlab_multistore::transport::poll::{self, Ready};
 use gitlab_multistore::{Command, ReadTimeout, Session};
@@ -24,6 +25,9 @@ pub struct NativeSession {
     /// unsubscribing while the subscription reads a message): sent by the reader right after.
     pending_writes: Mutex<Vec<Command>>,
     role: gitlab_multistore::Role,
+    /// Keys registered as being written while a transaction runs on this session and is
+    /// replayed on the other store (see the core's `begin_pinned`).
+    writes: Mutex<Option<PinnedWrites>>,
 }
 
 impl NativeSession {
@@ -32,7 +36,18 @@ impl NativeSession {
             role: session.role(),
             inner: Mutex::new(session),
             pending_writes: Mutex::new(Vec::new()),
+            writes: Mutex::new(None),
         }
+    }
+
+    /// Keeps `writes` registered until `_end_writes` (or the session's end); any earlier
+    /// registration ends.
+    pub fn hold_writes(&self, writes: Option<PinnedWrites>) {
+        *self.writes.lock() = writes;
+    }
+
+    fn end_writes(&self) {
+        self.writes.lock().take();
     }
 
     /// The store it is pinned to.
@@ -181,12 +196,14 @@ impl NativeSession {
 
     fn discard(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
         rb_self.pending_writes.lock().clear();
+        rb_self.end_writes();
         let done = without_gvl(ruby, || rb_self.session().map(|mut s| s.discard()))?;
         busy(ruby, done)
     }
 
     fn release(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
         rb_self.pending_writes.lock().clear();
+        rb_self.end_writes();
         let done = without_gvl(ruby, || rb_self.session().map(|mut s| s.release()))?;
         busy(ruby, done)
     }
@@ -215,5 +232,6 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("_read", method!(NativeSession::read, 1))?;
     class.define_method("_release", method!(NativeSession::release, 0))?;
     class.define_method("_discard", method!(NativeSession::discard, 0))?;
+    class.define_method("_end_writes", method!(NativeSession::end_writes, 0))?;
     Ok(())
 }

@@ -299,8 +299,8 @@ impl NativeStore {
     }
 
     /// Before commands run on a session's pinned connection: keys they name that the pinned
-    /// store missed are copied to it first (see the core's `catch_up_pinned`). Free while
-    /// nothing is journaled.
+    /// store missed are copied to it first, and stay registered as being written until the
+    /// session's `_end_writes` (see the core's `begin_pinned`). Free while nothing is journaled.
     fn catch_up_pinned(
         ruby: &Ruby,
         rb_self: &Self,
@@ -315,9 +315,11 @@ impl NativeStore {
         let flags = Flags::from_bits(flags);
         let pinned = session.role();
         let cancel = crate::nogvl::cancel_token();
-        without_gvl(ruby, || {
-            rb_self.inner.catch_up_pinned(&cmds, pinned, flags, &cancel)
-        })
+        let writes = without_gvl(ruby, || {
+            rb_self.inner.begin_pinned(&cmds, pinned, flags, &cancel)
+        })?;
+        session.hold_writes(writes);
+        Ok(())
     }
 
     fn session(&self, flags: u32) -> NativeSession {

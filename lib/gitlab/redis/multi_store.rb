@@ -213,6 +213,7 @@ module Gitlab
         reply
       ensure
         state.queued = nil if state
+        @client.end_pinned_writes
         @client.unpin
       end
 

@@ -520,6 +520,41 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       end
     end
 
+    # Found by review: a thread's catch-up (or the re-sync) copying the key while another
+    # thread's transaction ran on it overwrote the transaction's result, or settled the key
+    # before the transaction reached the other store (silent difference, increments lost).
+    it "keeps every increment of transactions from 8 threads, each copy waiting for the one under way" do
+      store, old_store = rolled_back_store
+
+      8.times.map { Thread.new { 5.times { store.multi; store.incr("counter"); store.exec } } }.each(&:join)
+      4.times.map { Thread.new { 5.times { store.watch("other") { store.incr("counter") } } } }.each(&:join)
+      wait_until { primary.get("counter") == old_store.get("counter") } # these are re-synced, not replayed
+
+      expect([primary.get("counter"), old_store.get("counter")]).to eq(%w[64 64])
+    end
+
+    it "never pops an element again that the store missed the pop of, from 8 threads" do
+      flags.enable(dual_write, primary_default)
+      lagging = dedicated_redis_server
+      store = multi_store(primary_server.url, { url: lagging.url, timeout: 0.3 }, breaker_cool_down: 60)
+      store.rpush("jobs", (1..100).map { |i| "job#{i}" })
+      Process.kill(:STOP, lagging.pid)
+      begin
+        3.times { store.migration_status }
+        50.times { store.lpop("jobs") } # job1..job50 taken while the old store was away
+      ensure
+        Process.kill(:CONT, lagging.pid)
+      end
+      flags.disable(primary_default)
+
+      popped = Queue.new
+      8.times.map { Thread.new { 5.times { popped << store.blpop("jobs", timeout: 1)&.last } } }.each(&:join)
+
+      taken = Array.new(popped.size) { popped.pop }
+      expect(taken.compact.size).to eq(40)
+      expect(taken.compact.map { |job| job.delete_prefix("job").to_i }).to all(be > 50)
+    end
+
     it "copies the newer list to it before a blocking pop takes from it" do
       store, old_store = rolled_back_store
       expect(old_store.lrange("jobs", 0, -1)).to eq(%w[a b])

@@ -92,12 +92,7 @@ module Gitlab
           state = thread_state
           replies =
             if state&.session && pipeline.is_a?(::Redis::Pipeline::Multi)
-              catch_up_pinned(state, commands)
-              pinned_replies = in_doubt_on_pinned(state, commands) { state.session._pipeline(commands) }
-              # A transaction on a watched connection ran on the store it was pinned to only;
-              # once it committed, the other store gets the same commands.
-              mirror(commands, state.session) unless pinned_replies.last.nil?
-              pinned_replies
+              pinned_transaction(state, commands)
             elsif state&.session
               on_pinned(state, commands) { state.session._pipeline(commands) }
             else
@@ -107,6 +102,19 @@ module Gitlab
           raise error if error
 
           replies
+        end
+
+        # A transaction on a watched connection runs on the store it was pinned to only; once
+        # it committed, the other store gets the same commands. No copy lands on its keys in
+        # between (see `catch_up_pinned`).
+        def pinned_transaction(state, commands)
+          catch_up_pinned(state, commands)
+          session = state.session
+          pinned_replies = in_doubt_on_pinned(state, commands) { session._pipeline(commands) }
+          mirror(commands, session) unless pinned_replies.last.nil?
+          pinned_replies
+        ensure
+          session&._end_writes
         end
 
         # Sends a command and yields every reply that follows on the same connection (MONITOR,
@@ -157,26 +165,37 @@ module Gitlab
             state.queued.concat(commands.reject { |command| TRANSACTION_CONTROL.include?(command.first) })
             return yield unless commands.any? { |command| command.first == :exec }
 
-            # EXEC itself: the queued commands are what may run, and what may have run.
+            # EXEC itself: the queued commands are what may run, and what may have run. The
+            # registration `catch_up_pinned` makes ends once the transaction is replayed (in
+            # `MultiStore#exec`).
             catch_up_pinned(state, state.queued)
             return in_doubt_on_pinned(state, state.queued) { yield }
           end
+          session = state.session
           catch_up_pinned(state, commands)
           begin
             reply = yield
           rescue ::Redis::BaseConnectionError
-            @native._journal_pinned(commands, @flags.bits, state.session)
+            @native._journal_pinned(commands, @flags.bits, session)
             raise
           end
-          @native._journal_pinned(commands, @flags.bits, state.session)
+          @native._journal_pinned(commands, @flags.bits, session)
           reply
+        ensure
+          session&._end_writes
         end
 
         # The store a session is pinned to may have missed writes of the keys about to be read
         # or written on it (the default flipped back before the re-sync copied them): they are
-        # copied there first, as before any write outside a session.
+        # copied there first, as before any write outside a session, and no other copy lands
+        # on them until the session's `_end_writes`, once what ran there reached the other store.
         def catch_up_pinned(state, commands)
           @native._catch_up_pinned(commands, @flags.bits, state.session)
+        end
+
+        # Ends what `catch_up_pinned` registered for this thread's session, if it has one.
+        def end_pinned_writes
+          thread_state&.session&._end_writes
         end
 
         # A transaction on the pinned connection whose EXEC failed with a connection error may
