@@ -45,6 +45,13 @@ pub(super) fn took_nothing(cmd: &Command, reply: &Reply) -> bool {
     }
 }
 
+/// A write whose effect each server picks for itself: SPOP's members, XADD's `*` entry ID.
+/// Sent to both stores at once, their answers tell (or the ID is mirrored); replayed after a
+/// transaction, nothing compares them.
+pub(super) fn picks_at_random(cmd: &Command) -> bool {
+    cmd.name_is("spop") || crate::multi_store::stream_ids::auto_id_position(cmd).is_some()
+}
+
 /// Whether two stores answering a write differently means their data differs. PUBLISH answers
 /// with each server's own subscriber count.
 pub(super) fn replies_tell_the_data(cmd: &Command) -> bool {
@@ -503,7 +510,11 @@ impl MultiStore {
                 // The other store did not have what the replayed command was to take (the entry
                 // a blocking XREADGROUP got had not reached it yet, the element was not there)
                 // or refused it: the stores differ, and the key is re-synced from the source.
-                if self.batch_may_differ(batch) {
+                // The replay's answers are not compared with the transaction's (Ruby has
+                // those), so a write that picks at random is re-synced whatever it answered.
+                if self.batch_may_differ(batch)
+                    || batch.iter().any(|call| picks_at_random(call.cmd))
+                {
                     self.journal_ran_on_both(batch, role);
                 }
                 for (call, reply) in batch.iter().zip(&replies) {

@@ -479,6 +479,31 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
     end
   end
 
+  describe "a transaction replayed on the other store" do
+    {
+      "SPOP in a block-less MULTI" => ->(store) { 5.times { store.multi; store.spop("pool"); store.exec } },
+      "SPOP in a WATCH transaction" => ->(store) { 5.times { store.watch("w") { store.multi { |t| t.spop("pool") } } } },
+      # Enough entries that the two servers' clocks turn a millisecond at different entries.
+      "XADD * in a WATCH transaction" => ->(store) { store.watch("w") { store.multi { |t| 2000.times { |i| t.xadd("pool", { "n" => i }) } } } },
+      "a script calling XADD *" => lambda { |store|
+        store.eval("for i = 1, 2000 do redis.call('XADD', KEYS[1], '*', 'n', i) end return 1", keys: ["pool"])
+      }
+    }.each do |name, write|
+      it "re-syncs what each store picked for itself (#{name}): no silent difference" do
+        flags.enable(dual_write)
+        store = multi_store
+        name.include?("XADD") ? store.xadd("pool", { "n" => "0" }, id: "1-1") : store.sadd("pool", (1..1000).map(&:to_s))
+        expect(store.verify).to be_in_agreement
+
+        write.call(store)
+        wait_until { store.migration_status[:journal_keys].zero? }
+
+        expect(contents(primary, "pool")).to eq(contents(secondary, "pool"))
+        expect(store.verify).to be_in_agreement
+      end
+    end
+  end
+
   describe "a rollback of the default onto a store that missed writes" do
     # The secondary misses the writes behind its breaker (kept open), then becomes the default
     # again: its copies of their keys are stale, journaled; the primary has every write.
