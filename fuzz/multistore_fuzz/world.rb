@@ -203,6 +203,13 @@ module MultistoreFuzz
       # The hung store is the non-default one; making it the default would make every call time
       # out, which the reference never does (seed 176328440): the operator waits for it.
       return if @hung && STATES[target][:primary_default] != @flags[:primary_default]
+      # Nor while the store about to become the default has its breaker open: behind it, a
+      # restart goes unseen until a call reaches the store again (seed 806525136: the old store
+      # restarted empty, and the default was rolled back onto it before anything noticed). The
+      # status look below probes it once its cool-down is over.
+      future_default = STATES[target][:primary_default] ? :primary : :secondary
+      return if STATES[target][:primary_default] != @flags[:primary_default] &&
+                @store.migration_status[:breaker][future_default] != :closed
 
       # Before the default store changes, the operator brings a store that missed writes (one
       # that restarted empty, say) in line, as the runbook says: callers are about to read it.

@@ -56,6 +56,9 @@ pub struct Journal {
     overflows: std::sync::atomic::AtomicU64,
     /// Every dual write in flight, for a copy to wait for those that began before it.
     epochs: WriteEpochs,
+    /// The process the entries' `in_flight` and `fenced` marks were made in (see
+    /// `entries_map`).
+    fork_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Journal {
@@ -72,7 +75,24 @@ impl Journal {
             agree: AtomicBool::new(false),
             overflows: std::sync::atomic::AtomicU64::new(0),
             epochs: WriteEpochs::default(),
+            fork_generation: std::sync::atomic::AtomicU64::new(crate::fork::generation()),
         }
+    }
+
+    /// The entries, locked. In a forked child, the writes and copies the parent had under way
+    /// (other threads, which the child does not have) will never end here: their marks are
+    /// cleared the first time the child looks, or its keys would wait for them for ever.
+    fn entries_map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
+        let mut map = self.keys.lock();
+        let now = crate::fork::generation();
+        if self.fork_generation.load(Ordering::Acquire) != now {
+            for entry in map.values_mut() {
+                entry.in_flight = 0;
+                entry.fenced = false;
+            }
+            self.fork_generation.store(now, Ordering::Release);
+        }
+        map
     }
 
     /// Counts a dual write (or a replay on the other store) about to be sent, until the guard is
@@ -103,7 +123,7 @@ impl Journal {
     /// (an overflow would ask for the very full verify that is running).
     pub fn record_if_room(&self, keys: &[Vec<u8>], lagging: Role) -> bool {
         let capacity = self.capacity.load(Ordering::Relaxed);
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         let new = keys.iter().filter(|key| !map.contains_key(*key)).count();
         if map.len() + new > capacity {
             return false;
@@ -147,7 +167,7 @@ impl Journal {
             return 0;
         };
         let capacity = self.capacity.load(Ordering::Relaxed);
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         let mut dropped = 0;
         for key in keys {
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +209,7 @@ impl Journal {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.keys.lock().get(key).map(|e| e.lagging)
+        self.entries_map().get(key).map(|e| e.lagging)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -293,7 +313,7 @@ impl Journal {
 
     /// Forgets everything: no key journaled, no full verify needed (the stores were wiped).
     pub fn clear(&self) {
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         map.clear();
         self.len.store(0, Ordering::Release);
         drop(map);
@@ -306,7 +326,7 @@ impl Journal {
     /// Drops the keys recorded as missed by `lagging` (`None`: by either store): they must not
     /// be copied onto it any more. Keys that could not be recorded stay counted.
     pub fn forget_lagging(&self, lagging: Option<Role>) {
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         map.retain(|_, entry| lagging.is_some_and(|role| entry.lagging != role));
         self.len.store(map.len(), Ordering::Release);
     }
@@ -316,7 +336,7 @@ impl Journal {
         if self.is_empty() {
             return Vec::new();
         }
-        let map = self.keys.lock();
+        let map = self.entries_map();
         keys.iter()
             .filter_map(|key| map.get(key).map(|entry| (key.clone(), *entry)))
             .collect()
@@ -334,7 +354,7 @@ impl Journal {
 
     /// Drops a key once both stores agree on it, unless it was recorded again since `entry`.
     pub fn settle(&self, key: &[u8], entry: Entry) -> bool {
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         let settled = map
             .get(key)
             .is_some_and(|now| now.generation == entry.generation && now.lagging == entry.lagging);
@@ -357,7 +377,7 @@ impl Journal {
         let keys: Vec<&[u8]> = keys.into_iter().collect();
         let deadline = Instant::now() + FENCE_WAIT;
         loop {
-            let mut map = self.keys.lock();
+            let mut map = self.entries_map();
             let fenced = keys
                 .iter()
                 .any(|key| map.get(*key).is_some_and(|entry| entry.fenced));
@@ -386,7 +406,7 @@ impl Journal {
         if registered.is_empty() {
             return;
         }
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         for key in registered {
             if let Some(entry) = map.get_mut(&key) {
                 entry.in_flight = entry.in_flight.saturating_sub(1);
@@ -398,7 +418,7 @@ impl Journal {
     /// new writes of them back until `release`. The copy and comparison that follow then see
     /// every write of those keys either before or after them, never in between.
     pub fn fence(&self, batch: Vec<(Vec<u8>, Entry)>) -> Vec<(Vec<u8>, Entry)> {
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         batch
             .into_iter()
             .filter_map(|(key, seen)| {
@@ -415,7 +435,7 @@ impl Journal {
     /// Ends the re-sync's hold on a fenced key, dropping it if the stores agreed on it and it
     /// was not recorded again meanwhile. Whether it was dropped.
     pub fn release(&self, key: &[u8], entry: Entry, equal: bool) -> bool {
-        let mut map = self.keys.lock();
+        let mut map = self.entries_map();
         let Some(now) = map.get_mut(key) else {
             return false;
         };

@@ -18,11 +18,30 @@ pub(super) struct WritesInFlight<'j> {
     keys: Vec<Vec<u8>>,
     /// The write counted for copies that must wait for it (`Journal::write_begins`).
     _counted: Option<crate::healing::write_epochs::WriteInFlight<'j>>,
+    generation: u64,
+}
+
+impl<'j> WritesInFlight<'j> {
+    pub(super) fn new(
+        journal: &'j Journal,
+        keys: Vec<Vec<u8>>,
+        counted: Option<crate::healing::write_epochs::WriteInFlight<'j>>,
+    ) -> Self {
+        WritesInFlight {
+            journal,
+            keys,
+            _counted: counted,
+            generation: crate::fork::generation(),
+        }
+    }
 }
 
 impl Drop for WritesInFlight<'_> {
     fn drop(&mut self) {
-        self.journal.writes_end(std::mem::take(&mut self.keys));
+        // Registered before a fork: the child's journal cleared those marks (`entries_map`).
+        if self.generation == crate::fork::generation() {
+            self.journal.writes_end(std::mem::take(&mut self.keys));
+        }
     }
 }
 
@@ -99,11 +118,11 @@ impl MultiStore {
         if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
             self.catch_up_default(batch, default, ctx.cancel);
         }
-        let _carried = WritesInFlight {
-            journal: &self.state.journal,
-            keys: self.journal_what_differing_keys_reach(batch),
-            _counted: None,
-        };
+        let _carried = WritesInFlight::new(
+            &self.state.journal,
+            self.journal_what_differing_keys_reach(batch),
+            None,
+        );
         if self.breaker(other).admit() == Admission::Skipped {
             self.metrics.breaker_skipped();
             return self.missing_write(batch, other, || self.round_trip(default, kind, on_default));
@@ -154,11 +173,7 @@ impl MultiStore {
     ) -> T {
         let mut registered = Vec::new();
         self.journal_missed_with(batch, lagging, Some(&mut registered));
-        let _writes = WritesInFlight {
-            journal: &self.state.journal,
-            keys: registered,
-            _counted: None,
-        };
+        let _writes = WritesInFlight::new(&self.state.journal, registered, None);
         write()
     }
 
@@ -172,22 +187,14 @@ impl MultiStore {
         let blocking = batch.iter().any(|call| call.is_blocking());
         let counted = (!blocking).then(|| journal.write_begins());
         if journal.is_empty() {
-            return WritesInFlight {
-                journal,
-                keys: Vec::new(),
-                _counted: counted,
-            };
+            return WritesInFlight::new(journal, Vec::new(), counted);
         }
         let keys: Vec<&[u8]> = batch
             .iter()
             .filter_map(|call| call.keys())
             .flatten()
             .collect();
-        WritesInFlight {
-            journal,
-            keys: journal.writes_begin(keys),
-            _counted: counted,
-        }
+        WritesInFlight::new(journal, journal.writes_begin(keys), counted)
     }
 
     /// One write on both stores at once, once `guarded_dual_write` let it through; what the
@@ -487,11 +494,11 @@ impl MultiStore {
             self.journal_missed(batch, role);
             return;
         }
-        let _carried = WritesInFlight {
-            journal: &self.state.journal,
-            keys: self.journal_what_differing_keys_reach(batch),
-            _counted: None,
-        };
+        let _carried = WritesInFlight::new(
+            &self.state.journal,
+            self.journal_what_differing_keys_reach(batch),
+            None,
+        );
         let source = role.other();
         let _counted = self.state.journal.write_begins();
         let partial = match self.keys_only_one_store_has(batch, source, cancel) {

@@ -253,6 +253,7 @@ impl MultiStore {
         Some(PinnedWrites {
             state: Arc::clone(&self.state),
             keys: registered,
+            generation: crate::fork::generation(),
         })
     }
 
@@ -278,12 +279,16 @@ impl MultiStore {
 pub struct PinnedWrites {
     state: Arc<MigrationState>,
     keys: Vec<Vec<u8>>,
+    generation: u64,
 }
 
 impl Drop for PinnedWrites {
     fn drop(&mut self) {
-        self.state
-            .journal
-            .writes_end(std::mem::take(&mut self.keys));
+        // Registered before a fork: the child's journal cleared those marks (`entries_map`).
+        if self.generation == crate::fork::generation() {
+            self.state
+                .journal
+                .writes_end(std::mem::take(&mut self.keys));
+        }
     }
 }

@@ -411,13 +411,14 @@ impl MultiStore {
             Start::Refused(outcome) => return outcome,
         };
         let default = default_role(flags);
-        // It pops from the default store first: what that store missed is copied there before,
-        // as before any dual write, or it would take a stale element; and no copy may land on
-        // the key until its pop is mirrored.
-        let _writes = flags
-            .dual_write
-            .then(|| self.begin_pinned(std::slice::from_ref(cmd), default, flags, cancel))
-            .flatten();
+        // It pops from the default store first: what that store missed is copied there before
+        // (waiting for a copy another thread has under way), as before any dual write, or it
+        // would take a stale element. The keys are not held while it waits: a pop blocked for
+        // seconds (or for good, timeout 0) would keep every copy of them -- other threads'
+        // catch-ups, the re-sync -- waiting that long.
+        if flags.dual_write {
+            drop(self.begin_pinned(std::slice::from_ref(cmd), default, flags, cancel));
+        }
         let result = self.round_trip(default, request_kind(call.spec), |s| {
             s.call(cmd, read_timeout, cancel)
         });

@@ -8,8 +8,8 @@ use magnus::value::Lazy;
 use magnus::{prelude::*, Error, Exception, ExceptionClass, Ruby};
 use std::any::Any;
 
-/// Looked up on first use: the gem's Ruby files define them before any call reaches the
-/// binding. Should one be missing, the error is still raised, as a StandardError.
+/// Looked up once the gem's Ruby files defined them (`resolve_classes`). Should one be
+/// missing, the error is still raised, as a StandardError.
 fn class(ruby: &Ruby, path: &str) -> ExceptionClass {
     // From the top level: `eval` would resolve the name inside whatever the caller runs in.
     ruby.class_object()
@@ -31,6 +31,26 @@ static NOT_NAMESPACED: Lazy<ExceptionClass> =
     Lazy::new(|ruby| class(ruby, "Gitlab::Redis::MultiStore::NamespaceError"));
 static BACKFILL_AFTER_SWITCH: Lazy<ExceptionClass> =
     Lazy::new(|ruby| class(ruby, "Gitlab::Redis::MultiStore::BackfillAfterSwitchError"));
+
+/// Resolves every class now, once the gem's Ruby files defined them (called at require time).
+/// Left to the first error, a lookup runs `const_get` inside the lazy value's one-time
+/// initialisation: should Ruby switch threads during it, a second thread wanting the same class
+/// waits on that initialisation while holding the GVL the first needs -- the process hangs.
+pub fn resolve_classes(ruby: &Ruby) {
+    for class in [
+        &COMMAND,
+        &CANNOT_CONNECT,
+        &CONNECTION,
+        &TIMEOUT,
+        &PROTOCOL,
+        &CROSS_SLOT,
+        &METHOD_MISSING,
+        &NOT_NAMESPACED,
+        &BACKFILL_AFTER_SWITCH,
+    ] {
+        ruby.get_inner(class);
+    }
+}
 
 pub fn command_error_class(ruby: &Ruby) -> ExceptionClass {
     ruby.get_inner(&COMMAND)

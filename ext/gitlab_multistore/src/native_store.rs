@@ -441,6 +441,10 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.const_set("FLAG_PRIMARY_DEFAULT", Flags::PRIMARY_DEFAULT)?;
     class.const_set("FLAG_STRICT", Flags::STRICT)?;
     class.define_singleton_method("new", function!(NativeStore::new, 6))?;
+    class.define_singleton_method(
+        "resolve_error_classes",
+        function!(crate::error::resolve_classes, 0),
+    )?;
     class.define_method("_status", method!(NativeStore::status, 1))?;
     class.define_method(
         "_acknowledge_backfill",

@@ -507,12 +507,13 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
   describe "a rollback of the default onto a store that missed writes" do
     # The secondary misses the writes behind its breaker (kept open), then becomes the default
     # again: its copies of their keys are stale, journaled; the primary has every write.
-    def rolled_back_store
+    def rolled_back_store(roll_back: true, breaker_cool_down: 60)
       flags.enable(dual_write, primary_default)
       lagging = dedicated_redis_server
-      store = multi_store(primary_server.url, { url: lagging.url, timeout: 0.3 }, breaker_cool_down: 60)
+      store = multi_store(primary_server.url, { url: lagging.url, timeout: 0.3 }, breaker_cool_down: breaker_cool_down)
       store.set("counter", "1")
       store.rpush("jobs", %w[a b])
+      store.rpush("queue", "x")
       Process.kill(:STOP, lagging.pid)
       begin
         # Three looks at its run_id time out and open the breaker, with nothing journaled
@@ -521,10 +522,11 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
         3.times { store.migration_status }
         3.times { store.incr("counter") }
         store.lpop("jobs")
+        store.lpop("queue")
       ensure
         Process.kill(:CONT, lagging.pid)
       end
-      flags.disable(primary_default)
+      flags.disable(primary_default) if roll_back
       [store, lagging.client]
     end
 
@@ -578,6 +580,51 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       taken = Array.new(popped.size) { popped.pop }
       expect(taken.compact.size).to eq(40)
       expect(taken.compact.map { |job| job.delete_prefix("job").to_i }).to all(be > 50)
+    end
+
+    # Found by review: a pop blocked on the queue (timeout 0) held the key for as long as it
+    # waited, so no copy reached it -- another consumer popped the consumed "x" again, and the
+    # re-sync never settled the key.
+    it "lets a copy reach a key a consumer is blocked on" do
+      store, old_store = rolled_back_store(roll_back: false)
+      consumer = Thread.new { store.blpop("queue", timeout: 0) }
+      sleep 0.3 # blocked on the (empty) primary
+      flags.disable(primary_default)
+
+      expect(store.lpop("queue")).to be_nil # "x" was consumed while the old store was away
+      expect(old_store.lrange("queue", 0, -1)).to eq([])
+    ensure
+      consumer&.kill&.join
+    end
+
+    # Found by review: a forked child inherited the parent's registration of a key a thread had
+    # a transaction under way on; that thread does not exist in the child, so the key stayed
+    # journaled there for good and `safe_to_switch` never came.
+    it "does not keep a forked child waiting for a transaction the parent had under way" do
+      store, = rolled_back_store(roll_back: false, breaker_cool_down: 1)
+      transaction = Thread.new do
+        store.watch("counter") { store.multi { |t| Process.kill(:STOP, primary_server.pid); t.incr("counter") } }
+      end
+      sleep 0.1 # mid-EXEC, the primary stalled
+      reader, writer = IO.pipe
+      child = fork do
+        reader.close
+        sleep 0.4
+        store.set("z", "1")
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
+        sleep 0.05 until store.migration_status[:journal_keys].zero? || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        writer.puts(store.migration_status[:journal_keys])
+        exit!(0)
+      end
+      writer.close
+      sleep 0.1
+      Process.kill(:CONT, primary_server.pid)
+      transaction.join
+
+      expect(reader.read.to_i).to eq(0)
+    ensure
+      Process.kill(:CONT, primary_server.pid)
+      Process.wait(child) if child
     end
 
     it "copies the newer list to it before a blocking pop takes from it" do

@@ -57,7 +57,9 @@ module Gitlab
           state = thread_state
           reply =
             if state&.session
-              on_pinned(state, [command]) { state.session._call_blocking(command, timeout.to_f) }
+              # Caught up first, but its keys not held while it waits (see the core's
+              # `run_blocking`).
+              on_pinned(state, [command]) { state.session._end_writes; state.session._call_blocking(command, timeout.to_f) }
             else
               @native._call_blocking(command, timeout.to_f, @flags.bits)
             end
@@ -246,7 +248,15 @@ module Gitlab
         # dead thread's session is closed by whoever deletes it, and adding a key is one call.
         def register(session)
           @pins.dup.each do |pinned, thread|
-            pinned._discard if !thread.alive? && @pins.delete(pinned)
+            next unless !thread.alive? && @pins.delete(pinned)
+
+            begin
+              pinned._discard
+            rescue ThreadError
+              # Busy for good: a forked child inherits a session another thread was using at
+              # the fork. Its connection is the parent's; left to the garbage collector.
+              nil
+            end
           end
           @pins[session] = Thread.current
           session
