@@ -115,8 +115,12 @@ impl MultiStore {
     ) -> Result<T> {
         let other = default.other();
         // Free while nothing is journaled (no lock taken on the hot path).
-        if !self.state.journal.is_empty() && self.breaker(other).state() == BreakerState::Closed {
-            self.catch_up_default(batch, default, ctx.cancel);
+        if !self.state.journal.is_empty() {
+            // A forked child inherits the journal but not the re-sync thread.
+            self.ensure_resync();
+            if self.breaker(other).state() == BreakerState::Closed {
+                self.catch_up_default(batch, default, ctx.cancel);
+            }
         }
         let _carried = WritesInFlight::new(
             &self.state.journal,

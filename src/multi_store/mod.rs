@@ -212,6 +212,10 @@ impl MultiStore {
     }
 
     pub fn status(&self) -> Status {
+        if !self.state.journal.is_empty() {
+            // A forked child inherits the journal but not the re-sync thread.
+            self.ensure_resync();
+        }
         let cutoff = Instant::now().checked_sub(RECENT_FAILURES_WINDOW);
         let recent_write_failures = {
             let mut failures = self.state.recent_failures.lock();

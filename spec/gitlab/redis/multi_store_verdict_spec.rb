@@ -627,6 +627,29 @@ RSpec.describe Gitlab::Redis::MultiStore, "verdicts" do
       Process.wait(child) if child
     end
 
+    # Found by review: the re-sync thread started only when a process journaled something; a
+    # forked child whose writes journaled nothing kept the journal it inherited for good.
+    it "re-syncs in a forked child the keys journaled before the fork" do
+      store, = rolled_back_store(breaker_cool_down: 1)
+      expect(store.migration_status[:journal_keys]).to eq(3)
+      reader, writer = IO.pipe
+      child = fork do
+        reader.close
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
+        until store.migration_status[:journal_keys].zero? || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+          store.set("elsewhere", "x")
+          sleep 0.05
+        end
+        writer.puts(store.migration_status[:journal_keys])
+        exit!(0)
+      end
+      writer.close
+
+      expect(reader.read.to_i).to eq(0)
+    ensure
+      Process.wait(child) if child
+    end
+
     it "copies the newer list to it before a blocking pop takes from it" do
       store, old_store = rolled_back_store
       expect(old_store.lrange("jobs", 0, -1)).to eq(%w[a b])
