@@ -13,7 +13,9 @@ use crate::nogvl::without_gvl;
 use crate::store_config::store_config;
 use gitlab_multistore::healing::breaker::BreakerSettings;
 use gitlab_multistore::multi_store::VerifyStanding;
-use gitlab_multistore::{Flags, MultiStore, ReadStrategy, Reply, Role, Store};
+use gitlab_multistore::{
+    CancelToken, Command, Flags, MultiStore, ReadStrategy, Reply, Role, Store,
+};
 use magnus::value::Opaque;
 use magnus::{
     function, gc, method, prelude::*, DataTypeFunctions, Error, IntoValue, RArray, RHash, RModule,
@@ -259,6 +261,23 @@ impl NativeStore {
         replies_to_ruby(ruby, outcome.result.map_err(|e| to_ruby_error(ruby, e))?)
     }
 
+    /// Runs `work` on the core, without the GVL, with what each call about a session's pinned
+    /// connection takes: its commands, the store it is pinned to, the flags.
+    fn about_pinned<R>(
+        ruby: &Ruby,
+        rb_self: &Self,
+        commands: RArray,
+        flags: u32,
+        session: &NativeSession,
+        work: impl FnOnce(&MultiStore, &[Command], Role, Flags, &CancelToken) -> R,
+    ) -> Result<R, Error> {
+        let cmds = commands_from_ruby(commands)?;
+        let flags = Flags::from_bits(flags);
+        let pinned = session.role();
+        let cancel = crate::nogvl::cancel_token();
+        without_gvl(ruby, || work(&rb_self.inner, &cmds, pinned, flags, &cancel))
+    }
+
     /// Replays on the other store a transaction that already ran on a session's pinned
     /// connection (WATCH … MULTI … EXEC), targeting the other store of the one it was pinned to.
     fn mirror(
@@ -268,15 +287,16 @@ impl NativeStore {
         flags: u32,
         session: &NativeSession,
     ) -> Result<(), Error> {
-        let cmds = commands_from_ruby(commands)?;
-        let flags = Flags::from_bits(flags);
-        let pinned = session.role();
-        let cancel = crate::nogvl::cancel_token();
-        let outcome = without_gvl(ruby, || {
-            rb_self
-                .inner
-                .mirror_transaction(&cmds, pinned, flags, &cancel)
-        })?;
+        let outcome = Self::about_pinned(
+            ruby,
+            rb_self,
+            commands,
+            flags,
+            session,
+            |store, cmds, pinned, flags, cancel| {
+                store.mirror_transaction(cmds, pinned, flags, cancel)
+            },
+        )?;
         events::report(ruby, rb_self.reporter(ruby), &outcome)
     }
 
@@ -289,13 +309,14 @@ impl NativeStore {
         flags: u32,
         session: &NativeSession,
     ) -> Result<(), Error> {
-        let cmds = commands_from_ruby(commands)?;
-        let flags = Flags::from_bits(flags);
-        let pinned = session.role();
-        let cancel = crate::nogvl::cancel_token();
-        without_gvl(ruby, || {
-            rb_self.inner.journal_pinned(&cmds, pinned, flags, &cancel)
-        })
+        Self::about_pinned(
+            ruby,
+            rb_self,
+            commands,
+            flags,
+            session,
+            |store, cmds, pinned, flags, cancel| store.journal_pinned(cmds, pinned, flags, cancel),
+        )
     }
 
     /// Before commands run on a session's pinned connection: keys they name that the pinned
@@ -311,13 +332,14 @@ impl NativeStore {
         if rb_self.inner.journal().is_empty() {
             return Ok(());
         }
-        let cmds = commands_from_ruby(commands)?;
-        let flags = Flags::from_bits(flags);
-        let pinned = session.role();
-        let cancel = crate::nogvl::cancel_token();
-        let writes = without_gvl(ruby, || {
-            rb_self.inner.begin_pinned(&cmds, pinned, flags, &cancel)
-        })?;
+        let writes = Self::about_pinned(
+            ruby,
+            rb_self,
+            commands,
+            flags,
+            session,
+            |store, cmds, pinned, flags, cancel| store.begin_pinned(cmds, pinned, flags, cancel),
+        )?;
         session.hold_writes(writes);
         Ok(())
     }
