@@ -401,9 +401,11 @@ impl Journal {
         }
     }
 
-    /// The write registered by `writes_begin` was answered (or failed).
-    pub fn writes_end(&self, registered: Vec<Vec<u8>>) {
-        if registered.is_empty() {
+    /// The write registered by `writes_begin` in fork generation `registered_in` was answered
+    /// (or failed). Registered before a fork, it is left alone in the child: the child's
+    /// journal cleared those marks (`entries_map`), and the counts now are the child's own.
+    pub fn writes_end(&self, registered: Vec<Vec<u8>>, registered_in: u64) {
+        if registered.is_empty() || registered_in != crate::fork::generation() {
             return;
         }
         let mut map = self.entries_map();

@@ -38,10 +38,8 @@ impl<'j> WritesInFlight<'j> {
 
 impl Drop for WritesInFlight<'_> {
     fn drop(&mut self) {
-        // Registered before a fork: the child's journal cleared those marks (`entries_map`).
-        if self.generation == crate::fork::generation() {
-            self.journal.writes_end(std::mem::take(&mut self.keys));
-        }
+        self.journal
+            .writes_end(std::mem::take(&mut self.keys), self.generation);
     }
 }
 

@@ -248,7 +248,7 @@ impl MultiStore {
                 break;
             }
             // A copy under way elsewhere held the key: once more, now that it was waited for.
-            journal.writes_end(std::mem::take(&mut registered));
+            journal.writes_end(std::mem::take(&mut registered), crate::fork::generation());
         }
         Some(PinnedWrites {
             state: Arc::clone(&self.state),
@@ -284,11 +284,8 @@ pub struct PinnedWrites {
 
 impl Drop for PinnedWrites {
     fn drop(&mut self) {
-        // Registered before a fork: the child's journal cleared those marks (`entries_map`).
-        if self.generation == crate::fork::generation() {
-            self.state
-                .journal
-                .writes_end(std::mem::take(&mut self.keys));
-        }
+        self.state
+            .journal
+            .writes_end(std::mem::take(&mut self.keys), self.generation);
     }
 }
